@@ -1,0 +1,11 @@
+"""The exit handler of the seed and the state it works on."""
+
+from pyflank.exit_handler.debug_ring import DebugRing
+from pyflank.exit_handler.exit_handler_intel_x64 import (
+    ExitHandlerIntelX64,
+    VmcallError,
+    vmm_unittest,
+)
+from pyflank.exit_handler.state_save import StateSave
+
+__all__ = ["DebugRing", "ExitHandlerIntelX64", "StateSave", "VmcallError", "vmm_unittest"]

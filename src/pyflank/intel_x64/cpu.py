@@ -1,0 +1,149 @@
+"""The physical CPU the VMM sees: CPUID, RDMSR/WRMSR, WBINVD.
+
+``ModelCpu`` is a fixed, deterministic Skylake-class processor so that runs on
+the software CPU are reproducible; the KVM backend substitutes what the kernel
+reports.  Anything not modelled faults like hardware does (#GP on an MSR).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pyflank.intel_x64 import msrs
+
+CpuidRegisters = tuple[int, int, int, int]
+
+
+class MsrFault(Exception):
+    """RDMSR/WRMSR of an MSR the processor does not implement (#GP(0))."""
+
+    def __init__(self, msr: int, *, write: bool) -> None:
+        verb = "WRMSR to" if write else "RDMSR of"
+        super().__init__(f"{verb} unimplemented or read-only MSR {msr:#x}")
+        self.msr = msr
+        self.write = write
+
+
+class PhysicalCpu(Protocol):
+    def cpuid(self, leaf: int, subleaf: int) -> CpuidRegisters: ...
+    def rdmsr(self, msr: int) -> int: ...
+    def wrmsr(self, msr: int, value: int) -> None: ...
+    def wbinvd(self) -> None: ...
+
+
+def _ascii_regs(text: str) -> tuple[int, ...]:
+    raw = text.encode().ljust(4 * ((len(text) + 3) // 4), b"\0")
+    return tuple(int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4))
+
+
+def _vendor_leaf(max_leaf: int, vendor: str) -> CpuidRegisters:
+    ebx, edx, ecx = _ascii_regs(vendor)
+    return (max_leaf, ebx, ecx, edx)
+
+
+def _brand_leaves(brand: str) -> dict[int, CpuidRegisters]:
+    words = _ascii_regs(brand.ljust(48, "\0")[:48])
+    return {0x80000002 + i: words[4 * i : 4 * i + 4] for i in range(3)}  # type: ignore[misc]
+
+
+_LEAF1_EDX = sum(1 << b for b in (0, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 19, 23, 24, 25, 26))
+_LEAF1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 23))
+_EXT1_EDX = sum(1 << b for b in (11, 20, 26, 27, 29))
+
+# Leaves whose subleaf matters are keyed (leaf, subleaf); the rest by leaf.
+DEFAULT_CPUID: dict[int | tuple[int, int], CpuidRegisters] = {
+    0x0: _vendor_leaf(0x7, "GenuineIntel"),
+    0x1: (0x000506E3, 0x00000800, _LEAF1_ECX, _LEAF1_EDX),
+    (0x7, 0): (0, 0x00000001, 0, 0),
+    0x80000000: (0x80000008, 0, 0, 0),
+    0x80000001: (0, 0, 0x00000001, _EXT1_EDX),
+    **_brand_leaves("pyflank model CPU"),
+    0x80000008: (0x00003027, 0, 0, 0),
+}
+SUBLEAF_LEAVES = frozenset({0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F})
+
+# A Skylake-class VMX feature set; TRUE controls (bit 55 of IA32_VMX_BASIC) on.
+DEFAULT_MSRS: dict[int, int] = {
+    msrs.IA32_TIME_STAMP_COUNTER: 0,
+    msrs.IA32_APIC_BASE: 0xFEE00900,
+    msrs.IA32_FEATURE_CONTROL: 0x5,
+    msrs.IA32_MISC_ENABLE: 0x1,
+    msrs.IA32_SYSENTER_CS: 0,
+    msrs.IA32_SYSENTER_ESP: 0,
+    msrs.IA32_SYSENTER_EIP: 0,
+    msrs.IA32_DEBUGCTL: 0,
+    msrs.IA32_PAT: 0x0007040600070406,
+    msrs.IA32_PERF_GLOBAL_CTRL: 0,
+    msrs.IA32_EFER: 0,
+    msrs.IA32_STAR: 0,
+    msrs.IA32_LSTAR: 0,
+    msrs.IA32_FMASK: 0,
+    msrs.IA32_FS_BASE: 0,
+    msrs.IA32_GS_BASE: 0,
+    msrs.IA32_KERNEL_GS_BASE: 0,
+    msrs.IA32_TSC_AUX: 0,
+}
+VMX_CAPABILITY_MSRS: dict[int, int] = {
+    msrs.IA32_VMX_BASIC: 0x00DA0400_00000004,
+    msrs.IA32_VMX_PINBASED_CTLS: 0x0000007F_00000016,
+    msrs.IA32_VMX_PROCBASED_CTLS: 0xFFF9FFFE_0401E172,
+    msrs.IA32_VMX_EXIT_CTLS: 0x01FFFFFF_00036DFF,
+    msrs.IA32_VMX_ENTRY_CTLS: 0x0003FFFF_000011FF,
+    msrs.IA32_VMX_MISC: 0x00000000_300481E5,
+    msrs.IA32_VMX_CR0_FIXED0: 0x80000021,
+    msrs.IA32_VMX_CR0_FIXED1: 0xFFFFFFFF,
+    msrs.IA32_VMX_CR4_FIXED0: 0x00002000,
+    msrs.IA32_VMX_CR4_FIXED1: 0x003727FF,
+    msrs.IA32_VMX_VMCS_ENUM: 0x2E,
+    msrs.IA32_VMX_PROCBASED_CTLS2: 0x005FFFFF_00000000,
+    msrs.IA32_VMX_EPT_VPID_CAP: 0x00000F01_06734141,
+    msrs.IA32_VMX_TRUE_PINBASED_CTLS: 0x0000007F_00000016,
+    msrs.IA32_VMX_TRUE_PROCBASED_CTLS: 0xFFF9FFFE_04006172,
+    msrs.IA32_VMX_TRUE_EXIT_CTLS: 0x01FFFFFF_00036DFB,
+    msrs.IA32_VMX_TRUE_ENTRY_CTLS: 0x0003FFFF_000011FB,
+    msrs.IA32_VMX_VMFUNC: 0x1,
+}
+
+
+class ModelCpu:
+    """A deterministic processor model; tables can be replaced per instance."""
+
+    def __init__(
+        self,
+        cpuid_table: dict[int | tuple[int, int], CpuidRegisters] | None = None,
+        msr_values: dict[int, int] | None = None,
+    ) -> None:
+        self.cpuid_table = dict(DEFAULT_CPUID if cpuid_table is None else cpuid_table)
+        self.msrs = dict(DEFAULT_MSRS if msr_values is None else msr_values)
+        self.read_only_msrs = dict(VMX_CAPABILITY_MSRS)
+        self.wbinvd_count = 0
+        basic_max = self.cpuid_table.get(0, (0, 0, 0, 0))[0]
+        self._basic_max = basic_max
+
+    def cpuid(self, leaf: int, subleaf: int) -> CpuidRegisters:
+        leaf &= 0xFFFF_FFFF
+        key: int | tuple[int, int] = (leaf, subleaf & 0xFFFF_FFFF) if leaf in SUBLEAF_LEAVES else leaf
+        regs = self.cpuid_table.get(key)
+        if regs is not None:
+            return regs
+        ext_max = self.cpuid_table.get(0x80000000, (0, 0, 0, 0))[0]
+        if leaf <= self._basic_max or 0x80000000 <= leaf <= ext_max or 0x40000000 <= leaf < 0x50000000:
+            return (0, 0, 0, 0)
+        # SDM: an out-of-range leaf returns the data of the highest basic leaf.
+        return self.cpuid(self._basic_max, subleaf)
+
+    def rdmsr(self, msr: int) -> int:
+        value = self.msrs.get(msr)
+        if value is None:
+            value = self.read_only_msrs.get(msr)
+            if value is None:
+                raise MsrFault(msr, write=False)
+        return value
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        if msr not in self.msrs:
+            raise MsrFault(msr, write=True)
+        self.msrs[msr] = value & 0xFFFF_FFFF_FFFF_FFFF
+
+    def wbinvd(self) -> None:
+        self.wbinvd_count += 1
