@@ -15,7 +15,7 @@ VALUE = 0x1122_3344_5566_7788
 @pytest.mark.parametrize(("msr", "field"), sorted(VMCS_BACKED_MSRS.items()))
 def test_vmcs_backed_msr_round_trip(msr: int, field: int) -> None:
     h = ExitHarness()
-    h.exit(ExitReason.WRMSR, length=2, rcx=msr, rax=0xDEAD_0000_5566_7788, rdx=0xBEEF_0000_1122_3344)
+    h.exit(ExitReason.WRMSR, length=2, rcx=msr, rax=0xDEAD_0000_5566_7788, rdx=0xBEEF_1122_3344)
     assert h.vmcs.read(field) == VALUE & f.FIELD_BY_ENCODING[field].mask
     assert field in h.vmcs.dirty
     h.exit(ExitReason.RDMSR, length=2, rcx=msr, rax=0, rdx=0)

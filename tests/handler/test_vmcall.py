@@ -1,6 +1,7 @@
 """The VMCALL handler and every opcode."""
 
 import pytest
+from vmcall_helpers import vmcall
 
 import pyflank
 from pyflank.exit_handler import ExitHandlerIntelX64, vmm_unittest
@@ -12,7 +13,6 @@ from pyflank.vmcall import (
     VmcallRegisters,
     VmcallVersionIndex,
 )
-from vmcall_helpers import vmcall
 
 ALL_GPRS = {
     "rax": 0, "rbx": 0x13, "rcx": 0x12, "rsi": 0x14, "rbp": 0xBB, "rdi": 0xDD,
@@ -145,3 +145,15 @@ def test_complete_vmcall_can_be_called_later() -> None:
     h.vmcs.processor_write(0x440C, 3)  # VM-exit instruction length
     h.handler.complete_vmcall(BF_VMCALL_SUCCESS, regs)
     assert (h.state.rcx, h.state.r15, h.state.rdx, h.state.rip) == (5, 9, 0, 0x5003)
+
+
+def test_register_mapping_matches_the_abi_table() -> None:
+    from pyflank.vmcall import INTEL_X64_REGISTER_MAP
+
+    h = ExitHarness()
+    values = {slot: 0x100 + i for i, (slot, _) in enumerate(INTEL_X64_REGISTER_MAP)}
+    values["r00"] = VmcallOpcode.REGISTERS
+    h.handler.complete_vmcall(0x77, VmcallRegisters(**values))
+    for slot, register in INTEL_X64_REGISTER_MAP:
+        expected = 0x77 if register == "rdx" else values[slot]
+        assert getattr(h.state, register) == expected, register

@@ -3,18 +3,6 @@
 import json
 
 import pytest
-
-from pyflank.exit_handler import ExitHandlerIntelX64
-from pyflank.memory import GuestVirtualRange
-from pyflank.testing import HARNESS_RIP, ExitHarness
-from pyflank.vmcall import (
-    BF_VMCALL_FAILURE,
-    BF_VMCALL_SUCCESS,
-    VMCALL_IN_BUFFER_SIZE,
-    VMCALL_OUT_BUFFER_SIZE,
-    VmcallDataType,
-    VmcallOpcode,
-)
 from vmcall_helpers import (
     BUFFERS_GVA,
     IN_GVA,
@@ -26,6 +14,18 @@ from vmcall_helpers import (
     gva_to_gpa,
     put,
     vmcall,
+)
+
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.memory import GuestVirtualRange
+from pyflank.testing import HARNESS_RIP, ExitHarness
+from pyflank.vmcall import (
+    BF_VMCALL_FAILURE,
+    BF_VMCALL_SUCCESS,
+    VMCALL_IN_BUFFER_SIZE,
+    VMCALL_OUT_BUFFER_SIZE,
+    VmcallDataType,
+    VmcallOpcode,
 )
 
 

@@ -36,8 +36,6 @@ from pyflank.platform.hypervisor_cpuid import CPUID_1_ECX_HYPERVISOR, hypervisor
 from pyflank.vmcall import (
     BF_VMCALL_FAILURE,
     BF_VMCALL_SUCCESS,
-    EVENT_REGISTER_MAP,
-    INTEL_X64_REGISTER_MAP,
     VMCALL_IN_BUFFER_SIZE,
     VMCALL_MAGIC_NUMBER,
     VMCALL_OUT_BUFFER_SIZE,
@@ -79,6 +77,10 @@ EXIT_INFORMATION_REPORT = (
     ("guest physical address", vmcs_fields.GUEST_PHYSICAL_ADDRESS),
 )
 
+_LAUNCHED = VmcsState.LAUNCHED
+_EVENT = int(VmcallOpcode.EVENT)
+_EXIT_REASON = vmcs_fields.VM_EXIT_REASON
+_INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
 _VECTOR_GP = 13
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
 _CR0_WP = 1 << 16
@@ -147,6 +149,9 @@ class ExitHandlerIntelX64:
         self._exit_table: dict[int, Callable[[], None]] = {
             reason: getattr(self, name) for reason, name in self.EXIT_HANDLERS.items()
         }
+        self._vmcall_table: dict[int, Callable[[VmcallRegisters], None]] = {
+            int(opcode): getattr(self, name) for opcode, name in self.VMCALL_HANDLERS.items()
+        }
 
     # -- wiring (Bareflank's set_vmcs / set_state_save, and the VMM's others) --
     def set_vmcs(self, vmcs: Vmcs) -> None:
@@ -178,11 +183,11 @@ class ExitHandlerIntelX64:
         """
         vmcs = self.m_vmcs
         try:
-            self.handle_exit(vmcs.read(vmcs_fields.VM_EXIT_REASON) & 0xFFFF)
-        except Exception as exc:  # noqa: BLE001 - any handler bug must stop only this vCPU
+            self.handle_exit(vmcs.read(_EXIT_REASON) & 0xFFFF)
+        except Exception as exc:
             self.log(f"exit handler raised {type(exc).__name__}: {exc}", logging.ERROR)
             self.halt()
-        if vmcs.state is VmcsState.LAUNCHED:
+        if vmcs.state is _LAUNCHED:
             vmcs.resume()
 
     def halt(self) -> None:
@@ -194,10 +199,24 @@ class ExitHandlerIntelX64:
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
+        # Spelled out rather than looped over INTEL_X64_REGISTER_MAP: this is
+        # the vmcall exit path (tests check the two agree).
         state = self.m_state_save
-        mapping = EVENT_REGISTER_MAP if regs.r00 == VmcallOpcode.EVENT else INTEL_X64_REGISTER_MAP
-        for slot, register in mapping:
-            setattr(state, register, getattr(regs, slot) & MASK64)
+        if regs.r00 == _EVENT:
+            state.rcx = regs.r02 & MASK64
+        else:
+            state.rax = regs.r00 & MASK64
+            state.rcx = regs.r02 & MASK64
+            state.rbx = regs.r03 & MASK64
+            state.rsi = regs.r04 & MASK64
+            state.r08 = regs.r05 & MASK64
+            state.r09 = regs.r06 & MASK64
+            state.r10 = regs.r07 & MASK64
+            state.r11 = regs.r08 & MASK64
+            state.r12 = regs.r09 & MASK64
+            state.r13 = regs.r10 & MASK64
+            state.r14 = regs.r11 & MASK64
+            state.r15 = regs.r12 & MASK64
         state.rdx = ret & MASK64
         self.advance_rip()
 
@@ -236,11 +255,11 @@ class ExitHandlerIntelX64:
         try:
             if regs.r01 != VMCALL_MAGIC_NUMBER:
                 raise VmcallError(f"vmcall magic number incorrect: {regs.r01:#x}")
-            name = self.VMCALL_HANDLERS.get(regs.r00)
-            if name is None:
+            handler = self._vmcall_table.get(regs.r00)
+            if handler is None:
                 raise VmcallError(f"unknown vmcall opcode: {regs.r00:#x}")
-            getattr(self, name)(regs)
-        except Exception as exc:  # noqa: BLE001 - Bareflank's guard_exceptions
+            handler(regs)
+        except Exception as exc:
             self.log(f"vmcall failed: {type(exc).__name__}: {exc}", logging.WARNING)
             ret = BF_VMCALL_FAILURE
         self.complete_vmcall(ret, regs)
@@ -284,7 +303,7 @@ class ExitHandlerIntelX64:
 
     def advance_rip(self) -> None:
         state = self.m_state_save
-        state.rip = (state.rip + self.m_vmcs.read(vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH)) & MASK64
+        state.rip = (state.rip + self.m_vmcs.read(_INSTRUCTION_LENGTH)) & MASK64
 
     def unimplemented_handler(self) -> None:
         vmcs = self.m_vmcs
@@ -304,7 +323,7 @@ class ExitHandlerIntelX64:
         self.halt()
 
     def _report_vm_entry_failure(self) -> None:
-        from pyflank.intel_x64 import checks, dump  # noqa: PLC0415 - only on a failed entry
+        from pyflank.intel_x64 import checks, dump
 
         violations = checks.check_all(self.m_vmcs, self.m_cpu)
         self.log(f"VM-entry checks: {len(violations)} violation(s)", logging.ERROR)
@@ -390,7 +409,8 @@ class ExitHandlerIntelX64:
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
-        self._reply(regs, VmcallDataType.STRING_JSON, json.dumps(value, separators=(",", ":")), omap)
+        text = json.dumps(value, separators=(",", ":"))
+        self._reply(regs, VmcallDataType.STRING_JSON, text, omap)
 
     def _reply(
         self, regs: VmcallRegisters, kind: VmcallDataType, text: str, omap: GuestVirtualRange

@@ -41,9 +41,9 @@ def _vendor_leaf(max_leaf: int, vendor: str) -> CpuidRegisters:
     return (max_leaf, ebx, ecx, edx)
 
 
-def _brand_leaves(brand: str) -> dict[int, CpuidRegisters]:
-    words = _ascii_regs(brand.ljust(48, "\0")[:48])
-    return {0x80000002 + i: words[4 * i : 4 * i + 4] for i in range(3)}  # type: ignore[misc]
+def _brand_leaves(brand: str) -> dict[int | tuple[int, int], CpuidRegisters]:
+    w = _ascii_regs(brand.ljust(48, "\0")[:48])
+    return {0x80000002 + i: (w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]) for i in range(3)}
 
 
 _LEAF1_EDX = sum(1 << b for b in (0, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 19, 23, 24, 25, 26))
@@ -121,13 +121,17 @@ class ModelCpu:
         self._basic_max = basic_max
 
     def cpuid(self, leaf: int, subleaf: int) -> CpuidRegisters:
-        leaf &= 0xFFFF_FFFF
-        key: int | tuple[int, int] = (leaf, subleaf & 0xFFFF_FFFF) if leaf in SUBLEAF_LEAVES else leaf
-        regs = self.cpuid_table.get(key)
-        if regs is not None:
+        regs = self.cpuid_table.get(leaf)
+        if regs is not None:  # the common case: a leaf without subleaves
             return regs
+        leaf &= 0xFFFF_FFFF
+        if leaf in SUBLEAF_LEAVES:
+            regs = self.cpuid_table.get((leaf, subleaf & 0xFFFF_FFFF))
+            if regs is not None:
+                return regs
         ext_max = self.cpuid_table.get(0x80000000, (0, 0, 0, 0))[0]
-        if leaf <= self._basic_max or 0x80000000 <= leaf <= ext_max or 0x40000000 <= leaf < 0x50000000:
+        in_range = leaf <= self._basic_max or 0x80000000 <= leaf <= ext_max
+        if in_range or 0x40000000 <= leaf < 0x50000000:
             return (0, 0, 0, 0)
         # SDM: an out-of-range leaf returns the data of the highest basic leaf.
         return self.cpuid(self._basic_max, subleaf)

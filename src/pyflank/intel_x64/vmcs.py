@@ -39,6 +39,9 @@ _GUEST_WRITABLE_MASKS = {enc: m for enc, m in _MASKS.items() if enc not in _READ
 _MASK32 = 0xFFFF_FFFF
 
 
+_LAUNCHED = VmcsState.LAUNCHED
+
+
 class Vmcs:
     """One vCPU's VMCS.
 
@@ -119,6 +122,9 @@ class Vmcs:
 
     def resume(self) -> None:
         """VMRESUME: enter the guest again after an exit."""
+        if self.state is _LAUNCHED and self.current:  # the exit path: keep it short
+            self.entries += 1
+            return
         self._require_current()
         if self.state in (VmcsState.HALTED, VmcsState.PROMOTED):
             raise VmcsError(f"VMRESUME refused: the vCPU is {self.state.value}")

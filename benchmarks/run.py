@@ -1,0 +1,63 @@
+"""``make bench``: every benchmark in one run, printed and saved to results/latest.json.
+
+Rates are measured back to back in one process so that ratios between them
+are meaningful on a shared, noisy machine; absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import dispatch
+
+Section = Callable[[], dict[str, float | str]]
+RESULTS = Path(__file__).with_name("results") / "latest.json"
+
+
+def bench_dispatch() -> dict[str, float | str]:
+    cpuid = dispatch.rate(dispatch.cpuid_handler())
+    versions = dispatch.rate(dispatch.versions_handler())
+    print(f"  dispatch() CPUID exit:            {cpuid:12,.0f} exits/s")
+    print(f"  dispatch() VMCALL VERSIONS exit:  {versions:12,.0f} exits/s")
+    print("  where the time goes (CPUID exit, share of own time under cProfile):")
+    for line in dispatch.profile(dispatch.cpuid_handler(), exits=50_000):
+        print("   ", line)
+    return {"dispatch_cpuid_exits_per_s": cpuid, "dispatch_vmcall_versions_exits_per_s": versions}
+
+
+SECTIONS: dict[str, Section] = {"software VMCS, no backend": bench_dispatch}
+
+
+def register(name: str, section: Section) -> None:
+    SECTIONS[name] = section
+
+
+def main() -> int:
+    for module in ("benchmarks.emu", "benchmarks.bfm", "benchmarks.kvm"):
+        try:
+            __import__(module)  # each registers its own section
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")
+    results: dict[str, object] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    for name, section in SECTIONS.items():
+        print(f"\n[{name}]")
+        results[name] = section()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nsaved {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
