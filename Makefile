@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 soak: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	PYFLANK_HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

@@ -11,3 +11,23 @@ settings.register_profile(
     "soak", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("PYFLANK_HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """Say how many KVM tests ran, and why the others were skipped."""
+    ran = skipped = 0
+    reasons: set[str] = set()
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "kvm" not in getattr(report, "keywords", {}) or report.when not in ("call", "setup"):
+                continue
+            if outcome == "skipped":
+                skipped += 1
+                if isinstance(report.longrepr, tuple):
+                    reasons.add(str(report.longrepr[2]))
+            elif report.when == "call" or outcome == "error":
+                ran += 1
+    line = f"KVM tests: {ran} ran, {skipped} skipped"
+    if reasons:
+        line += " (" + "; ".join(sorted(reasons)) + ")"
+    terminalreporter.write_line(line)
