@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.checks.valid_state import default_controls, long_mode_guest_state
 from pyflank.intel_x64.cpu import ModelCpu
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
 
 MIB = 1 << 20
-CR0_PE, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
+HARNESS_GDT = 0x8000
+HARNESS_TSS = 0x9000
 
 HARNESS_TABLES = (0x10000, 0x40000)  # page-table area [base, limit)
 HARNESS_RIP = 0x100000
@@ -46,11 +46,12 @@ class ExitHarness:
         self.handler.set_cpu(self.cpu)
         self.handler.set_memory(self.memory)
         vmcs = self.vmcs
-        vmcs.write(f.GUEST_CR0, CR0_PE | CR0_NE | CR0_WP | CR0_PG)
-        vmcs.write(f.GUEST_CR3, self.page_tables.cr3)
-        vmcs.write(f.GUEST_CR4, CR4_PAE)
-        vmcs.write(f.GUEST_IA32_EFER, EFER_LME | EFER_LMA | EFER_NXE)
-        vmcs.write(f.GUEST_IA32_PAT, self.cpu.rdmsr(0x277))
+        # A VMCS that passes every VM-entry check, as a real long-mode guest's would.
+        default_controls(vmcs, self.cpu)
+        long_mode_guest_state(
+            vmcs, cr3=self.page_tables.cr3, rip=HARNESS_RIP, rsp=HARNESS_RSP,
+            gdt_base=HARNESS_GDT, gdt_limit=0x1F, tr_base=HARNESS_TSS,
+        )  # fmt: skip
         self.state.rip, self.state.rsp = HARNESS_RIP, HARNESS_RSP
         vmcs.load()
         vmcs.launch()

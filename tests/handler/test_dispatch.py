@@ -3,6 +3,7 @@
 import pytest
 
 from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.intel_x64 import checks
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.vmcs import VmcsError, VmcsState
@@ -47,6 +48,11 @@ def test_vmxoff_promotes() -> None:
     assert h.state.rip == HARNESS_RIP + 3
     with pytest.raises(VmcsError, match="promoted"):
         h.vmcs.resume()
+
+
+def test_harness_vmcs_passes_every_entry_check() -> None:
+    h = ExitHarness()
+    assert checks.check_all(h.vmcs, h.cpu) == []
 
 
 def test_handler_exception_halts_instead_of_raising() -> None:
@@ -94,6 +100,6 @@ def test_vm_entry_failure_reports_checks_and_dump() -> None:
     h.exit(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE | (1 << 31))
     ring = h.debug_ring
     assert h.vmcs.state is VmcsState.HALTED
-    assert "VM-entry checks:" in ring
-    assert "violation" in ring
-    assert "guest_cr0" in ring.lower()
+    assert "VM-entry checks: 2 violation(s)" in ring
+    assert "[guest.cr0.pg_requires_pe] SDM 26.3.1.1" in ring
+    assert "== 16-Bit Control Fields ==" in ring  # the dump follows the findings

@@ -1,0 +1,151 @@
+"""Architectural register bits the checks and the dump need, as plain ints.
+
+The control IntFlags of ``controls`` are converted once here: the checks run
+before every VM entry and IntFlag arithmetic costs a microsecond per operator.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pyflank.intel_x64.controls import (
+    InterruptibilityState,
+    PinBasedControls,
+    PrimaryProcessorBasedControls,
+    SecondaryProcessorBasedControls,
+    VmEntryControls,
+    VmExitControls,
+)
+
+# -- control registers, EFER, RFLAGS (SDM Vol. 3A, "Control Registers") --------
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
+CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
+CR4_PAE, CR4_VMXE, CR4_PCIDE, CR4_CET = 1 << 5, 1 << 13, 1 << 17, 1 << 23
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
+RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 17
+RFLAGS_FIXED1 = 1 << 1
+# 63:22, 15, 5 and 3 are reserved and must be 0 (SDM 26.3.1.4).
+RFLAGS_RESERVED0: Final[int] = ~((1 << 22) - 1) & ((1 << 64) - 1) | 1 << 15 | 1 << 5 | 1 << 3
+DEBUGCTL_BTF = 1 << 1
+# LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR, the freeze bits, uncore PMI, RTM_DEBUG.
+DEBUGCTL_DEFINED: Final[int] = 0xFFC3
+EFER_DEFINED: Final[int] = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+PAT_MEMORY_TYPES: Final[frozenset[int]] = frozenset({0, 1, 4, 5, 6, 7})
+
+NAMES_CR0: Final[dict[int, str]] = {
+    0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM",
+    29: "NW", 30: "CD", 31: "PG",
+}  # fmt: skip
+NAMES_CR4: Final[dict[int, str]] = {
+    0: "VME", 1: "PVI", 2: "TSD", 3: "DE", 4: "PSE", 5: "PAE", 6: "MCE", 7: "PGE",
+    8: "PCE", 9: "OSFXSR", 10: "OSXMMEXCPT", 11: "UMIP", 12: "LA57", 13: "VMXE",
+    14: "SMXE", 16: "FSGSBASE", 17: "PCIDE", 18: "OSXSAVE", 19: "KL", 20: "SMEP",
+    21: "SMAP", 22: "PKE", 23: "CET", 24: "PKS", 25: "UINTR", 28: "LAM_SUP",
+    32: "FRED",
+}  # fmt: skip
+NAMES_EFER: Final[dict[int, str]] = {0: "SCE", 8: "LME", 10: "LMA", 11: "NXE"}
+NAMES_RFLAGS: Final[dict[int, str]] = {
+    0: "CF", 1: "fixed1", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF",
+    11: "OF", 14: "NT", 16: "RF", 17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID",
+}  # fmt: skip
+
+
+def flag_names(value: int, names: dict[int, str]) -> str:
+    """The set bits of ``value`` by name, unnamed bits as ``bitN``."""
+    out = []
+    bit = 0
+    while value >> bit:
+        if value >> bit & 1:
+            out.append(names.get(bit, f"bit{bit}"))
+        bit += 1
+    return " ".join(out)
+
+
+# -- segment access rights (SDM Vol. 3C, "Guest Register State") ----------------
+AR_TYPE, AR_S, AR_DPL_SHIFT, AR_P = 0xF, 1 << 4, 5, 1 << 7
+AR_RESERVED_11_8, AR_L, AR_DB, AR_G = 0xF00, 1 << 13, 1 << 14, 1 << 15
+AR_UNUSABLE = 1 << 16
+AR_RESERVED_31_17: Final[int] = 0xFFFE_0000
+
+# -- VMX controls as ints ------------------------------------------------------
+PIN_EXTERNAL_INTERRUPT_EXITING = int(PinBasedControls.EXTERNAL_INTERRUPT_EXITING)
+PIN_NMI_EXITING = int(PinBasedControls.NMI_EXITING)
+PIN_VIRTUAL_NMIS = int(PinBasedControls.VIRTUAL_NMIS)
+PIN_PREEMPTION_TIMER = int(PinBasedControls.ACTIVATE_VMX_PREEMPTION_TIMER)
+PIN_POSTED_INTERRUPTS = int(PinBasedControls.PROCESS_POSTED_INTERRUPTS)
+
+_P1 = PrimaryProcessorBasedControls
+PROC_TERTIARY = int(_P1.ACTIVATE_TERTIARY_CONTROLS)
+PROC_TPR_SHADOW = int(_P1.USE_TPR_SHADOW)
+PROC_NMI_WINDOW = int(_P1.NMI_WINDOW_EXITING)
+PROC_IO_BITMAPS = int(_P1.USE_IO_BITMAPS)
+PROC_MTF = int(_P1.MONITOR_TRAP_FLAG)
+PROC_MSR_BITMAPS = int(_P1.USE_MSR_BITMAPS)
+PROC_SECONDARY = int(_P1.ACTIVATE_SECONDARY_CONTROLS)
+
+_P2 = SecondaryProcessorBasedControls
+PROC2_APIC_ACCESSES = int(_P2.VIRTUALIZE_APIC_ACCESSES)
+PROC2_EPT = int(_P2.ENABLE_EPT)
+PROC2_X2APIC = int(_P2.VIRTUALIZE_X2APIC_MODE)
+PROC2_VPID = int(_P2.ENABLE_VPID)
+PROC2_UNRESTRICTED = int(_P2.UNRESTRICTED_GUEST)
+PROC2_APIC_REGISTER = int(_P2.APIC_REGISTER_VIRTUALIZATION)
+PROC2_VID = int(_P2.VIRTUAL_INTERRUPT_DELIVERY)
+PROC2_VMFUNC = int(_P2.ENABLE_VM_FUNCTIONS)
+PROC2_VMCS_SHADOWING = int(_P2.VMCS_SHADOWING)
+PROC2_PML = int(_P2.ENABLE_PML)
+PROC2_EPT_VE = int(_P2.EPT_VIOLATION_VE)
+PROC2_MODE_BASED_EPT = int(_P2.MODE_BASED_EXECUTE_CONTROL_FOR_EPT)
+PROC2_SUB_PAGE = int(_P2.SUB_PAGE_WRITE_PERMISSIONS_FOR_EPT)
+
+EXIT_HOST_64 = int(VmExitControls.HOST_ADDRESS_SPACE_SIZE)
+EXIT_LOAD_PERF_GLOBAL = int(VmExitControls.LOAD_IA32_PERF_GLOBAL_CTRL)
+EXIT_ACK_INTERRUPT = int(VmExitControls.ACKNOWLEDGE_INTERRUPT_ON_EXIT)
+EXIT_LOAD_PAT = int(VmExitControls.LOAD_IA32_PAT)
+EXIT_LOAD_EFER = int(VmExitControls.LOAD_IA32_EFER)
+EXIT_SAVE_PREEMPTION = int(VmExitControls.SAVE_VMX_PREEMPTION_TIMER_VALUE)
+EXIT_LOAD_CET = int(VmExitControls.LOAD_CET_STATE)
+EXIT_LOAD_PKRS = int(VmExitControls.LOAD_PKRS)
+EXIT_SECONDARY = int(VmExitControls.ACTIVATE_SECONDARY_CONTROLS)
+
+ENTRY_LOAD_DEBUG = int(VmEntryControls.LOAD_DEBUG_CONTROLS)
+ENTRY_IA32E = int(VmEntryControls.IA_32E_MODE_GUEST)
+ENTRY_SMM = int(VmEntryControls.ENTRY_TO_SMM)
+ENTRY_DUAL_MONITOR = int(VmEntryControls.DEACTIVATE_DUAL_MONITOR_TREATMENT)
+ENTRY_LOAD_PERF_GLOBAL = int(VmEntryControls.LOAD_IA32_PERF_GLOBAL_CTRL)
+ENTRY_LOAD_PAT = int(VmEntryControls.LOAD_IA32_PAT)
+ENTRY_LOAD_EFER = int(VmEntryControls.LOAD_IA32_EFER)
+ENTRY_LOAD_BNDCFGS = int(VmEntryControls.LOAD_IA32_BNDCFGS)
+ENTRY_LOAD_CET = int(VmEntryControls.LOAD_CET_STATE)
+ENTRY_LOAD_PKRS = int(VmEntryControls.LOAD_PKRS)
+
+BLOCKING_BY_STI = int(InterruptibilityState.BLOCKING_BY_STI)
+BLOCKING_BY_MOV_SS = int(InterruptibilityState.BLOCKING_BY_MOV_SS)
+BLOCKING_BY_SMI = int(InterruptibilityState.BLOCKING_BY_SMI)
+BLOCKING_BY_NMI = int(InterruptibilityState.BLOCKING_BY_NMI)
+
+# -- event injection (VM-entry interruption-information field) -----------------
+EVENT_VALID = 1 << 31
+EVENT_DELIVER_ERROR_CODE = 1 << 11
+EVENT_RESERVED_30_12: Final[int] = 0x7FFF_F000
+TYPE_EXTERNAL_INTERRUPT, TYPE_RESERVED, TYPE_NMI, TYPE_HARDWARE_EXCEPTION = 0, 1, 2, 3
+TYPE_SOFTWARE_INTERRUPT, TYPE_PRIVILEGED_SOFTWARE_EXCEPTION = 4, 5
+TYPE_SOFTWARE_EXCEPTION, TYPE_OTHER_EVENT = 6, 7
+SOFTWARE_EVENT_TYPES: Final[frozenset[int]] = frozenset(
+    {TYPE_SOFTWARE_INTERRUPT, TYPE_PRIVILEGED_SOFTWARE_EXCEPTION, TYPE_SOFTWARE_EXCEPTION}
+)
+# #DF, #TS, #NP, #SS, #GP, #PF, #AC push an error code.
+ERROR_CODE_VECTORS: Final[frozenset[int]] = frozenset({8, 10, 11, 12, 13, 14, 17})
+
+# -- capability-MSR bits (SDM Vol. 3D, Appendix A) ------------------------------
+BASIC_32BIT_ADDRESSES = 1 << 48
+MISC_ACTIVITY_SHIFT = 6  # bits 8:6: HLT, shutdown, wait-for-SIPI supported
+MISC_ZERO_LENGTH_INJECTION = 1 << 30
+EPT_CAP_WALK_4 = 1 << 6
+EPT_CAP_WALK_5 = 1 << 7
+EPT_CAP_UC = 1 << 8
+EPT_CAP_WB = 1 << 14
+EPT_CAP_ACCESSED_DIRTY = 1 << 21
+
+MASK64: Final[int] = (1 << 64) - 1
+MASK32: Final[int] = (1 << 32) - 1
