@@ -13,13 +13,20 @@ settings.register_profile(
 settings.load_profile(os.environ.get("PYFLANK_HYPOTHESIS_PROFILE", "default"))
 
 
+KVM_TESTS: set[str] = set()
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    KVM_TESTS.update(item.nodeid for item in items if item.get_closest_marker("kvm"))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
     """Say how many KVM tests ran, and why the others were skipped."""
     ran = skipped = 0
     reasons: set[str] = set()
     for outcome in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(outcome, []):
-            if "kvm" not in getattr(report, "keywords", {}) or report.when not in ("call", "setup"):
+            if getattr(report, "nodeid", None) not in KVM_TESTS:
                 continue
             if outcome == "skipped":
                 skipped += 1

@@ -1,0 +1,126 @@
+"""Guest state between KVM's registers and the VMX model (VMCS guest-state area, StateSave).
+
+KVM describes segments field by field (``kvm_segment``); the VMCS packs the
+same facts into an access-rights word (SDM Vol. 3, "Guest Register State":
+bits 3:0 type, 4 S, 6:5 DPL, 7 P, 12 AVL, 13 L, 14 D/B, 15 G, 16 unusable).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from pyflank.backends.kvm.structs import KvmRegs, KvmSegment, KvmSregs
+from pyflank.exit_handler.state_save import StateSave
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.vmcs import Vmcs
+
+# kvm_sregs member -> (selector, limit, access rights, base) encodings.
+SEGMENT_FIELDS: Final[dict[str, tuple[int, int, int, int]]] = {
+    "es": (f.GUEST_ES_SELECTOR, f.GUEST_ES_LIMIT, f.GUEST_ES_ACCESS_RIGHTS, f.GUEST_ES_BASE),
+    "cs": (f.GUEST_CS_SELECTOR, f.GUEST_CS_LIMIT, f.GUEST_CS_ACCESS_RIGHTS, f.GUEST_CS_BASE),
+    "ss": (f.GUEST_SS_SELECTOR, f.GUEST_SS_LIMIT, f.GUEST_SS_ACCESS_RIGHTS, f.GUEST_SS_BASE),
+    "ds": (f.GUEST_DS_SELECTOR, f.GUEST_DS_LIMIT, f.GUEST_DS_ACCESS_RIGHTS, f.GUEST_DS_BASE),
+    "fs": (f.GUEST_FS_SELECTOR, f.GUEST_FS_LIMIT, f.GUEST_FS_ACCESS_RIGHTS, f.GUEST_FS_BASE),
+    "gs": (f.GUEST_GS_SELECTOR, f.GUEST_GS_LIMIT, f.GUEST_GS_ACCESS_RIGHTS, f.GUEST_GS_BASE),
+    "ldt": (f.GUEST_LDTR_SELECTOR, f.GUEST_LDTR_LIMIT, f.GUEST_LDTR_ACCESS_RIGHTS,
+            f.GUEST_LDTR_BASE),
+    "tr": (f.GUEST_TR_SELECTOR, f.GUEST_TR_LIMIT, f.GUEST_TR_ACCESS_RIGHTS, f.GUEST_TR_BASE),
+}  # fmt: skip
+TABLE_FIELDS: Final[dict[str, tuple[int, int]]] = {
+    "gdt": (f.GUEST_GDTR_LIMIT, f.GUEST_GDTR_BASE),
+    "idt": (f.GUEST_IDTR_LIMIT, f.GUEST_IDTR_BASE),
+}
+CONTROL_FIELDS: Final[dict[str, int]] = {
+    "cr0": f.GUEST_CR0,
+    "cr3": f.GUEST_CR3,
+    "cr4": f.GUEST_CR4,
+    "efer": f.GUEST_IA32_EFER,
+}
+# Every VMCS field that lives in kvm_sregs: a handler writing one means SET_SREGS.
+SREGS_FIELDS: Final[frozenset[int]] = frozenset(
+    {enc for group in SEGMENT_FIELDS.values() for enc in group}
+    | {enc for pair in TABLE_FIELDS.values() for enc in pair}
+    | set(CONTROL_FIELDS.values())
+)
+
+_AR_UNUSABLE = 1 << 16
+
+
+def access_rights(seg: KvmSegment) -> int:
+    return int(
+        seg.type
+        | seg.s << 4
+        | seg.dpl << 5
+        | seg.present << 7
+        | seg.avl << 12
+        | seg.l << 13
+        | seg.db << 14
+        | seg.g << 15
+        | (_AR_UNUSABLE if seg.unusable else 0)
+    )
+
+
+def set_access_rights(seg: KvmSegment, ar: int) -> None:
+    seg.type = ar & 0xF
+    seg.s = ar >> 4 & 1
+    seg.dpl = ar >> 5 & 3
+    seg.present = ar >> 7 & 1
+    seg.avl = ar >> 12 & 1
+    seg.l = ar >> 13 & 1
+    seg.db = ar >> 14 & 1
+    seg.g = ar >> 15 & 1
+    seg.unusable = ar >> 16 & 1
+
+
+def sregs_to_vmcs(sregs: KvmSregs, vmcs: Vmcs) -> None:
+    """Store KVM's segment/control state in the guest-state area, as a VM exit does."""
+    write = vmcs.processor_write
+    for name, (sel, limit, ar, base) in SEGMENT_FIELDS.items():
+        seg = getattr(sregs, name)
+        write(sel, seg.selector)
+        write(limit, seg.limit)
+        write(ar, access_rights(seg))
+        write(base, seg.base)
+    for name, (limit, base) in TABLE_FIELDS.items():
+        table = getattr(sregs, name)
+        write(limit, table.limit)
+        write(base, table.base)
+    for name, enc in CONTROL_FIELDS.items():
+        write(enc, getattr(sregs, name))
+
+
+def vmcs_to_sregs(vmcs: Vmcs, sregs: KvmSregs) -> None:
+    """Load the guest-state area into ``sregs`` (cr2, cr8, apic_base are kept: no VMCS field)."""
+    read = vmcs.read
+    for name, (sel, limit, ar, base) in SEGMENT_FIELDS.items():
+        seg = getattr(sregs, name)
+        seg.selector, seg.limit, seg.base = read(sel), read(limit), read(base)
+        set_access_rights(seg, read(ar))
+    for name, (limit, base) in TABLE_FIELDS.items():
+        table = getattr(sregs, name)
+        table.limit, table.base = read(limit), read(base)
+    for name, enc in CONTROL_FIELDS.items():
+        setattr(sregs, name, read(enc))
+
+
+_GPRS = struct.Struct("<18Q")  # kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags
+
+
+def regs_to_state(regs: KvmRegs, state: StateSave) -> None:
+    """The exit stub's register save: KVM's GPRs into the StateSave (RIP/RSP included)."""
+    (
+        state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
+        state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
+        state.rip, _,
+    ) = _GPRS.unpack_from(memoryview(regs))  # fmt: skip
+
+
+def state_to_regs(state: StateSave, regs: KvmRegs) -> None:
+    """The resume path: StateSave back into KVM's GPRs (RFLAGS is left as it is)."""
+    _GPRS.pack_into(
+        memoryview(regs), 0,
+        state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
+        state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
+        state.rip, regs.rflags,
+    )  # fmt: skip
