@@ -10,12 +10,11 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import dispatch
+from benchmarks.registry import SECTIONS, register
 
-Section = Callable[[], dict[str, float | str]]
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 
 
@@ -30,11 +29,7 @@ def bench_dispatch() -> dict[str, float | str]:
     return {"dispatch_cpuid_exits_per_s": cpuid, "dispatch_vmcall_versions_exits_per_s": versions}
 
 
-SECTIONS: dict[str, Section] = {"software VMCS, no backend": bench_dispatch}
-
-
-def register(name: str, section: Section) -> None:
-    SECTIONS[name] = section
+register("software VMCS, no backend", bench_dispatch)
 
 
 def main() -> int:
