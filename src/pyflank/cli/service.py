@@ -1,0 +1,179 @@
+"""The VMM service ``bfm start`` runs in the background: a VM, its guest agent, a socket.
+
+    python -m pyflank.cli.service --runtime-dir DIR --extension SPEC [--backend B] [--vcpus N]
+
+It answers bfm's requests on ``DIR/vmm.sock`` (mode 0600) until ``stop`` or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import signal
+import socketserver
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pyflank.cli import protocol
+from pyflank.cli.extension import load_handler
+from pyflank.cli.runtime import RuntimeDir
+from pyflank.platform.mailbox import BASE_PORT, IN_OFFSET, OUT_OFFSET, SLOT_SIZE, Mailbox
+from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_OUT_BUFFER_SIZE, VmcallOpcode
+from pyflank.vmm import Vm
+
+AGENT = Path(__file__).resolve().parents[3] / "guests" / "agent.s"
+MAILBOX_BASE = 0x400000
+VMCALL_TIMEOUT = 30.0
+_TWO_MIB = 0x200000
+
+
+def memory_size(vcpus: int) -> int:
+    end = MAILBOX_BASE + vcpus * SLOT_SIZE
+    return max(16 << 20, (end + _TWO_MIB - 1) // _TWO_MIB * _TWO_MIB)
+
+
+def agent_source() -> str:
+    constants = (
+        f".equ MAILBOX_BASE, {MAILBOX_BASE:#x}\n"
+        f".equ MAILBOX_SLOT, {SLOT_SIZE:#x}\n"
+        f".equ MAILBOX_PORT, {BASE_PORT:#x}\n"
+    )
+    return constants + AGENT.read_text()
+
+
+class VmmService:
+    def __init__(self, rt: RuntimeDir, extension: str, backend: str, vcpus: int) -> None:
+        self.rt = rt
+        self.handler = load_handler(extension)
+        self.backend = "emu" if backend == "auto" else backend
+        self.vm = Vm(self.handler, vcpus=vcpus, backend=self.backend, memory_size=memory_size(vcpus))
+        self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
+        self.vm.bus.attach(self.mailbox)
+        self.vm.load_asm(agent_source())
+        self.stopped = threading.Event()
+        self._vm_thread = threading.Thread(target=self._run_vm, name="vm", daemon=True)
+
+    def _run_vm(self) -> None:
+        self.vm.run(timeout=1e9)
+        self.mailbox.stop()  # every vCPU has stopped: nobody will answer a request
+
+    # -- requests ---------------------------------------------------------------------
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"ok": True, "handler": self.handler.__name__, "backend": self.backend,
+                    "vcpus": len(self.vm.vcpus)}  # fmt: skip
+        if op == "dump":
+            vcpuid = request.get("vcpuid", 0)
+            if not isinstance(vcpuid, int) or not 0 <= vcpuid < len(self.vm.vcpus):
+                return {"ok": False, "error": f"no vCPU {vcpuid}"}
+            return {"ok": True, "text": self.vm.vcpus[vcpuid].debug_ring.read()}
+        if op == "vmcall":
+            return self._vmcall(request)
+        if op == "stop":
+            threading.Thread(target=self.stop, daemon=True).start()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    def _vmcall(self, request: dict[str, Any]) -> dict[str, Any]:
+        cpuid, given = request.get("cpuid", 0), request.get("regs", {})
+        if not isinstance(cpuid, int) or not isinstance(given, dict):
+            return {"ok": False, "error": "malformed vmcall request"}
+        registers = [0] * 16
+        for name, value in given.items():
+            index = int(name[1:]) if name[:1] == "r" and name[1:].isdigit() else -1
+            if not 0 <= index < 16 or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                return {"ok": False, "error": f"bad register {name}={value!r}"}
+            registers[index] = value
+        data = base64.b64decode(request.get("in", "")) if request.get("in") else b""
+        is_data = registers[0] == VmcallOpcode.DATA
+        if is_data:
+            slot = self.mailbox.slot_address(cpuid) if 0 <= cpuid < len(self.vm.vcpus) else 0
+            out_size = min(int(request.get("out_size", VMCALL_OUT_BUFFER_SIZE)),
+                           VMCALL_OUT_BUFFER_SIZE)  # fmt: skip
+            registers[5], registers[6] = slot + IN_OFFSET, len(data)
+            registers[8], registers[9] = slot + OUT_OFFSET, out_size
+        try:
+            reply = self.mailbox.vmcall(cpuid, registers, data, timeout=VMCALL_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure is the client's answer, not ours
+            return {"ok": False, "error": str(exc)}
+        regs = {f"r{i:02d}": v for i, v in enumerate(reply.registers)}
+        result: dict[str, Any] = {"ok": True, "ret": reply.registers[1], "regs": regs}
+        if is_data and reply.registers[1] != BF_VMCALL_FAILURE:
+            length = min(reply.registers[9], len(reply.out))
+            result["out"] = base64.b64encode(reply.out[:length]).decode()
+        return result
+
+    # -- lifetime ---------------------------------------------------------------------
+    def serve(self) -> None:
+        self.rt.ensure()
+        with contextlib.suppress(FileNotFoundError):
+            self.rt.socket.unlink()
+        old_umask = os.umask(0o177)  # the socket is born 0600: only this user may connect
+        try:
+            server = _Server(str(self.rt.socket), _Handler)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.rt.socket, 0o600)
+        server.service = self
+        self._server = server
+        self.rt.pidfile.write_text(f"{os.getpid()}\n")
+        self._vm_thread.start()
+        try:
+            server.serve_forever(poll_interval=0.1)
+        finally:
+            server.server_close()
+
+    def stop(self, *_: object) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self.mailbox.stop()
+        self._vm_thread.join(10)
+        self._server.shutdown()
+        self.rt.clean_service_files()
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    service: VmmService
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            request = protocol.receive_message(self.rfile)
+            reply = self.server.service.handle(request)
+        except protocol.ProtocolError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(OSError):
+            protocol.send_message(self.connection, reply)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyflank-vmm")
+    parser.add_argument("--runtime-dir", required=True, type=Path)
+    parser.add_argument("--extension", required=True)
+    parser.add_argument("--backend", default="auto", choices=("emu", "kvm", "auto"))
+    parser.add_argument("--vcpus", default=1, type=int)
+    args = parser.parse_args(argv)
+    service = VmmService(RuntimeDir(args.runtime_dir), args.extension, args.backend, args.vcpus)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=service.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
