@@ -141,6 +141,7 @@ class VmmService:
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128  # many bfm clients connect at once
     service: VmmService
 
 
