@@ -135,8 +135,11 @@ def _clients(bfm: Bfm, processes: int, count: int, vcpus: int) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, str(client), f"c{i}", str(count), str(vcpus)],
-            env=bfm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            env=bfm.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(processes)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflank.cli import manager
-from pyflank.cli.extension import ExtensionError
+from pyflank.cli.errors import ExtensionError
 from pyflank.cli.protocol import ProtocolError
 from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 from pyflank.vmcall import (

@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from pyflank.cli.errors import ExtensionError
 from pyflank.exit_handler import ExitHandlerIntelX64
 
+__all__ = ["ExtensionError", "compose", "load_handler", "load_modules_file"]
+
 HandlerClass = type[ExitHandlerIntelX64]
-
-
-class ExtensionError(Exception):
-    """An extension that cannot be loaded; the message is one line for the user."""
 
 
 def _module_from_file(path: Path) -> ModuleType:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from pyflank.cli import protocol
-from pyflank.cli.extension import load_handler
 from pyflank.cli.runtime import RuntimeDir, VmmStatus, process_alive
 
 DEFAULT_EXTENSION = "pyflank.exit_handler.exit_handler_intel_x64:ExitHandlerIntelX64"
@@ -62,6 +61,8 @@ def load(rt: RuntimeDir, extension: str) -> str:
         state = status(rt)
         if state in (VmmStatus.RUNNING, VmmStatus.CORRUPT):
             raise ManagerError(f"the VMM is {state.value}: run 'bfm stop' first")
+        from pyflank.cli.extension import load_handler  # noqa: PLC0415 - keeps bfm quick
+
         spec = _absolute(extension)
         handler = load_handler(spec)  # fail now, not at start
         rt.write_loaded({"extension": spec, "handler": handler.__name__})
@@ -93,7 +94,6 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1) -> str:
             raise ManagerError("the VMM is VMM_CORRUPT: run 'bfm stop' to clean it up")
         record = rt.read_loaded()
         if record is None:  # start implies load: the default exit handler
-            load_handler(DEFAULT_EXTENSION)
             record = {"extension": DEFAULT_EXTENSION, "handler": "ExitHandlerIntelX64"}
             rt.write_loaded(record)
         _spawn(rt, record["extension"], backend, vcpus)
@@ -184,9 +184,10 @@ def vmcall(rt: RuntimeDir, cpuid: int, request: dict[str, Any]) -> dict[str, Any
 
 
 def check(path: Path) -> str:
-    from pyflank.intel_x64 import checks
-    from pyflank.intel_x64.cpu import ModelCpu
-    from pyflank.intel_x64.vmcs_json import vmcs_from_json
+    # Imported here so that the other commands do not pay for the checks.
+    from pyflank.intel_x64 import checks  # noqa: PLC0415
+    from pyflank.intel_x64.cpu import ModelCpu  # noqa: PLC0415
+    from pyflank.intel_x64.vmcs_json import vmcs_from_json  # noqa: PLC0415
 
     try:
         text = path.read_text()

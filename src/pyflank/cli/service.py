@@ -51,7 +51,8 @@ class VmmService:
         self.rt = rt
         self.handler = load_handler(extension)
         self.backend = "emu" if backend == "auto" else backend
-        self.vm = Vm(self.handler, vcpus=vcpus, backend=self.backend, memory_size=memory_size(vcpus))
+        size = memory_size(vcpus)
+        self.vm = Vm(self.handler, vcpus=vcpus, backend=self.backend, memory_size=size)
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
         self.vm.bus.attach(self.mailbox)
         self.vm.load_asm(agent_source())
@@ -100,7 +101,7 @@ class VmmService:
             registers[8], registers[9] = slot + OUT_OFFSET, out_size
         try:
             reply = self.mailbox.vmcall(cpuid, registers, data, timeout=VMCALL_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - any failure is the client's answer, not ours
+        except Exception as exc:  # noqa: BLE001 - the client's failure, never the service's
             return {"ok": False, "error": str(exc)}
         regs = {f"r{i:02d}": v for i, v in enumerate(reply.registers)}
         result: dict[str, Any] = {"ok": True, "ret": reply.registers[1], "regs": regs}

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import pyflank
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
-from pyflank.intel_x64 import exit_reasons, qualifications
+from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -184,7 +184,7 @@ class ExitHandlerIntelX64:
         vmcs = self.m_vmcs
         try:
             self.handle_exit(vmcs.read(_EXIT_REASON) & 0xFFFF)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler bug stops only this vCPU
             self.log(f"exit handler raised {type(exc).__name__}: {exc}", logging.ERROR)
             self.halt()
         if vmcs.state is _LAUNCHED:
@@ -259,7 +259,7 @@ class ExitHandlerIntelX64:
             if handler is None:
                 raise VmcallError(f"unknown vmcall opcode: {regs.r00:#x}")
             handler(regs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Bareflank's guard_exceptions
             self.log(f"vmcall failed: {type(exc).__name__}: {exc}", logging.WARNING)
             ret = BF_VMCALL_FAILURE
         self.complete_vmcall(ret, regs)
@@ -323,8 +323,6 @@ class ExitHandlerIntelX64:
         self.halt()
 
     def _report_vm_entry_failure(self) -> None:
-        from pyflank.intel_x64 import checks, dump
-
         violations = checks.check_all(self.m_vmcs, self.m_cpu)
         self.log(f"VM-entry checks: {len(violations)} violation(s)", logging.ERROR)
         for violation in violations:
