@@ -1,0 +1,226 @@
+"""The SVM world the software CPU runs the guest in, and the VMCB that enters it.
+
+unicorn (QEMU 5 TCG) implements AMD SVM.  With the guest running as an SVM guest, the
+instructions VMX makes exit (RDMSR/WRMSR, HLT, INVD, INVLPG, PAUSE, ...) hit their SVM
+intercepts *before they execute*; QEMU then raises exception 0x100 + SVM exit code, which
+unicorn hands to the interrupt hook with the guest's registers untouched, because the hook
+swallows the exception before QEMU's #VMEXIT would switch to the host state.  So the
+guest never leaves guest mode, and the intercepts give precise exits for free.
+
+Every VM entry that loads guest state (the launch, and any resume whose guest-state fields
+the handler changed) runs a two-instruction stub, ``VMLOAD; VMRUN``, against a VMCB built
+from the VMCS.  The stub, the VMCB and the permission maps live in a private region above
+guest RAM and above the guest's MAXPHYADDR, mapped only by the stub's own page tables.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+
+HOST_BASE: Final = 0xFF_0000_0000  # 1 GiB aligned, below QEMU's 40 physical address bits
+HOST_SIZE: Final = 0x10000
+HOST_PML4: Final = HOST_BASE
+HOST_PDPT: Final = HOST_BASE + 0x1000
+STUB: Final = HOST_BASE + 0x2000
+VMCB: Final = HOST_BASE + 0x3000
+HSAVE: Final = HOST_BASE + 0x4000
+MSRPM: Final = HOST_BASE + 0x5000  # 8 KiB
+IOPM: Final = HOST_BASE + 0x8000  # 12 KiB
+HOST_GDT: Final = HOST_BASE + 0xC000
+HOST_CODE_SELECTOR: Final = 0x08
+HOST_DATA_SELECTOR: Final = 0x10
+HOST_GDT_ENTRIES: Final = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)
+
+VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
+
+MSR_VM_HSAVE_PA: Final = 0xC0010117
+EFER_SVME: Final = 1 << 12
+CR4_VMXE: Final = 1 << 13
+HOST_CR0: Final = 0x8005_0033  # PG, WP, NE, ET, MP, PE
+HOST_CR4: Final = 0x0000_0620  # PAE, OSFXSR, OSXMMEXCPT
+HOST_EFER: Final = 0xD01 | EFER_SVME  # SCE, LME, LMA, NXE
+
+# SVM exit codes (AMD APM Vol. 2, Appendix C) that reach the interrupt hook as 0x100 + code.
+SVM_EXCEPTION_BASE: Final = 0x100
+SVM_EXIT_CR3_READ: Final = 0x03
+SVM_EXIT_CR8_READ: Final = 0x08
+SVM_EXIT_CR3_WRITE: Final = 0x13
+SVM_EXIT_CR8_WRITE: Final = 0x18
+SVM_EXIT_DR_READ: Final = 0x20
+SVM_EXIT_DR_WRITE: Final = 0x30
+SVM_EXIT_RDPMC: Final = 0x6F
+SVM_EXIT_PAUSE: Final = 0x77
+SVM_EXIT_HLT: Final = 0x78
+SVM_EXIT_INVLPG: Final = 0x79
+SVM_EXIT_MSR: Final = 0x7C
+SVM_EXIT_WBINVD: Final = 0x89  # QEMU reports INVD through this one too
+
+_INTERCEPT_BASE = 0x60  # bit n of the 64-bit intercept word is exit code 0x60 + n
+
+
+def _intercept(code: int) -> int:
+    return 1 << (code - _INTERCEPT_BASE)
+
+
+ALWAYS_INTERCEPTED: Final = (
+    _intercept(SVM_EXIT_MSR) | _intercept(SVM_EXIT_HLT) | _intercept(SVM_EXIT_WBINVD)
+)
+# Primary processor-based controls that map onto an SVM intercept of the same event.
+CONTROL_INTERCEPTS: Final = {
+    Proc.INVLPG_EXITING: _intercept(SVM_EXIT_INVLPG),
+    Proc.RDPMC_EXITING: _intercept(SVM_EXIT_RDPMC),
+    Proc.PAUSE_EXITING: _intercept(SVM_EXIT_PAUSE),
+}
+CR_INTERCEPTS: Final = {  # control -> (read mask, write mask) of the CR intercept words
+    Proc.CR3_STORE_EXITING: (1 << 3, 0),
+    Proc.CR3_LOAD_EXITING: (0, 1 << 3),
+    Proc.CR8_STORE_EXITING: (1 << 8, 0),
+    Proc.CR8_LOAD_EXITING: (0, 1 << 8),
+}
+
+# VMCB control-area offsets
+_CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x00, 0x02, 0x04, 0x06
+_INTERCEPT_WORD = 0x0C
+_IOPM_BASE, _MSRPM_BASE, _TSC_OFFSET, _ASID = 0x40, 0x48, 0x50, 0x58
+_EVENT_INJECTION = 0xA8
+# VMCB state-save-area offsets
+_SEGMENTS = 0x400  # es, cs, ss, ds, fs, gs, gdtr, ldtr, idtr, tr: 16 bytes each
+_CPL, _EFER = 0x4CB, 0x4D0
+_CR4, _CR3, _CR0, _DR7, _DR6, _RFLAGS, _RIP = 0x548, 0x550, 0x558, 0x560, 0x568, 0x570, 0x578
+_RSP, _RAX = 0x5D8, 0x5F8
+_STAR, _KERNEL_GS_BASE, _SYSENTER_CS, _CR2, _G_PAT = 0x600, 0x620, 0x628, 0x640, 0x668
+
+_SEG = struct.Struct("<HHIQ")
+_Q = struct.Struct("<Q")
+_VMX_UNUSABLE = 1 << 16
+
+# (selector, access rights, limit, base) VMCS fields of each VMCB segment slot, in order.
+_SEGMENT_FIELDS: Final = tuple(
+    (
+        getattr(f, f"GUEST_{name}_SELECTOR"),
+        getattr(f, f"GUEST_{name}_ACCESS_RIGHTS"),
+        getattr(f, f"GUEST_{name}_LIMIT"),
+        getattr(f, f"GUEST_{name}_BASE"),
+    )
+    if name not in ("GDTR", "IDTR")
+    else (None, None, getattr(f, f"GUEST_{name}_LIMIT"), getattr(f, f"GUEST_{name}_BASE"))
+    for name in ("ES", "CS", "SS", "DS", "FS", "GS", "GDTR", "LDTR", "IDTR", "TR")
+)
+
+
+def svm_attributes(access_rights: int) -> int:
+    """VMX access rights -> the VMCB's packed attribute word (type/S/DPL/P, AVL/L/DB/G)."""
+    if access_rights & _VMX_UNUSABLE:
+        return 0
+    return (access_rights & 0xFF) | ((access_rights >> 4) & 0xF00)
+
+
+def host_region() -> bytes:
+    """The private region's initial contents: page tables, stub, permission maps, GDT."""
+    region = bytearray(HOST_SIZE)
+
+    def put(address: int, data: bytes) -> None:
+        region[address - HOST_BASE : address - HOST_BASE + len(data)] = data
+
+    put(HOST_PML4 + 8 * ((HOST_BASE >> 39) & 0x1FF), _Q.pack(HOST_PDPT | 0x3))
+    put(HOST_PDPT + 8 * ((HOST_BASE >> 30) & 0x1FF), _Q.pack(HOST_BASE | 0x83))  # 1 GiB page
+    put(STUB, VMLOAD_VMRUN)
+    put(MSRPM, b"\xff" * 0x2000)  # every RDMSR/WRMSR is intercepted; VMX bitmaps apply later
+    put(HOST_GDT, b"".join(_Q.pack(d) for d in HOST_GDT_ENTRIES))
+    return bytes(region)
+
+
+def msrpm_bit(msr: int) -> int | None:
+    """Bit offset of ``msr``'s read-intercept bit in the MSRPM (write is the next bit)."""
+    if msr < 0x2000:
+        return msr * 2
+    if 0xC000_0000 <= msr < 0xC000_2000:
+        return (0x2000 + msr - 0xC000_0000) * 2
+    if 0xC001_0000 <= msr < 0xC001_2000:
+        return (0x4000 + msr - 0xC001_0000) * 2
+    return None
+
+
+def intercepts(proc: int) -> tuple[int, int, int]:
+    """(intercept word, CR read mask, CR write mask) for the primary controls ``proc``."""
+    word = ALWAYS_INTERCEPTED
+    for control, bit in CONTROL_INTERCEPTS.items():
+        if proc & control:
+            word |= bit
+    cr_read = cr_write = 0
+    for control, (read, write) in CR_INTERCEPTS.items():
+        if proc & control:
+            cr_read |= read
+            cr_write |= write
+    return word, cr_read, cr_write
+
+
+def build_vmcb(
+    values: dict[int, int],
+    *,
+    rip: int,
+    rsp: int,
+    rax: int,
+    dr6: int,
+    cr2: int,
+    preserved_msrs: dict[int, int],
+    mov_dr_exiting: bool,
+) -> bytes:
+    """A VMCB (4 KiB) entering the guest state held in the VMCS field ``values``.
+
+    ``preserved_msrs`` are the MSRs VMLOAD loads that the VMCS does not hold (STAR, LSTAR,
+    CSTAR, SFMASK, KERNEL_GS_BASE), by VMCB offset: the guest keeps its own values.
+    """
+    vmcb = bytearray(0x1000)
+    proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+    word, cr_read, cr_write = intercepts(proc)
+    dr_intercepts = 0xFF if mov_dr_exiting else 0
+    struct.pack_into("<HHHH", vmcb, _CR_READ, cr_read, cr_write, dr_intercepts, dr_intercepts)
+    _Q.pack_into(vmcb, _INTERCEPT_WORD, word)
+    _Q.pack_into(vmcb, _IOPM_BASE, IOPM)
+    _Q.pack_into(vmcb, _MSRPM_BASE, MSRPM)
+    tsc_offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
+    _Q.pack_into(vmcb, _TSC_OFFSET, tsc_offset)
+    struct.pack_into("<I", vmcb, _ASID, 1)
+    for slot, (selector, rights, limit, base) in enumerate(_SEGMENT_FIELDS):
+        sel = values[selector] if selector is not None else 0
+        attributes = svm_attributes(values[rights]) if rights is not None else 0
+        _SEG.pack_into(vmcb, _SEGMENTS + 16 * slot, sel, attributes, values[limit], values[base])
+    vmcb[_CPL] = (values[f.GUEST_SS_ACCESS_RIGHTS] >> 5) & 3
+    _Q.pack_into(vmcb, _EFER, values[f.GUEST_IA32_EFER] & ~EFER_SVME)
+    _Q.pack_into(vmcb, _CR4, values[f.GUEST_CR4] & ~CR4_VMXE)
+    _Q.pack_into(vmcb, _CR3, values[f.GUEST_CR3])
+    _Q.pack_into(vmcb, _CR0, values[f.GUEST_CR0])
+    _Q.pack_into(vmcb, _DR7, values[f.GUEST_DR7])
+    _Q.pack_into(vmcb, _DR6, dr6)
+    _Q.pack_into(vmcb, _RFLAGS, values[f.GUEST_RFLAGS])
+    _Q.pack_into(vmcb, _RIP, rip)
+    _Q.pack_into(vmcb, _RSP, rsp)
+    _Q.pack_into(vmcb, _RAX, rax)
+    for offset, value in preserved_msrs.items():
+        _Q.pack_into(vmcb, offset, value)
+    struct.pack_into(
+        "<QQQ",
+        vmcb,
+        _SYSENTER_CS,
+        values[f.GUEST_IA32_SYSENTER_CS],
+        values[f.GUEST_IA32_SYSENTER_ESP],
+        values[f.GUEST_IA32_SYSENTER_EIP],
+    )
+    _Q.pack_into(vmcb, _CR2, cr2)
+    _Q.pack_into(vmcb, _G_PAT, values[f.GUEST_IA32_PAT])
+    return bytes(vmcb)
+
+
+# MSRs that VMLOAD loads from the VMCB but the VMCS has no field for, by VMCB offset.
+VMLOAD_ONLY_MSRS: Final = {
+    _STAR: 0xC000_0081,
+    _STAR + 8: 0xC000_0082,  # LSTAR
+    _STAR + 16: 0xC000_0083,  # CSTAR
+    _STAR + 24: 0xC000_0084,  # SFMASK
+    _KERNEL_GS_BASE: 0xC000_0102,
+}

@@ -1,0 +1,206 @@
+"""VMs and vCPUs: guest RAM, a handler per vCPU, a thread per vCPU, and why each stopped.
+
+    vm = Vm(MyHandler, vcpus=2)
+    vm.load_asm(source)            # or load_flat(code) / load_elf(path)
+    vm.configure(lambda vmcs: ...) # optional: VMCS controls, checked against the backend
+    for result in vm.run(timeout=5.0):
+        print(result.reason, result.debug_ring)
+
+Every vCPU starts at the program's entry point in 64-bit mode with RDI = its vCPU id and
+its own stack, so several vCPUs can run one program.  Guest RAM is shared.
+
+Limits of the software CPU with several vCPUs: each runs its own unicorn engine over the
+shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
+instructions atomic between engines, and an engine does not notice another engine writing
+code it has already translated.  Guests that synchronise vCPUs through shared memory
+(spinlocks) or patch each other's code need the KVM backend.  Taking turns would not fix
+it cheaply: unicorn resumes imprecisely after an asynchronous stop (see ``EmuVcpu.run``).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyflank.backends.base import StopReason
+from pyflank.backends.emu import EmuVcpu, unsupported
+from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
+from pyflank.platform.assemble import assemble
+from pyflank.platform.boot import (
+    BootLayout,
+    boot_vcpu,
+    identity_page_tables,
+    write_descriptor_tables,
+)
+from pyflank.platform.bus import PortBus
+from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
+from pyflank.platform.loader import LoadedImage, load_elf, load_flat
+from pyflank.platform.serial import Serial16550
+
+__all__ = ["StopReason", "Vcpu", "VcpuResult", "Vm"]
+
+DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
+HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
+
+
+@dataclass
+class VcpuResult:
+    """Why a vCPU stopped, and its state then (a copy of StateSave; the VMCS itself)."""
+
+    vcpuid: int
+    reason: StopReason
+    message: str
+    state: StateSave
+    vmcs: Vmcs
+    debug_ring: str
+    exits: int
+    trace: list[tuple[int, int]] | None = field(default=None, repr=False)
+
+
+class Vcpu:
+    """A vCPU's handler, VMCS, StateSave and debug ring; the backend exists while running."""
+
+    def __init__(self, vm: Vm, vcpuid: int, handler: ExitHandlerIntelX64) -> None:
+        self.vcpuid = vcpuid
+        self.handler = handler
+        self.vmcs = handler.m_vmcs
+        self.state = handler.m_state_save
+        self.debug_ring: DebugRing = handler.m_debug_ring
+        self.state.vcpuid = vcpuid
+        handler.set_memory(vm.memory)
+        # The software CPU executes VMCALL, so guests should use it (CPUID 0x40000001).
+        handler.hypervisor_leaves = hypervisor_leaves(HypervisorFeatures.VMCALL_INSTRUCTION)
+        self.backend: EmuVcpu | None = None
+        self.result: VcpuResult | None = None
+
+    def _run(self, vm: Vm) -> None:
+        backend = self.backend
+        assert backend is not None
+        backend.run()
+        self._collect()
+
+    def _collect(self) -> None:
+        backend = self.backend
+        assert backend is not None
+        self.result = VcpuResult(
+            vcpuid=self.vcpuid,
+            reason=backend.stop_reason or StopReason.ERROR,
+            message=backend.message,
+            state=copy.copy(self.state),
+            vmcs=self.vmcs,
+            debug_ring=self.debug_ring.read(),
+            exits=backend.exits,
+            trace=backend.trace,
+        )
+
+
+class Vm:
+    """Guest RAM, COM1, boot state, and ``vcpus`` vCPUs each with its own exit handler."""
+
+    def __init__(
+        self,
+        handler: HandlerFactory = ExitHandlerIntelX64,
+        *,
+        memory_size: int = DEFAULT_MEMORY_SIZE,
+        vcpus: int = 1,
+        backend: str = "emu",
+        layout: BootLayout | None = None,
+        trace: bool = False,
+    ) -> None:
+        if backend != "emu":
+            raise ValueError(f"backend {backend!r}: this Vm runs on the software CPU ('emu')")
+        self.layout = layout or BootLayout()
+        self.trace = trace
+        self.memory = GuestPhysicalMemory(memory_size)
+        write_descriptor_tables(self.memory, self.layout, vcpus)
+        self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
+        self.serial = Serial16550()
+        self.bus = PortBus(self.serial)
+        self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
+        for vcpu in self.vcpus:
+            boot_vcpu(
+                vcpu.vmcs,
+                vcpu.handler.m_cpu,
+                self.layout,
+                vcpuid=vcpu.vcpuid,
+                vcpus=vcpus,
+                cr3=self.page_tables.cr3,
+                entry=self.layout.load_address,
+            )
+            vcpu.state.rsp = self.layout.stack_top(vcpu.vcpuid)
+            vcpu.state.rdi = vcpu.vcpuid
+        self.set_entry(self.layout.load_address)
+        self._ran = False
+
+    # -- loading ------------------------------------------------------------------------
+    def set_entry(self, rip: int) -> None:
+        for vcpu in self.vcpus:
+            vcpu.state.rip = rip
+            vcpu.vmcs.write(f.GUEST_RIP, rip)
+
+    def load_flat(self, code: bytes, gpa: int | None = None) -> LoadedImage:
+        image = load_flat(self.memory, code, self.layout.load_address if gpa is None else gpa)
+        self.set_entry(image.entry)
+        return image
+
+    def load_asm(self, source: str, gpa: int | None = None) -> LoadedImage:
+        address = self.layout.load_address if gpa is None else gpa
+        return self.load_flat(assemble(source, address), address)
+
+    def load_elf(self, image: bytes | str | Path) -> LoadedImage:
+        loaded = load_elf(self.memory, image, self.page_tables)
+        self.set_entry(loaded.entry)
+        return loaded
+
+    # -- configuration ---------------------------------------------------------------------
+    def configure(self, change: Callable[[Vmcs], None], vcpu: int | None = None) -> None:
+        """Apply ``change`` to each vCPU's VMCS (or one); ``ValueError`` if the backend
+        cannot run the result (an unsupported control)."""
+        targets = self.vcpus if vcpu is None else [self.vcpus[vcpu]]
+        for target in targets:
+            change(target.vmcs)
+            problems = unsupported(target.vmcs)
+            if problems:
+                raise ValueError(
+                    f"vCPU {target.vcpuid}: unsupported on the software CPU: " + "; ".join(problems)
+                )
+
+    @property
+    def serial_output(self) -> bytes:
+        return self.serial.output
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, timeout: float = 5.0) -> list[VcpuResult]:
+        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each."""
+        if self._ran:
+            raise RuntimeError("a Vm runs once")
+        self._ran = True
+        for vcpu in self.vcpus:
+            vcpu.backend = EmuVcpu(vcpu.handler, self.memory, self.bus, trace=self.trace)
+        threads = [
+            threading.Thread(target=v._run, args=(self,), name=f"vcpu{v.vcpuid}", daemon=True)
+            for v in self.vcpus
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for vcpu, thread in zip(self.vcpus, threads, strict=True):
+            # A stop request can race with the vCPU re-entering the guest: repeat it.
+            while thread.is_alive():
+                assert vcpu.backend is not None
+                vcpu.backend.request_stop(StopReason.TIMEOUT)
+                thread.join(0.01)
+        results = []
+        for vcpu in self.vcpus:
+            assert vcpu.result is not None
+            results.append(vcpu.result)
+        return results

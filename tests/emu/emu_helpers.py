@@ -1,0 +1,160 @@
+"""Running small guest programs on the software CPU, and what tests inspect afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.vmm import VcpuResult, Vm
+
+SDK = '.include "pyflank.inc"\n'
+RUNTIME = "\n    PYFLANK_RUNTIME\n"
+ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21)
+
+
+def run(
+    source: str,
+    handler: type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64] = ExitHandlerIntelX64,
+    *,
+    configure: Callable[[Vmcs], None] | None = None,
+    timeout: float = 5.0,
+    vcpus: int = 1,
+    setup: Callable[[Vm], None] | None = None,
+) -> tuple[Vm, list[VcpuResult]]:
+    vm = Vm(handler, vcpus=vcpus, trace=True)
+    vm.load_asm(source)
+    if setup is not None:
+        setup(vm)
+    if configure is not None:
+        vm.configure(configure)
+    return vm, vm.run(timeout=timeout)
+
+
+def run1(
+    source: str,
+    handler: type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64] = ExitHandlerIntelX64,
+    **kwargs: Any,
+) -> tuple[Vm, VcpuResult]:
+    """``run`` with one vCPU."""
+    vm, [result] = run(source, handler, **kwargs)
+    return vm, result
+
+
+def controls(primary: int = 0, secondary: int = 0) -> Callable[[Vmcs], None]:
+    """A ``configure`` step setting processor-based controls on top of the defaults."""
+
+    def change(vmcs: Vmcs) -> None:
+        proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS) | primary
+        if secondary:
+            proc |= Proc.ACTIVATE_SECONDARY_CONTROLS
+            vmcs.write(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, secondary)
+        vmcs.write(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, proc)
+
+    return change
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    reason: int
+    qualification: int
+    length: int
+    information: int
+    linear_address: int
+    rip: int
+    interruption: int
+
+
+class Recorder(ExitHandlerIntelX64):
+    """The seed's handler, remembering the VM-exit information of every exit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[ExitRecord] = []
+
+    def dispatch(self) -> None:
+        read = self.m_vmcs.read
+        self.records.append(
+            ExitRecord(
+                reason=read(f.VM_EXIT_REASON),
+                qualification=read(f.EXIT_QUALIFICATION),
+                length=read(f.VM_EXIT_INSTRUCTION_LENGTH),
+                information=read(f.VM_EXIT_INSTRUCTION_INFORMATION),
+                linear_address=read(f.GUEST_LINEAR_ADDRESS),
+                rip=read(f.GUEST_RIP),
+                interruption=read(f.VM_EXIT_INTERRUPTION_INFORMATION),
+            )
+        )
+        super().dispatch()
+
+
+def idt_source(vectors: int = 32) -> str:
+    """``setup_idt`` (call it first) and handlers that record the event and halt:
+    R12 = vector, R14 = error code (or -1), R15 = the saved RIP, R13 = saved CS."""
+    stubs = []
+    for vector in range(vectors):
+        pop = "pop r14" if vector in ERROR_CODE_VECTORS else "mov r14, -1"
+        stubs.append(f"vector_{vector}:\n    mov r12, {vector}\n    {pop}\n    jmp idt_common\n")
+    gates = "\n".join(
+        f"    lea rax, [rip + vector_{v}]\n    mov rcx, {v}\n    call set_gate"
+        for v in range(vectors)
+    )
+    return f"""
+setup_idt:
+{gates}
+    lea rax, [rip + idtr]
+    lea rdi, [rip + idt]
+    mov [rax + 2], rdi
+    lidt [rax]
+    ret
+set_gate:
+    lea rdi, [rip + idt]
+    shl rcx, 4
+    add rdi, rcx
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x08
+    mov byte ptr [rdi + 4], 0
+    mov byte ptr [rdi + 5], 0x8E
+    mov rdx, rax
+    shr rdx, 16
+    mov word ptr [rdi + 6], dx
+    shr rdx, 16
+    mov dword ptr [rdi + 8], edx
+    ret
+{"".join(stubs)}
+idt_common:
+    mov r15, [rsp]
+    mov r13, [rsp + 8]
+    cli
+    hlt
+    jmp idt_common
+.balign 8
+idtr: .word {vectors * 16 - 1}
+      .quad 0
+.balign 16
+idt: .fill {vectors * 16}, 1, 0
+"""
+
+
+def with_idt(body: str, vectors: int = 32) -> str:
+    return "    call setup_idt\n" + body + "\n" + idt_source(vectors)
+
+
+__all__ = [
+    "RUNTIME",
+    "SDK",
+    "ExitRecord",
+    "Proc",
+    "Proc2",
+    "Recorder",
+    "controls",
+    "idt_source",
+    "run",
+    "run1",
+    "with_idt",
+]

@@ -1,0 +1,98 @@
+"""CPUID and INVD exits on the software CPU, as the guest sees them."""
+
+from __future__ import annotations
+
+from emu_helpers import Proc2, Recorder, controls, run1
+
+from pyflank.backends.base import StopReason
+from pyflank.intel_x64.cpu import ModelCpu
+from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.platform.hypervisor_cpuid import HypervisorFeatures
+
+
+def _text(*regs: int) -> bytes:
+    return b"".join(r.to_bytes(4, "little") for r in regs)
+
+
+def test_hypervisor_leaves_reach_the_guest() -> None:
+    _, result = run1(
+        """
+        mov eax, 0x40000000
+        xor ecx, ecx
+        cpuid
+        mov r8, rax
+        mov r9, rbx
+        mov r10, rcx
+        mov r11, rdx
+        mov eax, 0x40000001
+        cpuid
+        mov r12, rax
+        mov r13, rbx
+        hlt
+        """
+    )
+    s = result.state
+    assert result.reason is StopReason.GUEST_HLT
+    assert s.r08 == 0x40000001
+    assert _text(s.r09, s.r10, s.r11) == b"PyFlank\0\0\0\0\0"
+    assert s.r12 == HypervisorFeatures.VMCALL_INSTRUCTION
+    assert s.r13 == 0  # no doorbell port on the software CPU
+    assert result.exits == 2
+
+
+def test_model_leaves_and_the_hypervisor_bit() -> None:
+    _, result = run1(
+        """
+        xor eax, eax
+        xor ecx, ecx
+        cpuid
+        mov r8, rbx
+        mov r9, rdx
+        mov r10, rcx
+        mov eax, 1
+        cpuid
+        mov r11, rcx
+        mov r12, rax
+        hlt
+        """
+    )
+    s = result.state
+    assert _text(s.r08, s.r09, s.r10) == b"GenuineIntel"
+    leaf1 = ModelCpu().cpuid(1, 0)
+    assert s.r11 == leaf1[2] | 1 << 31
+    assert s.r12 == leaf1[0]
+
+
+def test_cpuid_exit_information_and_rip() -> None:
+    handler = Recorder()
+    _, result = run1("nop\n nop\n cpuid\n hlt", lambda: handler)
+    [record] = handler.records
+    assert record.reason == ExitReason.CPUID
+    assert record.rip == 0x100002  # at the CPUID, before it retired
+    assert record.length == 2
+    assert (record.qualification, record.information, record.linear_address) == (0, 0, 0)
+    assert result.state.rip == 0x100005  # past the HLT
+
+
+def test_prefixed_cpuid_reports_its_length() -> None:
+    handler = Recorder()
+    run1(".byte 0x66, 0x0f, 0xa2\n hlt", lambda: handler)
+    assert handler.records[0].length == 3
+
+
+def test_invd_exits_and_writes_back() -> None:
+    handler = Recorder()
+    _, result = run1("invd\n mov r8, 7\n hlt", lambda: handler)
+    assert [r.reason for r in handler.records] == [ExitReason.INVD]
+    assert handler.records[0].length == 2
+    assert isinstance(handler.m_cpu, ModelCpu)
+    assert handler.m_cpu.wbinvd_count == 1
+    assert result.state.r08 == 7
+
+
+def test_wbinvd_runs_natively_unless_wbinvd_exiting() -> None:
+    _, result = run1("wbinvd\n mov r8, 7\n hlt")
+    assert result.exits == 0 and result.state.r08 == 7
+    _, result = run1("wbinvd\n hlt", configure=controls(secondary=Proc2.WBINVD_EXITING))
+    assert result.reason is StopReason.HALTED
+    assert result.trace == [(ExitReason.WBINVD, 0x100000)]

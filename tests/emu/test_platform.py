@@ -1,0 +1,129 @@
+"""The platform: boot state, loaders, COM1, the assembler front end."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from emu_helpers import RUNTIME, SDK, run1
+
+from pyflank.backends.base import StopReason
+from pyflank.intel_x64 import checks
+from pyflank.intel_x64 import fields as f
+from pyflank.platform.assemble import AssemblyError, assemble
+from pyflank.platform.loader import LoadError
+from pyflank.platform.serial import Serial16550
+from pyflank.vmm import Vm
+
+
+def test_boot_vmcs_passes_every_vm_entry_check() -> None:
+    vm = Vm(vcpus=3)
+    for vcpu in vm.vcpus:
+        assert checks.check_all(vcpu.vmcs, vcpu.handler.m_cpu) == []
+        assert vcpu.vmcs.read(f.GUEST_TR_SELECTOR) == vm.layout.tss_selector(vcpu.vcpuid)
+
+
+def test_each_vcpu_gets_its_id_and_stack() -> None:
+    vm = Vm(vcpus=2)
+    vm.load_asm("mov r8, rdi\n mov r9, rsp\n hlt")
+    results = vm.run(timeout=5)
+    for vcpuid, result in enumerate(results):
+        assert result.reason is StopReason.GUEST_HLT
+        assert result.state.r08 == vcpuid
+        assert result.state.r09 == vm.layout.stack_top(vcpuid)
+
+
+def test_guest_prints_through_the_sdk() -> None:
+    source = (
+        SDK
+        + """
+        PUTS text, 13
+        mov al, 0x21
+        PUTC
+        PYFLANK_HALT
+    text: .ascii "hello, world\\n"
+    """
+        + RUNTIME
+    )
+    vm, result = run1(source)
+    assert vm.serial_output == b"hello, world\n!"
+    assert result.reason is StopReason.GUEST_HLT
+
+
+def test_serial_input_and_registers() -> None:
+    uart = Serial16550()
+    uart.feed(b"k")
+    assert uart.io_read(0x3FD, 1) & 0x61 == 0x61  # data ready, transmitter empty
+    assert uart.io_read(0x3F8, 1) == ord("k")
+    assert uart.io_read(0x3FD, 1) & 1 == 0
+    uart.io_write(0x3FB, 1, 0x80)  # DLAB
+    uart.io_write(0x3F8, 1, 0x0C)
+    assert uart.io_read(0x3F8, 1) == 0x0C and uart.output == b""
+    uart.io_write(0x3FB, 1, 0x03)
+    uart.io_write(0x3F8, 1, ord("x"))
+    assert uart.text == "x"
+
+
+def _elf(segments: list[tuple[int, int, bytes, int, int]], entry: int) -> bytes:
+    """A minimal ELF64 x86-64 executable: (vaddr, paddr, data, memsz, flags) per PT_LOAD."""
+    header_size, ph_size = 64, 56
+    offset = header_size + ph_size * len(segments)
+    phdrs, blobs = b"", b""
+    for vaddr, paddr, data, memsz, flags in segments:
+        phdrs += struct.pack(
+            "<IIQQQQQQ", 1, flags, offset + len(blobs), vaddr, paddr, len(data), memsz, 0x1000
+        )
+        blobs += data
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, entry, header_size, 0, 0, header_size, ph_size,
+        len(segments), 64, 0, 0,
+    )  # fmt: skip
+    return header + phdrs + blobs
+
+
+def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(tmp_path: Path) -> None:
+    high = 0xFFFF_8000_0020_0000
+    code = assemble(f"mov rax, {high:#x}\n mov r8, [rax]\n mov r9, [rax + 0x100]\n hlt", 0x100000)
+    data = (0x1122334455667788).to_bytes(8, "little")
+    image = _elf(
+        [(0x100000, 0x100000, code, len(code), 5), (high, 0x200000, data, 0x200, 6)], 0x100000
+    )
+    path = tmp_path / "guest.elf"
+    path.write_bytes(image)
+    vm = Vm()
+    vm.memory.write(0x200100, b"\xff" * 8)  # stale bytes the loader must zero (bss)
+    loaded = vm.load_elf(path)
+    assert loaded.entry == 0x100000
+    [result] = vm.run(timeout=5)
+    assert result.state.r08 == 0x1122334455667788
+    assert result.state.r09 == 0
+
+
+def test_loaders_refuse_what_does_not_fit() -> None:
+    vm = Vm(memory_size=4 * 1024 * 1024)
+    with pytest.raises(LoadError):
+        vm.load_flat(b"\x90" * 16, gpa=vm.memory.size - 8)
+    with pytest.raises(LoadError):
+        vm.load_elf(b"not an elf")
+    with pytest.raises(LoadError):
+        vm.load_elf(_elf([(0x100000, 0x10000000, b"\x90", 1, 5)], 0x100000))
+
+
+def test_assembler_includes_and_reports_errors(tmp_path: Path) -> None:
+    (tmp_path / "lib.inc").write_text(".macro SEVEN reg\n mov \\reg, 7\n.endm\n")
+    code = assemble('.include "lib.inc"\n SEVEN rax', include_dirs=[tmp_path])
+    assert code == assemble("mov rax, 7")
+    with pytest.raises(AssemblyError, match="not found"):
+        assemble('.include "missing.inc"', include_dirs=[tmp_path])
+    with pytest.raises(AssemblyError):
+        assemble("mov rax, nonsense_register_name_")
+
+
+def test_a_vm_runs_once() -> None:
+    vm = Vm()
+    vm.load_asm("hlt")
+    vm.run(timeout=5)
+    with pytest.raises(RuntimeError):
+        vm.run()

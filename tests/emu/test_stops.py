@@ -1,0 +1,93 @@
+"""How a vCPU ends: handler halt, VMXOFF, triple fault, guest HLT, timeout."""
+
+from __future__ import annotations
+
+import time
+
+from emu_helpers import Proc, Recorder, controls, run1
+
+from pyflank.backends.base import StopReason
+from pyflank.intel_x64.exit_reasons import ExitReason
+
+
+def test_unhandled_hlt_exit_dumps_and_halts() -> None:
+    _, result = run1(
+        "mov rbx, 0x1234\n hlt\n mov rbx, 0\n hlt", configure=controls(Proc.HLT_EXITING)
+    )
+    assert result.reason is StopReason.HALTED
+    assert result.trace == [(ExitReason.HLT, 0x100007)]
+    ring = result.debug_ring
+    assert "unimplemented exit reason: hlt" in ring
+    assert "- instruction length: 0x0000000000000001" in ring
+    assert "halting vcpu: 0" in ring
+    assert "- rbx: 0x0000000000001234" in ring
+    assert result.state.rip == 0x100007  # at the HLT: the handler never advanced it
+
+
+def test_hlt_exit_handled_resumes_the_guest() -> None:
+    class HltCounter(Recorder):
+        def handle_exit(self, reason: int) -> None:
+            if reason == ExitReason.HLT:
+                self.m_state_save.r10 += 1
+                self.advance_rip()
+                return
+            super().handle_exit(reason)
+
+    _, result = run1(
+        "mov rcx, 3\n again:\n hlt\n dec rcx\n jnz again\n vmxoff", HltCounter,
+        configure=controls(Proc.HLT_EXITING),
+    )  # fmt: skip
+    assert result.reason is StopReason.PROMOTED
+    assert result.state.r10 == 3
+
+
+def test_vmxoff_promotes() -> None:
+    _, result = run1("mov r8, 1\n vmxoff\n mov r8, 2\n hlt")
+    assert result.reason is StopReason.PROMOTED
+    assert result.state.r08 == 1
+    assert result.state.rip == 0x100007 + 3  # past the VMXOFF
+    assert result.trace == [(ExitReason.VMXOFF, 0x100007)]
+
+
+def test_guest_hlt_with_interrupts_enabled_also_stops() -> None:
+    _, result = run1("sti\n mov r8, 5\n hlt\n mov r8, 6")
+    assert result.reason is StopReason.GUEST_HLT
+    assert result.state.r08 == 5
+    assert result.exits == 0
+
+
+def test_triple_fault_dispatches_exit_reason_2_and_shuts_down() -> None:
+    handler = Recorder()
+    # The boot IDT has limit 0: #BP -> #GP (vector beyond the limit) -> #DF -> triple fault.
+    _, result = run1("mov r9, 9\n int3\n mov r9, 0", lambda: handler)
+    assert result.reason is StopReason.SHUTDOWN
+    assert [r.reason for r in handler.records] == [ExitReason.TRIPLE_FAULT]
+    assert "triple_fault" in result.debug_ring
+    assert result.state.r09 == 9
+
+
+def test_triple_fault_from_ud2_with_a_zero_limit_idt() -> None:
+    source = """
+        lea rax, [rip + idtr]
+        lidt [rax]
+        ud2
+    idtr: .word 0
+          .quad 0
+    """
+    _, result = run1(source)
+    assert result.reason is StopReason.SHUTDOWN
+    assert result.trace and result.trace[-1][0] == ExitReason.TRIPLE_FAULT
+
+
+def test_runaway_guest_is_stopped_by_the_timeout() -> None:
+    start = time.monotonic()
+    _, result = run1("spin:\n inc r8\n jmp spin", timeout=0.3)
+    assert result.reason is StopReason.TIMEOUT
+    assert time.monotonic() - start < 3
+    assert result.state.r08 > 0  # the guest ran, and its final registers were saved
+
+
+def test_jmp_self_times_out() -> None:
+    _, result = run1("here: jmp here", timeout=0.2)
+    assert result.reason is StopReason.TIMEOUT
+    assert result.state.rip == 0x100000
