@@ -6,6 +6,7 @@ are meaningful on a shared, noisy machine; absolute numbers are not.
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
 import sys
@@ -33,12 +34,8 @@ register("software VMCS, no backend", bench_dispatch)
 
 
 def main() -> int:
-    for module in ("benchmarks.emu", "benchmarks.bfm", "benchmarks.kvm"):
-        try:
-            __import__(module)  # each registers its own section
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for module in ("benchmarks.emu", "benchmarks.kvm", "benchmarks.bfm"):
+        importlib.import_module(module)  # each registers its own section
     print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")
     results: dict[str, object] = {
         "python": platform.python_version(),
