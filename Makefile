@@ -14,14 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+BACKEND ?= auto
+
 run: $(STAMP)
-	$(BIN)/python -m pyflank.demo
+	$(BIN)/python -m pyflank.demo --backend $(BACKEND)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 soak: $(STAMP)
-	PYFLANK_HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q
+	PYFLANK_HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
