@@ -1,8 +1,13 @@
-"""Shared test configuration: hypothesis profiles (``make soak`` runs the long one)."""
+"""Shared test configuration: hypothesis profiles (``make soak`` runs the long one), the
+``backend`` fixture (guest-program tests run on every backend), the KVM summary line."""
 
 import os
+from functools import cache
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from pyflank.backends.kvm import probe_kvm
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -14,6 +19,46 @@ settings.load_profile(os.environ.get("PYFLANK_HYPOTHESIS_PROFILE", "default"))
 
 
 KVM_TESTS: set[str] = set()
+
+
+@cache
+def kvm_unusable_reason() -> str:
+    """Why /dev/kvm cannot be used here ('' when it can): the probe's own words."""
+    caps = probe_kvm(measure=False)
+    return "" if caps.usable else caps.reason
+
+
+def kvm_marks() -> list[pytest.MarkDecorator]:
+    """What a KVM test carries: the ``kvm`` mark, and a skip naming the probe's reason."""
+    reason = kvm_unusable_reason()
+    return [pytest.mark.kvm, pytest.mark.skipif(bool(reason), reason=f"KVM unusable: {reason}")]
+
+
+def backend_params() -> list[object]:
+    return ["emu", pytest.param("kvm", marks=kvm_marks())]
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend a test runs its guests on; tests asking for it run on each."""
+    return str(getattr(request, "param", "emu"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backend_independent: runs once, on the software CPU (no guest, or no KVM)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("backend_independent"):
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        if "backend" in str(mark.args[0]):
+            return  # the test chose its own backends
+    metafunc.parametrize("backend", backend_params(), indirect=True)
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]

@@ -9,6 +9,12 @@
 Every vCPU starts at the program's entry point in 64-bit mode with RDI = its vCPU id and
 its own stack, so several vCPUs can run one program.  Guest RAM is shared.
 
+``backend`` picks the processor: "emu" (the software CPU, also what "auto" means) or
+"kvm" (``BackendUnavailable`` with the probe's reason where /dev/kvm cannot be used;
+``vm.capabilities`` is then the probe's report, and ``pyflank.backends.kvm`` lists what
+differs from the software CPU).  Either way the handlers, VMCS and StateSave are the same.
+A Vm frees its backend when it has run (or on ``close()``).
+
 Limits of the software CPU with several vCPUs: each runs its own unicorn engine over the
 shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
 instructions atomic between engines, and an engine does not notice another engine writing
@@ -22,12 +28,19 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyflank.backends.base import StopReason
-from pyflank.backends.emu import EmuVcpu, unsupported
+from pyflank.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Capabilities,
+    StopReason,
+    VcpuBackend,
+)
+from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.vmcs import Vmcs
@@ -40,11 +53,10 @@ from pyflank.platform.boot import (
     write_descriptor_tables,
 )
 from pyflank.platform.bus import PortBus
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.platform.serial import Serial16550
 
-__all__ = ["StopReason", "Vcpu", "VcpuResult", "Vm"]
+__all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm"]
 
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
@@ -75,12 +87,12 @@ class Vcpu:
         self.debug_ring: DebugRing = handler.m_debug_ring
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
-        # The software CPU executes VMCALL, so guests should use it (CPUID 0x40000001).
-        handler.hypervisor_leaves = hypervisor_leaves(HypervisorFeatures.VMCALL_INSTRUCTION)
-        self.backend: EmuVcpu | None = None
+        # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
+        handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
+        self.backend: VcpuBackend | None = None
         self.result: VcpuResult | None = None
 
-    def _run(self, vm: Vm) -> None:
+    def _run(self) -> None:
         backend = self.backend
         assert backend is not None
         backend.run()
@@ -114,15 +126,15 @@ class Vm:
         layout: BootLayout | None = None,
         trace: bool = False,
     ) -> None:
-        if backend != "emu":
-            raise ValueError(f"backend {backend!r}: this Vm runs on the software CPU ('emu')")
         self.layout = layout or BootLayout()
         self.trace = trace
         self.memory = GuestPhysicalMemory(memory_size)
         write_descriptor_tables(self.memory, self.layout, vcpus)
         self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
         self.serial = Serial16550()
-        self.bus = PortBus(self.serial)
+        self.bus = PortBus(self.serial)  # devices attached later are on it too
+        self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        self._finalizer = weakref.finalize(self, self.backend.close)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
         for vcpu in self.vcpus:
             boot_vcpu(
@@ -166,15 +178,31 @@ class Vm:
         targets = self.vcpus if vcpu is None else [self.vcpus[vcpu]]
         for target in targets:
             change(target.vmcs)
-            problems = unsupported(target.vmcs)
+            problems = self.backend.unsupported(target.vmcs)
             if problems:
                 raise ValueError(
-                    f"vCPU {target.vcpuid}: unsupported on the software CPU: " + "; ".join(problems)
+                    f"vCPU {target.vcpuid}: unsupported on the {self.backend.name} backend: "
+                    + "; ".join(problems)
                 )
 
     @property
     def serial_output(self) -> bytes:
         return self.serial.output
+
+    @property
+    def capabilities(self) -> Capabilities | None:
+        """What the host lets the backend do (KVM's probe report); None for the software CPU."""
+        return self.backend.capabilities
+
+    def close(self) -> None:
+        """Free the backend (KVM file descriptors); guest RAM stays readable."""
+        self._finalizer()
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- running -------------------------------------------------------------------------
     def run(self, timeout: float = 5.0) -> list[VcpuResult]:
@@ -182,11 +210,16 @@ class Vm:
         if self._ran:
             raise RuntimeError("a Vm runs once")
         self._ran = True
+        try:
+            return self._run(timeout)
+        finally:
+            self.close()
+
+    def _run(self, timeout: float) -> list[VcpuResult]:
         for vcpu in self.vcpus:
-            vcpu.backend = EmuVcpu(vcpu.handler, self.memory, self.bus, trace=self.trace)
+            vcpu.backend = self.backend.create_vcpu(vcpu.vcpuid, vcpu.handler, trace=self.trace)
         threads = [
-            threading.Thread(target=v._run, args=(self,), name=f"vcpu{v.vcpuid}", daemon=True)
-            for v in self.vcpus
+            threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
         ]
         for thread in threads:
             thread.start()

@@ -1,11 +1,20 @@
-"""Running small guest programs on the software CPU, and what tests inspect afterwards."""
+"""Running small guest programs on a backend, and what tests inspect afterwards.
+
+The tests here run on each backend (``backend`` fixture); ``run`` uses the one the
+current test runs on.  ``kvm_gap`` skips a test on KVM for a documented gap.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
+from pyflank.backends.kvm.platform import measured_capabilities
+from pyflank.backends.kvm.policy import GAPS
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
@@ -16,6 +25,46 @@ from pyflank.vmm import VcpuResult, Vm
 SDK = '.include "pyflank.inc"\n'
 RUNTIME = "\n    PYFLANK_RUNTIME\n"
 ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21)
+_backend = ["emu"]  # the backend of the running test
+
+
+@contextlib.contextmanager
+def using_backend(name: str) -> Iterator[None]:
+    _backend.append(name)
+    try:
+        yield
+    finally:
+        _backend.pop()
+
+
+def current_backend() -> str:
+    return _backend[-1]
+
+
+# Gaps only some KVMs have: a test skips where the capability report shows them.
+_WHERE: dict[str, Callable[[Any], bool]] = {
+    "emulator": lambda caps: bool(caps.cpl0_emulated),
+    "vmx_instructions": lambda caps: not caps.cpl0_emulated,
+}
+
+
+def kvm_gap(gap: str) -> None:
+    """Skip the running test on KVM: it needs what ``GAPS[gap]`` says KVM cannot do."""
+    if current_backend() != "kvm":
+        return
+    where = _WHERE.get(gap)
+    if where is not None and not where(measured_capabilities()):
+        return
+    pytest.skip(f"KVM gap '{gap}': {GAPS[gap]}")
+
+
+def cpuid_exits(count: int) -> int:
+    """How many of ``count`` guest CPUIDs are exits: none on KVM (gap 'cpuid')."""
+    return 0 if on_kvm() else count
+
+
+def on_kvm() -> bool:
+    return current_backend() == "kvm"
 
 
 def run(
@@ -27,7 +76,7 @@ def run(
     vcpus: int = 1,
     setup: Callable[[Vm], None] | None = None,
 ) -> tuple[Vm, list[VcpuResult]]:
-    vm = Vm(handler, vcpus=vcpus, trace=True)
+    vm = Vm(handler, vcpus=vcpus, trace=True, backend=current_backend())
     vm.load_asm(source)
     if setup is not None:
         setup(vm)
@@ -153,7 +202,11 @@ __all__ = [
     "Proc2",
     "Recorder",
     "controls",
+    "cpuid_exits",
+    "current_backend",
     "idt_source",
+    "kvm_gap",
+    "on_kvm",
     "run",
     "run1",
     "with_idt",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emu_helpers import Recorder, run1, with_idt
+from emu_helpers import Recorder, kvm_gap, run1, with_idt
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
@@ -35,6 +35,7 @@ def test_page_fault_delivers_error_code_and_cr2() -> None:
 
 
 def test_software_interrupt_frame_points_past_int() -> None:
+    kvm_gap("emulator")  # INT n
     _, result = run1(with_idt("    int 0x1f\n mov r10, 1\n hlt"))
     s = result.state
     assert s.r12 == 0x1F
@@ -48,6 +49,7 @@ def test_divide_error_frame_points_at_the_div() -> None:
 
 
 def test_exception_bitmap_makes_ud_an_exit() -> None:
+    kvm_gap("exceptions")
     handler = Recorder()
     _, result = run1("nop\n ud2\n hlt", lambda: handler, configure=_bitmap(1 << 6))
     assert result.reason is StopReason.HALTED  # the seed does not handle exception exits
@@ -61,6 +63,7 @@ def test_exception_bitmap_makes_ud_an_exit() -> None:
 
 
 def test_int3_exit_is_a_software_exception_with_a_length() -> None:
+    kvm_gap("exceptions")
     handler = Recorder()
     run1("int3\n hlt", lambda: handler, configure=_bitmap(1 << 3))
     [record] = handler.records
@@ -70,6 +73,7 @@ def test_int3_exit_is_a_software_exception_with_a_length() -> None:
 
 
 def test_page_fault_exits_follow_the_error_code_mask_and_match() -> None:
+    kvm_gap("exceptions")
     source = f"mov rax, {UNMAPPED:#x}\n mov qword ptr [rax], 1\n hlt"
     # Bit 14 set, mask/match on W=1: a write fault exits ...
     handler = Recorder()
@@ -84,6 +88,7 @@ def test_page_fault_exits_follow_the_error_code_mask_and_match() -> None:
 
 
 def test_a_fault_during_delivery_with_its_bit_set_exits_with_idt_vectoring() -> None:
+    kvm_gap("exceptions")
     handler = Recorder()
 
     class Vectoring(Recorder):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from emu_helpers import Proc, Recorder, controls, run, run1, with_idt
+from emu_helpers import Proc, Recorder, controls, kvm_gap, run, run1, with_idt
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
@@ -89,6 +89,7 @@ def _use_msr_bitmap(address: int) -> Callable[[Vmcs], None]:
 
 
 def test_msr_bitmaps_choose_which_accesses_exit() -> None:
+    kvm_gap("msr_bitmaps")
     bitmap = 0x200000
     handler = Recorder()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from emu_helpers import Proc, Recorder, controls, run, run1
+from emu_helpers import Proc, Recorder, controls, kvm_gap, run, run1
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
@@ -90,6 +90,8 @@ def test_unconditional_io_exit_qualification(
 
 
 def test_rep_outsb_exit_reports_string_rep_and_linear_address() -> None:
+    kvm_gap("io_strings")
+
     class StringIo(Recorder):
         def handle_exit(self, reason: int) -> None:
             if reason == ExitReason.IO_INSTRUCTION:

@@ -17,15 +17,15 @@ from pyflank.platform.serial import Serial16550
 from pyflank.vmm import Vm
 
 
-def test_boot_vmcs_passes_every_vm_entry_check() -> None:
-    vm = Vm(vcpus=3)
+def test_boot_vmcs_passes_every_vm_entry_check(backend: str) -> None:
+    vm = Vm(vcpus=3, backend=backend)
     for vcpu in vm.vcpus:
         assert checks.check_all(vcpu.vmcs, vcpu.handler.m_cpu) == []
         assert vcpu.vmcs.read(f.GUEST_TR_SELECTOR) == vm.layout.tss_selector(vcpu.vcpuid)
 
 
-def test_each_vcpu_gets_its_id_and_stack() -> None:
-    vm = Vm(vcpus=2)
+def test_each_vcpu_gets_its_id_and_stack(backend: str) -> None:
+    vm = Vm(vcpus=2, backend=backend)
     vm.load_asm("mov r8, rdi\n mov r9, rsp\n hlt")
     results = vm.run(timeout=5)
     for vcpuid, result in enumerate(results):
@@ -51,6 +51,7 @@ def test_guest_prints_through_the_sdk() -> None:
     assert result.reason is StopReason.GUEST_HLT
 
 
+@pytest.mark.backend_independent  # no guest
 def test_serial_input_and_registers() -> None:
     uart = Serial16550()
     uart.feed(b"k")
@@ -83,7 +84,9 @@ def _elf(segments: list[tuple[int, int, bytes, int, int]], entry: int) -> bytes:
     return header + phdrs + blobs
 
 
-def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(tmp_path: Path) -> None:
+def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(
+    tmp_path: Path, backend: str
+) -> None:
     high = 0xFFFF_8000_0020_0000
     code = assemble(f"mov rax, {high:#x}\n mov r8, [rax]\n mov r9, [rax + 0x100]\n hlt", 0x100000)
     data = (0x1122334455667788).to_bytes(8, "little")
@@ -92,7 +95,7 @@ def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(tmp_pa
     )
     path = tmp_path / "guest.elf"
     path.write_bytes(image)
-    vm = Vm()
+    vm = Vm(backend=backend)
     vm.memory.write(0x200100, b"\xff" * 8)  # stale bytes the loader must zero (bss)
     loaded = vm.load_elf(path)
     assert loaded.entry == 0x100000
@@ -101,6 +104,7 @@ def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(tmp_pa
     assert result.state.r09 == 0
 
 
+@pytest.mark.backend_independent  # no guest
 def test_loaders_refuse_what_does_not_fit() -> None:
     vm = Vm(memory_size=4 * 1024 * 1024)
     with pytest.raises(LoadError):
@@ -111,6 +115,7 @@ def test_loaders_refuse_what_does_not_fit() -> None:
         vm.load_elf(_elf([(0x100000, 0x10000000, b"\x90", 1, 5)], 0x100000))
 
 
+@pytest.mark.backend_independent  # no guest
 def test_assembler_includes_and_reports_errors(tmp_path: Path) -> None:
     (tmp_path / "lib.inc").write_text(".macro SEVEN reg\n mov \\reg, 7\n.endm\n")
     code = assemble('.include "lib.inc"\n SEVEN rax', include_dirs=[tmp_path])
@@ -121,8 +126,8 @@ def test_assembler_includes_and_reports_errors(tmp_path: Path) -> None:
         assemble("mov rax, nonsense_register_name_")
 
 
-def test_a_vm_runs_once() -> None:
-    vm = Vm()
+def test_a_vm_runs_once(backend: str) -> None:
+    vm = Vm(backend=backend)
     vm.load_asm("hlt")
     vm.run(timeout=5)
     with pytest.raises(RuntimeError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emu_helpers import Proc, Proc2, Recorder, controls, run1, with_idt
+from emu_helpers import Proc, Proc2, Recorder, controls, kvm_gap, run1, with_idt
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
@@ -34,6 +34,7 @@ def test_rdtsc_runs_natively_and_advances() -> None:
 
 
 def test_rdtsc_exiting_gives_the_handlers_value() -> None:
+    kvm_gap("rdtsc")
     handler = FixedClock()
     _, result = run1(
         READ_TSC + "mov r8, rax\n hlt", lambda: handler, configure=controls(Proc.RDTSC_EXITING)
@@ -44,12 +45,14 @@ def test_rdtsc_exiting_gives_the_handlers_value() -> None:
 
 
 def test_unhandled_rdtsc_exit_halts() -> None:
+    kvm_gap("rdtsc")
     _, result = run1("rdtsc\n hlt", configure=controls(Proc.RDTSC_EXITING))
     assert result.reason is StopReason.HALTED
     assert "unimplemented exit reason: rdtsc" in result.debug_ring
 
 
 def test_tsc_offsetting() -> None:
+    kvm_gap("rdtsc")
     offset = 1 << 50
 
     def offsetting(vmcs: Vmcs) -> None:
@@ -61,6 +64,7 @@ def test_tsc_offsetting() -> None:
 
 
 def test_rdtscp_is_invalid_unless_enabled() -> None:
+    kvm_gap("rdtscp")
     _, result = run1(with_idt("    rdtscp\n hlt"))
     assert result.state.r12 == 6  # #UD
     _, result = run1(
@@ -70,6 +74,7 @@ def test_rdtscp_is_invalid_unless_enabled() -> None:
 
 
 def test_rdtscp_exits_with_rdtsc_exiting() -> None:
+    kvm_gap("rdtsc")
     handler = FixedClock()
     _, result = run1(
         "rdtscp\n mov r8, rax\n mov r9, rdx\n mov r10, rcx\n hlt",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from emu_helpers import Proc, Recorder, controls, run1
+from emu_helpers import Proc, Recorder, controls, kvm_gap, run1
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -57,6 +57,7 @@ def test_guest_hlt_with_interrupts_enabled_also_stops() -> None:
 
 
 def test_triple_fault_dispatches_exit_reason_2_and_shuts_down() -> None:
+    kvm_gap("emulator")  # INT3
     handler = Recorder()
     # The boot IDT has limit 0: #BP -> #GP (vector beyond the limit) -> #DF -> triple fault.
     _, result = run1("mov r9, 9\n int3\n mov r9, 0", lambda: handler)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from emu_helpers import Proc2, Recorder, controls, run1, with_idt
+from emu_helpers import Proc2, Recorder, controls, kvm_gap, run1, with_idt
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -35,6 +35,7 @@ DS = 3 << 15
 def test_vmx_instruction_exit(
     source: str, reason: ExitReason, length: int, information: int, qualification: int
 ) -> None:
+    kvm_gap("vmx_instructions")
     handler = Recorder()
     _, result = run1(f"nop\n {source}\n hlt", lambda: handler)
     [record] = handler.records
@@ -47,13 +48,16 @@ def test_vmx_instruction_exit(
 
 
 def test_vmfunc_is_an_invalid_opcode_unless_enabled() -> None:
+    kvm_gap("emulator")  # VMFUNC
     _, result = run1(with_idt("    xor eax, eax\n vmfunc\n hlt"))
     assert result.state.r12 == 6
+    kvm_gap("vm_functions")
     handler = Recorder()
     run1("vmfunc\n hlt", lambda: handler, configure=controls(secondary=Proc2.ENABLE_VM_FUNCTIONS))
     assert [r.reason for r in handler.records] == [ExitReason.VMFUNC]
 
 
 def test_svm_instructions_are_invalid_opcodes() -> None:
+    kvm_gap("vmcall")  # VMMCALL
     _, result = run1(with_idt("    vmmcall\n hlt"))
     assert result.state.r12 == 6

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pyflank.backends.base import BackendUnavailable
+from pyflank.backends.factory import NAMES, resolve
 from pyflank.cli import protocol
 from pyflank.cli.extension import load_handler
 from pyflank.cli.runtime import RuntimeDir
@@ -50,7 +52,7 @@ class VmmService:
     def __init__(self, rt: RuntimeDir, extension: str, backend: str, vcpus: int) -> None:
         self.rt = rt
         self.handler = load_handler(extension)
-        self.backend = "emu" if backend == "auto" else backend
+        self.backend = resolve(backend)  # "auto" is the software CPU
         size = memory_size(vcpus)
         self.vm = Vm(self.handler, vcpus=vcpus, backend=self.backend, memory_size=size)
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
@@ -163,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyflank-vmm")
     parser.add_argument("--runtime-dir", required=True, type=Path)
     parser.add_argument("--extension", required=True)
-    parser.add_argument("--backend", default="auto", choices=("emu", "kvm", "auto"))
+    parser.add_argument("--backend", default="auto", choices=NAMES)
     parser.add_argument("--vcpus", default=1, type=int)
     args = parser.parse_args(argv)
-    service = VmmService(RuntimeDir(args.runtime_dir), args.extension, args.backend, args.vcpus)
+    try:
+        service = VmmService(RuntimeDir(args.runtime_dir), args.extension, args.backend, args.vcpus)
+    except BackendUnavailable as exc:  # one line: bfm start shows the log's last line
+        print(f"pyflank-vmm: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=service.stop, daemon=True).start()

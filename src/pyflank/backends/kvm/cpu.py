@@ -4,7 +4,8 @@ KVM gives user space no CPUID exit.  The handler's CPUID behaviour is
 therefore sampled once, at vCPU setup: every leaf and subleaf KVM supports
 (plus the handler's hypervisor leaves) goes through ``handle_cpuid`` on a
 scratch VMCS/StateSave, and the answers become the vCPU's KVM_SET_CPUID2
-table.  A CPUID handler must then be a pure function of (leaf, subleaf):
+table.  The samples go through ``handle_exit``, not ``dispatch``: they are not
+exits the guest made.  A CPUID handler must then be a pure function of (leaf, subleaf):
 anything it does per call (counting, logging, answers that change over time
 or with guest state) happens once at setup on KVM, not at each guest CPUID.
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from pyflank.backends.kvm.device import CpuidEntry, KvmError, KvmVcpuFd
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.cpu import CpuidRegisters, MsrFault
+from pyflank.intel_x64.cpu import VMX_CAPABILITY_MSRS, CpuidRegisters, MsrFault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 
@@ -30,7 +31,10 @@ class KvmHostCpu:
 
     RDMSR/WRMSR pass through to KVM_GET_MSRS/KVM_SET_MSRS, so a handler that
     forwards an MSR access does what the virtual CPU would have done without
-    the filter; an MSR KVM does not know faults (#GP), as on hardware.
+    the filter; an MSR KVM does not know faults (#GP), as on hardware.  The VMX
+    capability MSRs are the exception: KVM's vCPU has no VMX, pyflank plays it,
+    so they describe pyflank's VMX model (read-only), which the VM-entry checks
+    and the boot controls were made against.
     """
 
     def __init__(self, supported: Iterable[CpuidEntry], vcpu: KvmVcpuFd | None = None) -> None:
@@ -51,12 +55,17 @@ class KvmHostCpu:
         return regs
 
     def rdmsr(self, msr: int) -> int:
+        capability = VMX_CAPABILITY_MSRS.get(msr)
+        if capability is not None:
+            return capability
         values = self._vcpu().get_msrs([msr])
         if msr not in values:
             raise MsrFault(msr, write=False)
         return values[msr]
 
     def wrmsr(self, msr: int, value: int) -> None:
+        if msr in VMX_CAPABILITY_MSRS:
+            raise MsrFault(msr, write=True)
         try:
             accepted = self._vcpu().set_msrs({msr: value})
         except KvmError:
@@ -105,7 +114,13 @@ def _ask(
     state.rax, state.rcx, state.rbx, state.rdx = leaf, subleaf, 0, 0
     vmcs.processor_write(f.VM_EXIT_REASON, ExitReason.CPUID)
     vmcs.processor_write(f.VM_EXIT_INSTRUCTION_LENGTH, _CPUID_LENGTH)
-    handler.dispatch()
+    # handle_exit, not dispatch: a subclass counting or narrating exits in dispatch
+    # must not see these samples as exits the guest made.
+    try:
+        handler.handle_exit(ExitReason.CPUID)
+    except Exception as exc:  # noqa: BLE001 - a handler bug costs one leaf, not the vCPU
+        log.warning("CPUID handler raised %r at leaf %#x.%d: using KVM's value", exc, leaf, subleaf)
+        return None
     if vmcs.state is not VmcsState.LAUNCHED:
         log.warning(
             "CPUID handler stopped the vCPU at leaf %#x.%d: using KVM's value", leaf, subleaf

@@ -6,6 +6,10 @@ import ctypes
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from iced_x86 import Instruction
+
+# The VMX instruction-information encoding is architecture, shared with the software CPU.
+from pyflank.backends.emu import decode as vmx_decode
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm.decode import (
     GuestCode,
@@ -244,6 +248,8 @@ class ExitTranslator:
         vmcs.processor_write(f.EXIT_QUALIFICATION, 0)
         vmcs.processor_write(f.VM_EXIT_INSTRUCTION_LENGTH, 0)
         vcpu.dispatched += 1
+        if vcpu.trace is not None:
+            vcpu.trace.append((_ENTRY_FAILURE & 0xFFFF, handler.m_state_save.rip))
         handler.dispatch()
         vmcs.dirty.update(SREGS_FIELDS)  # whatever the handler fixed, enter all of it again
         return vcpu.resume(complete=False)
@@ -252,11 +258,33 @@ class ExitTranslator:
         failure = self._run.exit.emulation_failure
         rip = self.vcpu.registers.regs.rip
         if failure.suberror == abi.KVM_INTERNAL_ERROR_EMULATION:
+            vmx = self._vmx_instruction(rip)
+            if vmx is not None:
+                return self._vmx_exit(vmx, rip)
             text = f"KVM could not emulate the instruction at {rip:#x}"
             if failure.flags & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
                 text += f" (bytes {bytes(failure.insn_bytes[: failure.insn_size]).hex(' ')})"
             return self._stop(StopReason.EMULATION_FAILURE, text)
         return self._stop(StopReason.ERROR, f"KVM internal error {failure.suberror} at {rip:#x}")
+
+    def _vmx_instruction(self, rip: int) -> Instruction | None:
+        """The VMX instruction at ``rip``, if that is what KVM's emulator gave up on.
+
+        In VMX non-root operation these exit unconditionally, before any fault, so
+        the exit is exact.  VMFUNC is left out: without VM functions it is #UD.
+        """
+        sregs = self.vcpu.registers.sregs
+        code = self.code.read(rip, _MAX_INSN, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+        ins = vmx_decode.decode(code, rip)
+        reason = None if ins.is_invalid else vmx_decode.VMX_EXITS.get(ins.mnemonic)
+        return None if reason is None or reason == ExitReason.VMFUNC else ins
+
+    def _vmx_exit(self, ins: Instruction, rip: int) -> Outcome:
+        vcpu = self.vcpu
+        qualification, information = vmx_decode.vmx_instruction_information(ins)
+        reason = vmx_decode.VMX_EXITS[ins.mnemonic]
+        vcpu.dispatch(reason, rip, ins.len, qualification, information=information)
+        return vcpu.resume(complete=False)
 
     def _system_event(self) -> Outcome:
         event = self._run.exit.system_event.type
@@ -287,5 +315,4 @@ class ExitTranslator:
         return ""
 
     def _stop(self, reason: StopReason, message: str) -> KvmRunResult:
-        self.vcpu.handler.log(f"vcpu stopped ({reason.value}): {message}")
-        return self.vcpu.result(reason, message)
+        return self.vcpu.stopped(reason, message)

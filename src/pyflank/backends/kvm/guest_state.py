@@ -45,6 +45,9 @@ SREGS_FIELDS: Final[frozenset[int]] = frozenset(
 )
 
 _AR_UNUSABLE = 1 << 16
+# VMX operation keeps CR4.VMXE set (a VM-entry check); the guest reads 0, as with a
+# guest/host mask on that bit, and KVM refuses it in a vCPU without VMX in its CPUID.
+CR4_VMXE = 1 << 13
 
 
 def access_rights(seg: KvmSegment) -> int:
@@ -88,6 +91,7 @@ def sregs_to_vmcs(sregs: KvmSregs, vmcs: Vmcs) -> None:
         write(base, table.base)
     for name, enc in CONTROL_FIELDS.items():
         write(enc, getattr(sregs, name))
+    write(f.GUEST_CR4, sregs.cr4 | CR4_VMXE)
 
 
 def vmcs_to_sregs(vmcs: Vmcs, sregs: KvmSregs) -> None:
@@ -102,6 +106,7 @@ def vmcs_to_sregs(vmcs: Vmcs, sregs: KvmSregs) -> None:
         table.limit, table.base = read(limit), read(base)
     for name, enc in CONTROL_FIELDS.items():
         setattr(sregs, name, read(enc))
+    sregs.cr4 &= ~CR4_VMXE
 
 
 _GPRS = struct.Struct("<18Q")  # kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags

@@ -1,19 +1,12 @@
-"""Why a KVM vCPU stopped running."""
+"""Why a KVM vCPU stopped running: the StopReason every backend shares, and KVM's counters."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
+from pyflank.backends.base import StopReason
 
-class StopReason(Enum):
-    HALTED = "halted"  # the exit handler halted the vCPU (halt(), unimplemented exit, ...)
-    PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF, promote())
-    GUEST_HLT = "guest hlt"  # HLT without HLT exiting: the vCPU halts
-    TIMEOUT = "timeout"
-    STOPPED = "stopped"  # stop() from another thread
-    EMULATION_FAILURE = "emulation failure"  # KVM could not emulate a guest instruction
-    ERROR = "error"  # any other KVM exit the VMX model has no meaning for
+__all__ = ["KvmRunResult", "StopReason"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""Which VMX controls the KVM backend implements, and the gaps it documents.
+
+KVM sends user space only some exits (port I/O, HLT, MMIO, filtered MSR accesses,
+shutdown, emulation failures).  A control asking for an exit KVM completes in the
+kernel cannot be honoured, so ``unsupported`` names it: a VMCS that asks for an exit
+the backend cannot produce must not run as if the control were off.  ``GAPS`` says,
+for people and for tests that skip on KVM, what differs from the software CPU and why;
+``pyflank.backends.kvm``'s docstring lists the same keys.
+"""
+
+from __future__ import annotations
+
+from enum import IntFlag
+from typing import Final
+
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import (
+    PIN_BASED_CONTROLS_DEFAULT1,
+    PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
+    VM_ENTRY_CONTROLS_DEFAULT1,
+    VM_EXIT_CONTROLS_DEFAULT1,
+    PinBasedControls,
+    PrimaryProcessorBasedControls,
+    SecondaryProcessorBasedControls,
+    VmEntryControls,
+    VmExitControls,
+)
+from pyflank.intel_x64.vmcs import Vmcs
+
+Pin = PinBasedControls
+Proc = PrimaryProcessorBasedControls
+Proc2 = SecondaryProcessorBasedControls
+Exit = VmExitControls
+Entry = VmEntryControls
+
+GAPS: Final[dict[str, str]] = {
+    "cpuid": "CPUID never exits: the handler's answers are sampled into KVM_SET_CPUID2 at setup",
+    "invd": "INVD and WBINVD complete inside KVM (no INVD exit, no WBINVD exiting)",
+    "rdtsc": "RDTSC/RDTSCP complete inside KVM (no RDTSC exiting, no TSC offsetting)",
+    "rdtscp": "RDTSCP follows KVM's CPUID, not 'enable RDTSCP'",
+    "exceptions": "guest exceptions are delivered inside KVM (no exception bitmap or exits)",
+    "instruction_exits": "INVLPG, PAUSE, RDPMC, MOV CR3/CR8, MOV DR, MONITOR/MWAIT cannot exit",
+    "msr_bitmaps": "every RDMSR/WRMSR exits: KVM's MSR filter is fixed at VM creation",
+    "physical_cpu": "the handler's physical CPU is the KVM vCPU, not the software CPU's model",
+    "vmx_instructions": "VMX instructions exit only where KVM's emulator gives up on them",
+    "vm_functions": "no VM functions ('enable VM functions')",
+    "vmcall": "VMCALL/VMMCALL are KVM hypercalls that may never return: guests use the doorbell",
+    "emulator": "KVM's ring-0 instruction emulator (kvm_pvm) lacks some instructions (INT n, ...)",
+    "io_strings": "string I/O exits come mid-instruction from KVM's emulator, no linear address",
+}
+
+_CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING
+# Besides the default1 bits: interrupt/NMI exiting never fire (no interrupt sources),
+# and the host-side exit controls describe the host, which is Python.
+SUPPORTED: Final[dict[int, tuple[type[IntFlag], int]]] = {
+    f.PIN_BASED_VM_EXECUTION_CONTROLS: (
+        Pin,
+        PIN_BASED_CONTROLS_DEFAULT1
+        | Pin.EXTERNAL_INTERRUPT_EXITING
+        | Pin.NMI_EXITING
+        | Pin.VIRTUAL_NMIS,
+    ),
+    f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
+        Proc,
+        # CR3 load/store exiting are default1 bits, but the TRUE controls let them be 0.
+        PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1 & ~_CR3_EXITING
+        | Proc.HLT_EXITING
+        | Proc.UNCONDITIONAL_IO_EXITING
+        | Proc.USE_IO_BITMAPS
+        | Proc.ACTIVATE_SECONDARY_CONTROLS,
+    ),
+    f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (Proc2, Proc2.ENABLE_VPID),
+    f.VM_EXIT_CONTROLS: (
+        Exit,
+        VM_EXIT_CONTROLS_DEFAULT1
+        | Exit.SAVE_DEBUG_CONTROLS
+        | Exit.HOST_ADDRESS_SPACE_SIZE
+        | Exit.LOAD_IA32_PERF_GLOBAL_CTRL
+        | Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT
+        | Exit.SAVE_IA32_PAT
+        | Exit.LOAD_IA32_PAT
+        | Exit.SAVE_IA32_EFER
+        | Exit.LOAD_IA32_EFER,
+    ),
+    f.VM_ENTRY_CONTROLS: (
+        Entry,
+        VM_ENTRY_CONTROLS_DEFAULT1
+        | Entry.LOAD_DEBUG_CONTROLS
+        | Entry.IA_32E_MODE_GUEST
+        | Entry.LOAD_IA32_PAT
+        | Entry.LOAD_IA32_EFER,
+    ),
+}
+# Why a control outside SUPPORTED cannot be offered, where a gap explains it.
+_WHY: Final[dict[int, str]] = {
+    Proc.RDTSC_EXITING: "rdtsc",
+    Proc.USE_TSC_OFFSETTING: "rdtsc",
+    Proc.USE_MSR_BITMAPS: "msr_bitmaps",
+    Proc.INVLPG_EXITING: "instruction_exits",
+    Proc.PAUSE_EXITING: "instruction_exits",
+    Proc.RDPMC_EXITING: "instruction_exits",
+    Proc.CR3_LOAD_EXITING: "instruction_exits",
+    Proc.CR3_STORE_EXITING: "instruction_exits",
+    Proc.CR8_LOAD_EXITING: "instruction_exits",
+    Proc.CR8_STORE_EXITING: "instruction_exits",
+    Proc.MOV_DR_EXITING: "instruction_exits",
+    Proc.MWAIT_EXITING: "instruction_exits",
+    Proc.MONITOR_EXITING: "instruction_exits",
+}
+_WHY2: Final[dict[int, str]] = {
+    Proc2.WBINVD_EXITING: "invd",
+    Proc2.ENABLE_RDTSCP: "rdtscp",
+    Proc2.ENABLE_VM_FUNCTIONS: "vm_functions",
+}
+# Controls, and the fields they use, that the exit path reads: a change needs a check.
+CONTROL_FIELDS: Final[frozenset[int]] = frozenset(SUPPORTED) | {
+    f.EXCEPTION_BITMAP,
+    f.CR0_GUEST_HOST_MASK,
+    f.CR4_GUEST_HOST_MASK,
+    f.VM_FUNCTION_CONTROLS,
+}
+
+
+def _names(flag_type: type[IntFlag], bits: int, why: dict[int, str]) -> str:
+    names = []
+    for bit in range(64):
+        mask = 1 << bit
+        if not bits & mask:
+            continue
+        try:
+            name = flag_type(mask).name or f"bit {bit}"
+        except ValueError:
+            name = f"reserved bit {bit}"
+        gap = why.get(mask)
+        names.append(f"{name} ({GAPS[gap]})" if gap else name)
+    return ", ".join(names)
+
+
+def unsupported(vmcs: Vmcs) -> list[str]:
+    """Why the KVM backend cannot run this VMCS's controls; empty if it can."""
+    problems = []
+    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    for encoding, (flag_type, allowed) in SUPPORTED.items():
+        if encoding == f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS and not (
+            proc & Proc.ACTIVATE_SECONDARY_CONTROLS
+        ):
+            continue
+        extra = vmcs.read(encoding) & ~allowed
+        if extra:
+            why = _WHY2 if flag_type is Proc2 else _WHY
+            problems.append(f"{flag_type.__name__}: {_names(flag_type, extra, why)}")
+    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
+        problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
+    if vmcs.read(f.EXCEPTION_BITMAP):
+        problems.append(f"EXCEPTION_BITMAP: {GAPS['exceptions']}")
+    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
+        if vmcs.read(mask):
+            problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
+    if vmcs.read(f.VM_FUNCTION_CONTROLS):
+        problems.append("VM_FUNCTION_CONTROLS: no VM function is implemented")
+    return problems

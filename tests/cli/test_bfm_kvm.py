@@ -1,0 +1,58 @@
+"""``bfm start --backend kvm``: the VMM service on KVM, vmcalls through the guest agent."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bfm_helpers import Bfm
+
+from pyflank.backends.kvm import probe_kvm
+
+_KVM = probe_kvm(measure=False)
+pytestmark = [
+    pytest.mark.kvm,
+    pytest.mark.skipif(not _KVM.usable, reason=f"KVM unusable: {_KVM.reason}"),
+]
+
+
+@pytest.fixture
+def on_kvm(tmp_path: Path) -> Iterator[Bfm]:
+    bfm = Bfm(tmp_path / "run")
+    result = bfm("start", "--backend", "kvm")
+    assert result.code == 0, result
+    yield bfm
+    bfm("stop")
+
+
+def test_string_round_trip_and_versions(on_kvm: Bfm) -> None:
+    assert on_kvm("status").out == "VMM_RUNNING"
+    result = on_kvm("vmcall", "string", "unformatted", "hello from bfm on KVM")
+    assert result.out == "received from vmm: hello from bfm on KVM", result
+    assert on_kvm("vmcall", "versions", "1").out == "VMCALL_VERSION_PYFLANK: 0.1.0"
+    assert on_kvm("vmcall", "versions", "0").code == 0
+    assert "received in vmm: hello from bfm on KVM" in on_kvm("dump").out
+    assert on_kvm("stop").out == "stopped"
+    assert on_kvm("status").out == "VMM_LOADED"
+
+
+def test_clients_on_two_kvm_vcpus(tmp_path: Path) -> None:
+    bfm = Bfm(tmp_path / "run")
+    try:
+        assert bfm("start", "--backend", "kvm", "--vcpus", "2").code == 0
+        client = Path(__file__).with_name("bfm_client.py")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(client), f"c{i}", "20", "2"],
+                env=bfm.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert outputs == [f"c{i}: 20 ok" for i in range(4)]
+    finally:
+        bfm("stop")
