@@ -22,6 +22,8 @@ def on_kvm(tmp_path: Path) -> Iterator[Bfm]:
     bfm = Bfm(tmp_path / "run")
     result = bfm("start", "--backend", "kvm")
     assert result.code == 0, result
+    assert "backend kvm" in result.out
+    assert "KVM (/dev/kvm): API" in result.out  # bfm reports the capability probe
     yield bfm
     bfm("stop")
 

@@ -97,7 +97,11 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1) -> str:
             record = {"extension": DEFAULT_EXTENSION, "handler": "ExitHandlerIntelX64"}
             rt.write_loaded(record)
         _spawn(rt, record["extension"], backend, vcpus)
-    return f"started {record['handler']} on {vcpus} vCPU(s)"
+        info = protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT)
+    lines = [f"started {record['handler']} on {vcpus} vCPU(s), backend {info.get('backend')}"]
+    if info.get("capabilities"):
+        lines.append(str(info["capabilities"]))
+    return "\n".join(lines)
 
 
 def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int) -> None:

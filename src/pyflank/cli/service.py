@@ -69,8 +69,14 @@ class VmmService:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "ping":
-            return {"ok": True, "handler": self.handler.__name__, "backend": self.backend,
-                    "vcpus": len(self.vm.vcpus)}  # fmt: skip
+            capabilities = self.vm.capabilities
+            return {
+                "ok": True,
+                "handler": self.handler.__name__,
+                "backend": self.backend,
+                "vcpus": len(self.vm.vcpus),
+                "capabilities": capabilities.describe() if capabilities else "",
+            }
         if op == "dump":
             vcpuid = request.get("vcpuid", 0)
             if not isinstance(vcpuid, int) or not 0 <= vcpuid < len(self.vm.vcpus):
