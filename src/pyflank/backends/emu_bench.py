@@ -6,7 +6,10 @@ Three loops of N CPUIDs: through pyflank's full exit path (VMCS, StateSave, the 
 ``dispatch``); with a bare unicorn hook through the Python binding that only skips the
 instruction (the floor the issue measures against); and with the same hook as a raw
 ctypes callback (the cheapest any Python hook can be).  ``profile`` shows where the time
-of the full path goes.
+of the full path goes (ctypes calls are not seen by cProfile: their time is their
+caller's).  The report names how the exit path reaches the registers: ``InPlace``, or
+``ThroughApi`` (batch calls, ~2.5 us slower per exit) where unicorn's CPU state was not
+confirmed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from unicorn import x86_const as x86
 
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import Engine
+from pyflank.backends.emu.register_probe import register_file
 from pyflank.platform.assemble import assemble
 
 LOAD = 0x100000
@@ -94,12 +98,19 @@ def full(count: int) -> float:
     return elapsed
 
 
+def register_file_mode() -> str:
+    """The register file the exit path uses: ``InPlace`` or ``ThroughApi``."""
+    engine = Engine()
+    return type(register_file(engine.uc, engine.handle)).__name__
+
+
 @dataclass(frozen=True)
 class CpuidBenchmark:
     count: int
     full_seconds: float
     floor_binding_seconds: float
     floor_ctypes_seconds: float
+    register_file: str = ""
 
     @property
     def exits_per_second(self) -> float:
@@ -122,6 +133,7 @@ class CpuidBenchmark:
                 f"  floor (ctypes hook):  {self.count / self.floor_ctypes_seconds:9.0f}/s "
                 f"({self.floor_ctypes_seconds * per:.2f} us/exit)",
                 f"  overhead over the binding floor: {self.overhead_vs_binding:.0%}",
+                f"  register file: {self.register_file}",
             ]
         )
 
@@ -130,7 +142,8 @@ def cpuid_benchmark(count: int = 100_000, repeat: int = 3) -> CpuidBenchmark:
     """Best of ``repeat`` runs of each loop, interleaved (a shared machine is noisy)."""
     runs = [(full(count), floor_binding(count), floor_ctypes(count)) for _ in range(repeat)]
     best = [min(column) for column in zip(*runs, strict=True)]
-    return CpuidBenchmark(count, *best)
+    full_s, binding_s, ctypes_s = best
+    return CpuidBenchmark(count, full_s, binding_s, ctypes_s, register_file_mode())
 
 
 def profile(count: int = 50_000, top: int = 25) -> str:
@@ -154,5 +167,13 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     main(sys.argv)
 
-__all__ = ["CpuidBenchmark", "cpuid_benchmark", "floor_binding", "floor_ctypes", "full", "profile"]
+__all__ = [
+    "CpuidBenchmark",
+    "cpuid_benchmark",
+    "floor_binding",
+    "floor_ctypes",
+    "full",
+    "profile",
+    "register_file_mode",
+]
 _ = ctypes  # the floors use ctypes callbacks through ``eng``

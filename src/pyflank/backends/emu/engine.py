@@ -2,9 +2,11 @@
 
 The binding wraps every hook in two Python frames and converts every register through a
 class lookup: about 2 us per register read on this machine.  The exit path instead keeps
-pre-built ctypes arrays and calls ``uc_reg_read_batch`` / ``uc_reg_write_batch`` once
-each, and installs its hooks as plain ``CFUNCTYPE`` callbacks.  Everything else (mapping,
-contexts, one-off register access) goes through the binding.
+pre-built ctypes arrays and arguments for ``uc_reg_read_batch`` / ``uc_reg_write_batch``
+and ``uc_vmem_read``, and installs its hooks as plain ``CFUNCTYPE`` callbacks.  Even so a
+ctypes call costs ~0.16 us plus ~0.04 us per argument, so the hottest exits read and
+write the general registers in place instead (``register_file``).  Everything else
+(mapping, contexts, one-off register access) goes through the binding.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _reg_write_batch = _fast.uc_reg_write_batch
 _reg_write_batch.restype = ctypes.c_int
 _vmem_read = _fast.uc_vmem_read  # arguments passed as ready ctypes objects: no argtypes cost
 _vmem_read.restype = ctypes.c_int
+read_code: Any = _vmem_read  # uc_vmem_read, for ``Engine.code2_args``
 _emu_start = _lib.uc_emu_start
 _emu_start.argtypes = [
     ctypes.c_void_p,
@@ -67,7 +70,6 @@ INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 NO_END = 0
 MAX_INSTRUCTION = 15
 _PROT_EXEC = ctypes.c_int(uc_const.UC_PROT_EXEC)
-_FETCH_SIZE = ctypes.c_size_t(MAX_INSTRUCTION)
 
 # The registers saved at every exit, in this order: StateSave's GPRs, then RIP, RSP, RFLAGS,
 # then the state a guest changes without exiting (control registers, selectors, bases).
@@ -168,8 +170,15 @@ class Engine:
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
         self.loaded = RegisterBatch(self.handle, LOADED_IDS)
         self.gprs = RegisterBatch(self.handle, GPR_IDS)
-        self.abcd = RegisterBatch(self.handle, GPR_IDS[:4])  # RAX, RBX, RCX, RDX: CPUID's
         self._code = ctypes.create_string_buffer(MAX_INSTRUCTION + 1)
+        self._fetch_at = ctypes.c_uint64(0)
+        self._fetch_size = ctypes.c_size_t(MAX_INSTRUCTION)
+        # The first two bytes at ``code_at``: ``read_code(*code2_args)``, then
+        # ``code2.raw``.  Prebuilt for the hot exits, whose unprefixed opcode decides
+        # their length; the caller keeps the two bytes on one page.
+        self.code_at = ctypes.c_uint64(0)
+        self.code2 = (ctypes.c_char * 2)()
+        self.code2_args = (self.handle, self.code_at, _PROT_EXEC, self.code2, ctypes.c_size_t(2))
 
     # -- memory -----------------------------------------------------------------------
     def map_host_memory(self, address: int, size: int, host_pointer: int) -> None:
@@ -190,21 +199,23 @@ class Engine:
 
     def fetch(self, rip: int) -> bytes:
         """Up to 15 instruction bytes at guest-virtual ``rip`` (fewer where mapping ends)."""
-        buf = self._code
+        buf, at = self._code, self._fetch_at
+        at.value = rip
         room = 0x1000 - (rip & 0xFFF)
         if room >= MAX_INSTRUCTION:
-            if _vmem_read(self.handle, ctypes.c_uint64(rip), _PROT_EXEC, buf, _FETCH_SIZE):
+            if _vmem_read(self.handle, at, _PROT_EXEC, buf, self._fetch_size):
                 return b""
             return buf.raw[:MAX_INSTRUCTION]
         # Across a page end: the next page may be unmapped, and a failed read leaves its
         # address in CR2 (unicorn translates like an access), so CR2 is put back.
         out = b""
-        if _vmem_read(self.handle, ctypes.c_uint64(rip), _PROT_EXEC, buf, ctypes.c_size_t(room)):
+        if _vmem_read(self.handle, at, _PROT_EXEC, buf, ctypes.c_size_t(room)):
             return out
         out = buf.raw[:room]
         cr2 = self.read(x86.UC_X86_REG_CR2)
+        at.value = rip + room
         rest = ctypes.c_size_t(MAX_INSTRUCTION - room)
-        if _vmem_read(self.handle, ctypes.c_uint64(rip + room), _PROT_EXEC, buf, rest) == 0:
+        if _vmem_read(self.handle, at, _PROT_EXEC, buf, rest) == 0:
             out += buf.raw[: MAX_INSTRUCTION - room]
         else:
             self.write(x86.UC_X86_REG_CR2, cr2)

@@ -21,6 +21,7 @@ from pyflank.backends.emu import svm
 from pyflank.backends.emu.events import CpuView, Event, Landing, NestedExit, TripleFault
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.backends.emu.policy import CONTROL_FIELDS, INTERCEPT_FIELDS, exit_policy
+from pyflank.backends.emu.register_file import NEVER_SEEN
 from pyflank.intel_x64 import checks
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
@@ -65,6 +66,7 @@ class VmEntry:
     _full_entry_pending: bool
     _last_exit_reason: int
     _system: tuple[tuple[int, ...], bytes] | None
+    _seen: bytes
 
     def _dispatch(self, reason: int, rip: int) -> None:
         raise NotImplementedError
@@ -281,4 +283,5 @@ class VmEntry:
         e.write(x86.UC_X86_REG_RAX, svm.VMCB)
         self._in_guest_mode = True
         self._system = None  # VMRUN loaded new system state: compare afresh at the next exit
+        self._seen = NEVER_SEEN
         return svm.STUB

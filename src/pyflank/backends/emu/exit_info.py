@@ -35,7 +35,7 @@ class ExitRecorder:
 
     def __init__(self, vmcs: Vmcs) -> None:
         self._write = vmcs.processor_write
-        self._last: tuple[int, ...] = _UNSET
+        self.last: tuple[int, ...] = _UNSET  # the values in the VMCS (hot paths compare)
 
     def exit(
         self,
@@ -58,11 +58,11 @@ class ExitRecorder:
 
     def store(self, new: tuple[int, ...]) -> None:
         """``exit`` with the nine values prebuilt (the hot path keeps them per length)."""
-        last = self._last
+        last = self.last
         if new is last or new == last:
             return
         write = self._write
         for encoding, value, old in zip(EXIT_INFORMATION_FIELDS, new, last, strict=True):
             if value != old:
                 write(encoding, value)
-        self._last = new
+        self.last = new

@@ -17,6 +17,8 @@ Two kinds of hook deliver exits, and they resume differently:
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from iced_x86 import Mnemonic
@@ -24,6 +26,7 @@ from unicorn import x86_const as x86
 
 from pyflank.backends.emu import decode as dec
 from pyflank.backends.emu import svm
+from pyflank.backends.emu.engine import read_code
 from pyflank.backends.emu.events import (
     ERROR_CODE_VECTORS,
     VECTOR_BP,
@@ -32,6 +35,7 @@ from pyflank.backends.emu.events import (
     VECTOR_UD,
 )
 from pyflank.backends.emu.page_faults import page_fault_error_code
+from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import InterruptionType
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from pyflank.backends.emu.engine import Engine
     from pyflank.backends.emu.exit_info import ExitRecorder
     from pyflank.backends.emu.policy import ExitPolicy
+    from pyflank.backends.emu.register_file import RawHead
     from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
     from pyflank.intel_x64.vmcs import Vmcs
     from pyflank.memory import GuestPhysicalMemory
@@ -52,7 +57,9 @@ _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
 _IO = int(ExitReason.IO_INSTRUCTION)
 _SKIP = 1
-_CPUID_INFO: Final = {2: (_CPUID, 0, 2, 0, 0, 0, 0, 0, 0)}  # the exit information, prebuilt
+_CPUID_INFO: Final = (_CPUID, 0, 2, 0, 0, 0, 0, 0, 0)  # an unprefixed CPUID's, prebuilt
+_OPCODE: Final = b"\x0f\xa2"  # CPUID
+_unpack_head = HEAD_VALUES.unpack_from
 _MSR_LOW_END, _MSR_HIGH_BASE, _MSR_HIGH_END = 0x2000, 0xC000_0000, 0xC000_2000
 # Quick lengths of the unprefixed encodings; anything else goes through the decoder.
 _QUICK_LENGTH: Final = {
@@ -105,8 +112,20 @@ class ExitHooks:
     stop_reason: object
     _draining: bool
     _needs_entry: bool
+    # The register file in place (see register_file) and what the last exit saw in it.
+    _head: RawHead
+    _dr7: ctypes.c_uint64
+    _write_gprs: Callable[..., None]
+    _code_at: ctypes.c_uint64
+    _code2: ctypes.Array[ctypes.c_char]
+    _code2_args: tuple[object, ...]
+    _seen: bytes
+    _seen_regs: tuple[int, int, int, int]
 
     def _save(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _store_moved(self, raw: bytes, v: tuple[int, ...]) -> None:
         raise NotImplementedError
 
     def _dispatch(self, reason: int, rip: int) -> None:
@@ -164,13 +183,12 @@ class ExitHooks:
         """End an instruction-hook exit: in place if simple, else drain to the run loop."""
         s = self.state
         vmcs = self.vmcs
-        if vmcs.state is _LAUNCHED and not vmcs.dirty and s.rip == next_rip and s.rsp == regs[16]:
-            rest = (s.rbp, s.rsi, s.rdi, s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15)
-            abcd = (s.rax, s.rbx, s.rcx, s.rdx)
-            if rest != regs[4:15]:
-                self.engine.gprs.write(abcd + rest)
-            elif abcd != regs[:4]:
-                self.engine.abcd.write(abcd)  # CPUID's case: only these four changed
+        rsp = regs[16]
+        if vmcs.state is _LAUNCHED and not vmcs.dirty and s.rip == next_rip and s.rsp == rsp:
+            self._write_gprs(
+                s.rax, s.rcx, s.rdx, s.rbx, rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+            )  # fmt: skip
         else:
             self._drain()
 
@@ -183,34 +201,54 @@ class ExitHooks:
 
     # -- CPUID, RDTSC, RDTSCP -------------------------------------------------------------
     def _on_cpuid(self, _uc: int, _data: int) -> int:
-        # The hottest path there is: the helpers it would call are written out here.
+        # The hottest path there is: ``_save`` and the completion are written out here.
         try:
             if self._draining:
                 return _SKIP
-            regs = self._save()
-            rip = regs[15]
-            code = self.engine.fetch(rip)
-            length = 2 if code[:2] == b"\x0f\xa2" else int(dec.decode(code, rip).len)
-            self.record.store(_CPUID_INFO.get(length) or (_CPUID, 0, length, 0, 0, 0, 0, 0, 0))
+            raw = self._head.raw
+            v = _unpack_head(raw)
+            s = self.state
+            (
+                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, s.rip, eflags,
+            ) = v  # fmt: skip
+            rip = v[16]
+            rsp = v[4]
+            if (rip, rsp, eflags, self._dr7.value) != self._seen_regs or not raw.endswith(
+                self._seen
+            ):
+                self._store_moved(raw, v)
+            # The hook fires only for CPUID, so 0F A2 at RIP is all of it; else prefixes.
+            self._code_at.value = rip
+            if (
+                rip & 0xFFF != 0xFFF
+                and not read_code(*self._code2_args)
+                and self._code2.raw == _OPCODE
+            ):
+                length = 2
+                info = _CPUID_INFO
+            else:
+                length = self._length(self.engine.fetch(rip), rip)
+                info = (_CPUID, 0, length, 0, 0, 0, 0, 0, 0)
+            record = self.record
+            if info is not record.last:
+                record.store(info)
             self.exits += 1
             self._last_exit_reason = _CPUID
             if self.trace is not None:
                 self.trace.append((_CPUID, rip))
             self.handler.dispatch()
-            s = self.state
             vmcs = self.vmcs
             if (
                 vmcs.state is _LAUNCHED
                 and not vmcs.dirty
                 and s.rip == rip + length
-                and s.rsp == regs[16]
+                and s.rsp == rsp
             ):
-                abcd = (s.rax, s.rbx, s.rcx, s.rdx)
-                rest = (s.rbp, s.rsi, s.rdi, s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15)
-                if rest != regs[4:15]:
-                    self.engine.gprs.write(abcd + rest)
-                elif abcd != regs[:4]:
-                    self.engine.abcd.write(abcd)
+                self._write_gprs(
+                    s.rax, s.rcx, s.rdx, s.rbx, rsp, s.rbp, s.rsi, s.rdi,
+                    s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+                )  # fmt: skip
             else:
                 self._drain()
         except BaseException as exc:  # noqa: BLE001 - must not unwind into unicorn

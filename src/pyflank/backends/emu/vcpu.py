@@ -8,11 +8,7 @@ Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RD
 and HLT stops the vCPU as "guest HLT".  With RFLAGS.IF=1 too: the platform has no
 interrupt source that could ever wake it.
 
-Guest-state fields a guest can change without exiting (control registers, selectors,
-GDTR/IDTR/LDTR/TR, FS/GS bases, DR7) are read at every exit; the hidden part of a
-segment register comes from the descriptor its selector names.  MSR-backed fields change
-only through WRMSR, which always reaches this backend.  CR4.VMXE is set in the VMCS and
-reads as 0 in the guest (as with a guest/host mask on that bit).
+What an exit saves, and how only what moved is stored again, is in ``exit_save``.
 """
 
 from __future__ import annotations
@@ -35,13 +31,10 @@ from pyflank.backends.emu.events import (
     Event,
 )
 from pyflank.backends.emu.exit_info import ExitRecorder
+from pyflank.backends.emu.exit_save import ExitSave
 from pyflank.backends.emu.exits import ExitHooks
-from pyflank.backends.emu.guest_state import (
-    CR4_VMXE,
-    save_segments,
-    save_system_segment,
-)
 from pyflank.backends.emu.policy import ExitPolicy, exit_policy
+from pyflank.backends.emu.register_file import NEVER_SEEN
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -58,7 +51,7 @@ _MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into:
 _STATE_SAVE_FIELDS = frozenset({f.GUEST_RIP, f.GUEST_RSP})  # StateSave supersedes these
 
 
-class EmuVcpu(ExitHooks, VmEntry):
+class EmuVcpu(ExitSave, ExitHooks, VmEntry):
     """The processor in VMX non-root operation for one handler, over shared guest RAM."""
 
     def __init__(
@@ -89,12 +82,12 @@ class EmuVcpu(ExitHooks, VmEntry):
         self._event: Event | None = None
         self._start_rip = 0
         self._in_guest_mode = False
-        self._system: tuple[tuple[int, ...], bytes] | None = None
-        self._flow: tuple[int, ...] | None = None  # RIP, RSP, RFLAGS last stored in the VMCS
         self._last_exit_reason = -1
         self._full_entry_pending = False
 
         e = self.engine = Engine()
+        self._attach(e)  # probes the engine: first, while it is fresh
+        self._code_at, self._code2, self._code2_args = e.code_at, e.code2, e.code2_args
         e.map_host_memory(0, memory.size, memory.address)
         e.map_private(svm.HOST_BASE, svm.HOST_SIZE)
         e.write_physical(svm.HOST_BASE, svm.host_region())
@@ -116,66 +109,6 @@ class EmuVcpu(ExitHooks, VmEntry):
         e.hook(uc_const.UC_HOOK_INSN_INVALID, invalid)
         self._rdtsc_hook: int | None = None
         self._sync_rdtsc_hook()
-        self._read_saved = e.saved.read
-        self._saved_mmrs = e.saved.mmrs
-
-    # -- the state a VM exit saves ---------------------------------------------------------
-    def _save(self) -> tuple[int, ...]:
-        """Read the CPU, store guest state in StateSave and the VMCS; the registers read."""
-        regs = self._read_saved()
-        s = self.state
-        (
-            s.rax, s.rbx, s.rcx, s.rdx, s.rbp, s.rsi, s.rdi, s.r08,
-            s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, s.rip, s.rsp,
-        ) = regs[:17]  # fmt: skip
-        # A loop exits at the same RIP with the same RSP: store only what moved.
-        flow = regs[15:18]
-        if flow != self._flow:
-            write = self.vmcs.processor_write
-            write(f.GUEST_RIP, flow[0])
-            write(f.GUEST_RSP, flow[1])
-            write(f.GUEST_RFLAGS, flow[2])
-            self._flow = flow
-        system = regs[18:]
-        mmrs = bytes(self._saved_mmrs)
-        known = self._system
-        if known is None or known[0] != system or known[1] != mmrs:
-            old = known[0] if known else None
-            self._save_system(system, self.engine.saved.mmr_tuples(), old)
-            self._system = (system, mmrs)
-        return regs
-
-    def _save_system(
-        self,
-        system: tuple[int, ...],
-        mmrs: tuple[tuple[int, int, int, int], ...],
-        old: tuple[int, ...] | None,
-    ) -> None:
-        cr0, cr3, cr4, dr7, *selectors = system[:10]
-        fs_base, gs_base = system[10:12]
-        write = self.vmcs.processor_write
-        write(f.GUEST_CR0, cr0)
-        write(f.GUEST_CR3, cr3)
-        write(f.GUEST_CR4, cr4 | CR4_VMXE)  # VMX operation keeps CR4.VMXE; the guest reads 0
-        write(f.GUEST_DR7, dr7)
-        write(f.GUEST_FS_BASE, fs_base)
-        write(f.GUEST_GS_BASE, gs_base)
-        gdtr, idtr, ldtr, tr = mmrs
-        write(f.GUEST_GDTR_BASE, gdtr[1])
-        write(f.GUEST_GDTR_LIMIT, gdtr[2])
-        write(f.GUEST_IDTR_BASE, idtr[1])
-        write(f.GUEST_IDTR_LIMIT, idtr[2])
-        save_system_segment(self.vmcs, "LDTR", ldtr)
-        save_system_segment(self.vmcs, "TR", tr)
-        save_segments(
-            self.vmcs,
-            self.memory,
-            selectors,
-            old[4:10] if old else None,
-            cr3=cr3,
-            gdt_base=gdtr[1],
-            gdt_limit=gdtr[2],
-        )
 
     def sync_state(self) -> None:
         """Save the CPU's current state (a vCPU that stopped without an exit)."""
@@ -192,7 +125,7 @@ class EmuVcpu(ExitHooks, VmEntry):
     # -- leaving the hook --------------------------------------------------------------------
     def _stop_for_entry(self) -> None:
         self._needs_entry = True
-        self._flow = None  # the entry may store other values in these fields
+        self._seen = NEVER_SEEN  # the entry may store other values in the fields saved
         self.engine.stop()
 
     def _drain(self) -> None:
@@ -213,7 +146,7 @@ class EmuVcpu(ExitHooks, VmEntry):
             self.message = message
 
     def _guest_hlt(self, next_rip: int) -> None:
-        self._flow = None
+        self._seen = NEVER_SEEN
         self.state.rip = next_rip
         self.vmcs.processor_write(f.GUEST_RIP, next_rip)
         self._finish(StopReason.GUEST_HLT, "HLT without HLT exiting")
