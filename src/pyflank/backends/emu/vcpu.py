@@ -35,6 +35,7 @@ from pyflank.backends.emu.exit_save import ExitSave
 from pyflank.backends.emu.exits import ExitHooks
 from pyflank.backends.emu.policy import ExitPolicy, exit_policy
 from pyflank.backends.emu.register_file import NEVER_SEEN
+from pyflank.backends.launch import refused_launch
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -226,6 +227,10 @@ class EmuVcpu(ExitSave, ExitHooks, VmEntry):
         """
         try:
             if self.vmcs.state is VmcsState.CLEAR:
+                refused = refused_launch(self.handler)
+                if refused is not None:
+                    self._finish(StopReason.ERROR, refused)
+                    return self._stopped()
                 self.launch()
             if not self._enter():
                 return self._stopped()

@@ -49,6 +49,7 @@ __all__ = [
     "check_group",
     "check_guest_state",
     "implemented_counts",
+    "launch_failure",
 ]
 
 CHECKS: tuple[Check, ...] = tuple(
@@ -89,3 +90,20 @@ def check_group(
 def implemented_counts() -> dict[CheckGroup, int]:
     """How many checks each group has (compare with ``SDM_RULE_COUNTS``)."""
     return {group: len(checks) for group, checks in _BY_GROUP.items()}
+
+
+# VMLAUNCH checks controls, then host state, before it looks at the guest; a failure
+# there is VMfailValid with these VM-instruction errors, not a VM exit (SDM 26.2).
+LAUNCH_ERRORS: tuple[tuple[CheckGroup, int], ...] = (
+    (CheckGroup.CONTROLS, 7),  # VM entry with invalid control field(s)
+    (CheckGroup.HOST_STATE, 8),  # VM entry with invalid host-state field(s)
+)
+
+
+def launch_failure(vmcs: Vmcs, cpu: PhysicalCpu) -> tuple[int, list[Violation]] | None:
+    """The VM-instruction error and violations that make VMLAUNCH fail, or None."""
+    for group, error in LAUNCH_ERRORS:
+        violations = check_group(vmcs, cpu, group)
+        if violations:
+            return error, violations
+    return None
