@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntFlag
 
+from pyflank.backends.control_policy import unsupported_controls
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
     PIN_BASED_CONTROLS_DEFAULT1,
@@ -103,35 +104,9 @@ CONTROL_FIELDS = frozenset(SUPPORTED) | {
 INTERCEPT_FIELDS = frozenset({f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, f.TSC_OFFSET})
 
 
-def _names(flag_type: type[IntFlag], bits: int) -> str:
-    names = []
-    for bit in range(64):
-        if bits >> bit & 1:
-            try:
-                names.append(flag_type(1 << bit).name or f"bit {bit}")
-            except ValueError:
-                names.append(f"reserved bit {bit}")
-    return ", ".join(names)
-
-
 def unsupported(vmcs: Vmcs) -> list[str]:
     """Why the software CPU cannot run this VMCS's controls; empty if it can."""
-    problems = []
-    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
-    for encoding, (flag_type, allowed) in SUPPORTED.items():
-        value = vmcs.read(encoding)
-        if encoding == f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS and not (
-            proc & Proc.ACTIVATE_SECONDARY_CONTROLS
-        ):
-            continue
-        extra = value & ~allowed
-        if extra:
-            problems.append(f"{flag_type.__name__}: {_names(flag_type, extra)}")
-    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
-        problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
-    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
-        if vmcs.read(mask):
-            problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
+    problems = unsupported_controls(vmcs, SUPPORTED)
     if vmcs.read(f.CR3_TARGET_COUNT) > 4:
         problems.append("CR3_TARGET_COUNT above 4")
     if vmcs.read(f.VM_FUNCTION_CONTROLS):

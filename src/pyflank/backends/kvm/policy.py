@@ -13,6 +13,7 @@ from __future__ import annotations
 from enum import IntFlag
 from typing import Final
 
+from pyflank.backends.control_policy import unsupported_controls
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
     PIN_BASED_CONTROLS_DEFAULT1,
@@ -121,41 +122,15 @@ CONTROL_FIELDS: Final[frozenset[int]] = frozenset(SUPPORTED) | {
 }
 
 
-def _names(flag_type: type[IntFlag], bits: int, why: dict[int, str]) -> str:
-    names = []
-    for bit in range(64):
-        mask = 1 << bit
-        if not bits & mask:
-            continue
-        try:
-            name = flag_type(mask).name or f"bit {bit}"
-        except ValueError:
-            name = f"reserved bit {bit}"
-        gap = why.get(mask)
-        names.append(f"{name} ({GAPS[gap]})" if gap else name)
-    return ", ".join(names)
-
-
 def unsupported(vmcs: Vmcs) -> list[str]:
     """Why the KVM backend cannot run this VMCS's controls; empty if it can."""
-    problems = []
-    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
-    for encoding, (flag_type, allowed) in SUPPORTED.items():
-        if encoding == f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS and not (
-            proc & Proc.ACTIVATE_SECONDARY_CONTROLS
-        ):
-            continue
-        extra = vmcs.read(encoding) & ~allowed
-        if extra:
-            why = _WHY2 if flag_type is Proc2 else _WHY
-            problems.append(f"{flag_type.__name__}: {_names(flag_type, extra, why)}")
-    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
-        problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
+    why = {
+        Proc: {bit: GAPS[gap] for bit, gap in _WHY.items()},
+        Proc2: {bit: GAPS[gap] for bit, gap in _WHY2.items()},
+    }
+    problems = unsupported_controls(vmcs, SUPPORTED, why)
     if vmcs.read(f.EXCEPTION_BITMAP):
         problems.append(f"EXCEPTION_BITMAP: {GAPS['exceptions']}")
-    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
-        if vmcs.read(mask):
-            problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
     if vmcs.read(f.VM_FUNCTION_CONTROLS):
         problems.append("VM_FUNCTION_CONTROLS: no VM function is implemented")
     return problems

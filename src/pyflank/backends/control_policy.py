@@ -1,0 +1,57 @@
+"""Checking a VMCS's controls against what a backend implements (shared by emu and KVM).
+
+Each backend states its implemented controls as a table, field -> (flag type, allowed
+bits); ``unsupported_controls`` names every bit outside it, with the backend's reason
+where it has one, plus the requirements both backends share.  A VMCS that asks for an
+exit the backend cannot produce must never run as if the control were off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import IntFlag
+
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.vmcs import Vmcs
+
+SupportedControls = Mapping[int, tuple[type[IntFlag], int]]
+
+
+def flag_names(flag_type: type[IntFlag], bits: int, why: Mapping[int, str] = {}) -> str:
+    names = []
+    for bit in range(64):
+        mask = 1 << bit
+        if not bits & mask:
+            continue
+        try:
+            name = flag_type(mask).name or f"bit {bit}"
+        except ValueError:
+            name = f"reserved bit {bit}"
+        names.append(f"{name} ({why[mask]})" if mask in why else name)
+    return ", ".join(names)
+
+
+def unsupported_controls(
+    vmcs: Vmcs,
+    supported: SupportedControls,
+    why: Mapping[type[IntFlag], Mapping[int, str]] = {},
+) -> list[str]:
+    """Every control bit outside ``supported``, and the shared requirements."""
+    problems = []
+    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    for encoding, (flag_type, allowed) in supported.items():
+        secondary = encoding == f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+        if secondary and not proc & Proc.ACTIVATE_SECONDARY_CONTROLS:
+            continue
+        extra = vmcs.read(encoding) & ~allowed
+        if extra:
+            names = flag_names(flag_type, extra, why.get(flag_type, {}))
+            problems.append(f"{flag_type.__name__}: {names}")
+    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
+        problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
+    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
+        if vmcs.read(mask):
+            problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
+    return problems
