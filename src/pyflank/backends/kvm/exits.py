@@ -17,18 +17,13 @@ from pyflank.backends.kvm.decode import (
     memory_access_ending_at,
 )
 from pyflank.backends.kvm.guest_state import SREGS_FIELDS
-from pyflank.backends.kvm.io_sites import IoSite, IoSites
+from pyflank.backends.kvm.io_exits import IoExits
 from pyflank.backends.kvm.ports import PortIo
 from pyflank.backends.kvm.result import KvmRunResult, StopReason
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
-from pyflank.intel_x64.qualifications import (
-    EptViolation,
-    IoDirection,
-    IoInstruction,
-    IoOperandEncoding,
-)
+from pyflank.intel_x64.qualifications import EptViolation
 
 if TYPE_CHECKING:
     from pyflank.backends.kvm.vcpu import KvmVcpu
@@ -39,13 +34,8 @@ _VMCALL_LENGTH = 3  # 0F 01 C1
 _MSR_LENGTH = 2  # 0F 32 / 0F 30
 _HLT_LENGTH = 1  # F4
 # Plain ints: IntFlag/IntEnum arithmetic costs microseconds on the exit path.
-_IO_EXITING = int(Primary.UNCONDITIONAL_IO_EXITING)
-_IO_BITMAPS = int(Primary.USE_IO_BITMAPS)
 _HLT_EXITING = int(Primary.HLT_EXITING)
 _PRIMARY = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
-_VMCALL = int(ExitReason.VMCALL)
-_IO_INSTRUCTION = int(ExitReason.IO_INSTRUCTION)
-_OUT = abi.KVM_EXIT_IO_OUT
 _ENTRY_FAILURE = int(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE) | VM_ENTRY_FAILURE
 
 
@@ -54,20 +44,15 @@ class ExitTranslator:
 
     def __init__(self, vcpu: KvmVcpu, ports: PortIo) -> None:
         self.vcpu = vcpu
-        self.ports = ports
         self.code = GuestCode(vcpu.machine.memory)
-        self.sites = IoSites(self.code)
-        self.doorbell = vcpu.machine.config.doorbell_port
+        self.io = IoExits(vcpu, ports, self.code)
         run = vcpu.run_page
         self._run = run
-        self._run_address = ctypes.addressof(run)
         # Views into the shared kvm_run page, made once: each access would build new ones.
-        self._io_exit_data = run.exit.io
         self._mmio_exit = run.exit.mmio
         self._msr_exit = run.exit.msr
-        self._page = (ctypes.c_uint8 * vcpu.fd.mmap_size).from_address(self._run_address)
         self._table: dict[int, Callable[[], Outcome]] = {
-            abi.KVM_EXIT_IO: self._io,
+            abi.KVM_EXIT_IO: self.io.exit,
             abi.KVM_EXIT_HLT: self._hlt,
             abi.KVM_EXIT_MMIO: self._mmio,
             abi.KVM_EXIT_X86_RDMSR: self._rdmsr,
@@ -88,90 +73,13 @@ class ExitTranslator:
         return handler()
 
     def forget_sites(self) -> None:
-        self.sites.clear()
-
-    # -- I/O --------------------------------------------------------------------------
-    def _io(self) -> Outcome:
-        io = self._io_exit_data
-        port, size, count, out = io.port, io.size, io.count, io.direction == _OUT
-        if out and port == self.doorbell and count == 1:
-            return self._doorbell(port, size)
-        if self._io_exits(port, size):
-            return self._io_exit(port, size, count, out)
-        offset = io.data_offset
-        if size == 1 and count == 1:  # the serial port's case: no bytes objects
-            if out:
-                self.ports.io_write(port, 1, self._page[offset])
-            else:
-                self._page[offset] = self.ports.io_read(port, 1) & 0xFF
-            return None
-        address = self._run_address + offset
-        if out:
-            data = ctypes.string_at(address, size * count)
-            for i in range(0, size * count, size):
-                self.ports.io_write(port, size, int.from_bytes(data[i : i + size], "little"))
-        else:
-            data = b"".join(
-                self.ports.io_read(port, size).to_bytes(size, "little") for _ in range(count)
-            )
-            ctypes.memmove(address, data, len(data))
-        return None
-
-    def _site(self, port: int, size: int, count: int, out: bool) -> IoSite:
-        regs = self.vcpu.registers
-        return self.sites.find(regs.regs, regs.sregs, port=port, size=size, count=count, out=out,
-                               complete=self.vcpu.complete_pending)  # fmt: skip
-
-    def _doorbell(self, port: int, size: int) -> Outcome:
-        """OUT to the doorbell port is the guest's VMCALL; RDI carries what RDX would."""
-        vcpu = self.vcpu
-        site = self._site(port, size, 1, True)
-        rdi = vcpu.registers.regs.rdi
-        state = vcpu.handler.m_state_save
-        vcpu.dispatch(_VMCALL, site.start, site.length, rdx=rdi)
-        # An OUT that KVM did not emulate is skipped on the next KVM_RUN if RIP is unchanged.
-        return vcpu.resume(complete=site.pending and state.rip == site.start)
-
-    def _io_exits(self, port: int, size: int) -> bool:
-        controls = self.vcpu.handler.m_vmcs.read(_PRIMARY)
-        if controls & _IO_BITMAPS:
-            return self._io_bitmap_says_exit(port, size)
-        return bool(controls & _IO_EXITING)
-
-    def _io_bitmap_says_exit(self, port: int, size: int) -> bool:
-        """SDM 26.1.3: exit if any byte of the access has its bit set, or the range wraps."""
-        vmcs, memory = self.vcpu.handler.m_vmcs, self.vcpu.machine.memory
-        if port + size > 0x10000:
-            return True
-        for p in range(port, port + size):
-            base = vmcs.read(f.ADDRESS_OF_IO_BITMAP_A if p < 0x8000 else f.ADDRESS_OF_IO_BITMAP_B)
-            gpa = base + (p & 0x7FFF) // 8
-            if not memory.contains(gpa) or memory.read_u8(gpa) >> (p % 8) & 1:
-                return True
-        return False
-
-    def _io_exit(self, port: int, size: int, count: int, out: bool) -> Outcome:
-        vcpu = self.vcpu
-        site = self._site(port, size, count, out)
-        qualification = IoInstruction(
-            size=size,
-            direction=IoDirection.OUT if out else IoDirection.IN,
-            port=port,
-            string=site.string,
-            rep=site.rep,
-            operand_encoding=IoOperandEncoding.IMMEDIATE
-            if site.immediate
-            else IoOperandEncoding.DX,
-        ).encode()
-        vcpu.dispatch(ExitReason.IO_INSTRUCTION, site.start, site.length, qualification)
-        # KVM still owes an IN its data (or a VMX-path OUT its skip): complete, then impose.
-        return vcpu.resume(complete=site.pending)
+        self.io.sites.clear()
 
     # -- other exits -----------------------------------------------------------------
     def _hlt(self) -> Outcome:
         vcpu = self.vcpu
         rip = vcpu.registers.regs.rip  # KVM has already stepped over the HLT
-        if not vcpu.handler.m_vmcs.read(_PRIMARY) & _HLT_EXITING:
+        if not int(vcpu.handler.m_vmcs.read(_PRIMARY)) & _HLT_EXITING:
             return self._stop(StopReason.GUEST_HLT, f"the guest executed HLT at {rip - 1:#x}")
         vcpu.dispatch(ExitReason.HLT, rip - _HLT_LENGTH, _HLT_LENGTH)
         return vcpu.resume(complete=False)
@@ -247,6 +155,7 @@ class ExitTranslator:
         vmcs.processor_write(f.VM_EXIT_REASON, _ENTRY_FAILURE)
         vmcs.processor_write(f.EXIT_QUALIFICATION, 0)
         vmcs.processor_write(f.VM_EXIT_INSTRUCTION_LENGTH, 0)
+        vcpu.vmcs_written()
         vcpu.dispatched += 1
         if vcpu.trace is not None:
             vcpu.trace.append((_ENTRY_FAILURE & 0xFFFF, handler.m_state_save.rip))

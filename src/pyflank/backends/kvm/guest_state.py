@@ -45,6 +45,7 @@ SREGS_FIELDS: Final[frozenset[int]] = frozenset(
 )
 
 _AR_UNUSABLE = 1 << 16
+RFLAGS_FIXED = 1 << 1  # RFLAGS bit 1 reads as 1
 # VMX operation keeps CR4.VMXE set (a VM-entry check); the guest reads 0, as with a
 # guest/host mask on that bit, and KVM refuses it in a vCPU without VMX in its CPUID.
 CR4_VMXE = 1 << 13
@@ -109,7 +110,10 @@ def vmcs_to_sregs(vmcs: Vmcs, sregs: KvmSregs) -> None:
     sregs.cr4 &= ~CR4_VMXE
 
 
-_GPRS = struct.Struct("<18Q")  # kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags
+# kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags.
+GPRS: Final = struct.Struct("<18Q")
+# The same up to RIP: the resume path leaves RFLAGS as it is.
+GPRS_TO_RIP: Final = struct.Struct("<17Q")
 
 
 def regs_to_state(regs: KvmRegs, state: StateSave) -> None:
@@ -118,14 +122,14 @@ def regs_to_state(regs: KvmRegs, state: StateSave) -> None:
         state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
         state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
         state.rip, _,
-    ) = _GPRS.unpack_from(memoryview(regs))  # fmt: skip
+    ) = GPRS.unpack_from(regs)  # fmt: skip
 
 
 def state_to_regs(state: StateSave, regs: KvmRegs) -> None:
     """The resume path: StateSave back into KVM's GPRs (RFLAGS is left as it is)."""
-    _GPRS.pack_into(
-        memoryview(regs), 0,
+    GPRS_TO_RIP.pack_into(
+        regs, 0,
         state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
         state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
-        state.rip, regs.rflags,
+        state.rip,
     )  # fmt: skip

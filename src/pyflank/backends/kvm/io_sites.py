@@ -5,8 +5,11 @@ VMX fast path has RIP at it and is skipped on the next KVM_RUN (unless RIP
 changed).  An IN has RIP at it either way and is finished on the next
 KVM_RUN.  Decoding forward and backward from RIP tells the cases apart; when
 both readings fit (two identical OUTs in a row), KVM is asked to complete
-the instruction and the RIP it lands on decides.  Answers are cached by
-(RIP, CR3, port, size, direction): a doorbell loop decodes once.  The cache
+the instruction and the RIP it lands on decides.
+
+Answers are cached by (RIP, CR3, access), the access being the low 32 bits of
+kvm_run's I/O exit (direction, size, port): a doorbell loop decodes once, and
+an exit that hits the cache costs one dict lookup (``lookup``).  The cache
 assumes code at a cached RIP does not change while the vCPU runs; ``clear``
 it after loading new code there.
 """
@@ -18,9 +21,17 @@ from dataclasses import dataclass
 
 from pyflank.backends.kvm.decode import GuestCode, IoMatch, io_ending_at, parse_io
 from pyflank.backends.kvm.structs import KvmRegs, KvmSregs
+from pyflank.intel_x64.qualifications import IoDirection, IoInstruction, IoOperandEncoding
 
 _MAX_INSN = 15
 _CACHE_LIMIT = 4096
+
+SiteKey = tuple[int, int, int]  # (RIP, CR3, access)
+
+
+def access_of(port: int, size: int, *, out: bool) -> int:
+    """The low word of kvm_run's I/O exit: direction (OUT 1), size << 8, port << 16."""
+    return int(out) | size << 8 | port << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,18 +42,32 @@ class IoSite:
     rep: bool
     immediate: bool
     pending: bool  # KVM will still complete (and skip) the instruction on the next KVM_RUN
+    qualification: int  # the I/O-instruction exit qualification, encoded once per site
 
 
-def _site(start: int, match: IoMatch | None, pending: bool) -> IoSite:
-    if match is None:
-        return IoSite(start, 0, False, False, False, pending)
-    return IoSite(start, match.length, match.string, match.rep, match.immediate, pending)
+def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> IoSite:
+    port, size, out = access >> 16 & 0xFFFF, access >> 8 & 0xFF, bool(access & 1)
+    string = rep = immediate = False
+    length = 0
+    if match is not None:
+        length, string, rep, immediate = match.length, match.string, match.rep, match.immediate
+    qualification = IoInstruction(
+        size=size,
+        direction=IoDirection.OUT if out else IoDirection.IN,
+        port=port,
+        string=string,
+        rep=rep,
+        operand_encoding=IoOperandEncoding.IMMEDIATE if immediate else IoOperandEncoding.DX,
+    ).encode()
+    return IoSite(start, length, string, rep, immediate, pending, qualification)
 
 
 class IoSites:
     def __init__(self, code: GuestCode) -> None:
         self._code = code
-        self._cache: dict[tuple[int, int, int, int, bool], IoSite] = {}
+        self._cache: dict[SiteKey, IoSite] = {}
+        # The exit path's first try: ``lookup((rip, cr3, access))``, no Python frame.
+        self.lookup: Callable[[SiteKey], IoSite | None] = self._cache.get
 
     def clear(self) -> None:
         self._cache.clear()
@@ -52,37 +77,36 @@ class IoSites:
         regs: KvmRegs,
         sregs: KvmSregs,
         *,
-        port: int,
-        size: int,
+        access: int,
         count: int,
-        out: bool,
         complete: Callable[[], None],
     ) -> IoSite:
         rip = regs.rip
-        key = (rip, sregs.cr3, port, size, out)
+        key = (rip, sregs.cr3, access)
         site = self._cache.get(key)
         if site is not None:
             return site
+        port, size, out = access >> 16 & 0xFFFF, access >> 8 & 0xFF, bool(access & 1)
         paging = {"cr0": sregs.cr0, "cr3": sregs.cr3, "efer": sregs.efer}
         facts = {"port": port, "size": size, "is_in": not out, "dx": regs.rdx}
         here = parse_io(self._code.read(rip, _MAX_INSN, **paging), **facts)
         if not out:
-            return self._remember(key, _site(rip, here, pending=True))
+            return self._remember(key, _site(rip, here, access, pending=True))
         before = io_ending_at(
             self._code.read_before(rip, _MAX_INSN, **paging), count=count, **facts
         )
         if before is None:
             if here is None:
-                return _site(rip, None, pending=False)  # not an I/O instruction we know
-            return self._remember(key, _site(rip, here, pending=True))
+                return _site(rip, None, access, pending=False)  # not an I/O instruction we know
+            return self._remember(key, _site(rip, here, access, pending=True))
         if here is None:
-            return self._remember(key, _site(rip - before.length, before, pending=False))
+            return self._remember(key, _site(rip - before.length, before, access, pending=False))
         complete()  # both readings fit: let KVM finish the OUT and see where RIP lands
         if regs.rip == rip:
-            return _site(rip - before.length, before, pending=False)
-        return _site(rip, here, pending=False)
+            return _site(rip - before.length, before, access, pending=False)
+        return _site(rip, here, access, pending=False)
 
-    def _remember(self, key: tuple[int, int, int, int, bool], site: IoSite) -> IoSite:
+    def _remember(self, key: SiteKey, site: IoSite) -> IoSite:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = site

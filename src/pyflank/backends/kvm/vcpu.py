@@ -8,10 +8,18 @@ without HLT exiting) are "hardware" behaviour: platform devices, a halted vCPU.
 
 KVM finishes some instructions itself on the *next* KVM_RUN (IN data, MMIO
 reads, MSR exits, and an OUT it did not emulate): it skips the instruction
-after loading the registers user space marked dirty.  ``_resume`` either lets
+after loading the registers user space marked dirty.  ``resume`` either lets
 that completion produce exactly the handler's result, or completes first
 (KVM_RUN with ``immediate_exit``) and then imposes the handler's state, so an
-instruction is never skipped twice and a RIP the handler chose is honoured.
+instruction is never skipped twice and a RIP the handler chose is honoured
+(``reentry``).
+
+Every exit costs microseconds of Python on a nested KVM, where a bare loop
+around KVM_RUN already costs more than a C VMM's whole exit, so the common
+path is kept short: KVM_RUN called in the loop, port I/O straight to
+``IoExits``, registers moved by one ``struct`` call each way, VMCS fields
+stored only when their value changed, and a resume that touches the VMCS
+only when the handler wrote it (``Vmcs.dirty``).
 
 KVM does not check guest state the way VMX does, so the VM-entry checks run here,
 in software, before guest state the handler changed is loaded (and before the
@@ -24,44 +32,49 @@ import errno
 import logging
 import threading
 
+from pyflank.backends.kvm import abi
 from pyflank.backends.kvm.cpu import KvmHostCpu, cpuid_table
-from pyflank.backends.kvm.device import KvmError
+from pyflank.backends.kvm.device import KvmError, run_failed, run_ioctl
 from pyflank.backends.kvm.exits import ExitTranslator
 from pyflank.backends.kvm.guest_state import (
-    SREGS_FIELDS,
+    RFLAGS_FIXED,
     regs_to_state,
     sregs_to_vmcs,
     state_to_regs,
     vmcs_to_sregs,
 )
-from pyflank.backends.kvm.injection import inject_pending_event
 from pyflank.backends.kvm.kick import Kicker
 from pyflank.backends.kvm.machine import KvmMachine
-from pyflank.backends.kvm.msr_state import MSR_FIELDS, load_msr_fields, push_msr_fields
-from pyflank.backends.kvm.policy import CONTROL_FIELDS, unsupported
+from pyflank.backends.kvm.msr_state import load_msr_fields
 from pyflank.backends.kvm.ports import NoDevices, PortIo
+from pyflank.backends.kvm.reentry import resume_carefully
 from pyflank.backends.kvm.regs import VcpuRegisters
 from pyflank.backends.kvm.result import KvmRunResult, StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import checks, exit_reasons
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.fields import FieldType, field_type
-from pyflank.intel_x64.vmcs import VmcsState
+from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 
 log = logging.getLogger("pyflank.backends.kvm")
 _LAUNCHED = VmcsState.LAUNCHED
-_RFLAGS_FIXED = 1 << 1
-_ENTRY_EVENT = f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD
 _MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
-_STATE_SAVE_FIELDS = frozenset({f.GUEST_RIP, f.GUEST_RSP})  # StateSave supersedes these
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
-
-
-def _checked(dirty: set[int]) -> bool:
-    """Whether the handler changed guest state a VM entry checks (RIP/RSP come from StateSave)."""
-    return any(field_type(e) is FieldType.GUEST_STATE for e in dirty if e not in _STATE_SAVE_FIELDS)
+# What every exit stores besides RFLAGS, in this order (``_store_exit_information``).
+_EXIT_FIELDS = (
+    f.VM_EXIT_REASON,
+    f.VM_EXIT_INSTRUCTION_LENGTH,
+    f.EXIT_QUALIFICATION,
+    f.VM_EXIT_INSTRUCTION_INFORMATION,
+    f.GUEST_RIP,
+    f.GUEST_RSP,
+)
+ExitInformation = tuple[int, int, int, int, int, int]
+_GUEST_RFLAGS = f.GUEST_RFLAGS
+_SYNC_REGS = abi.KVM_SYNC_X86_REGS
+_KVM_EXIT_IO = abi.KVM_EXIT_IO
+_KVM_RUN = abi.KVM_RUN
 
 
 class KvmVcpu:
@@ -99,6 +112,13 @@ class KvmVcpu:
         self._timed_out = False
         self._refused = ""
         self._entry_failures = 0
+        self._failed_after = -1  # ``kvm_exits`` at the last failed entry
+        # The _EXIT_FIELDS values (and RFLAGS) this path last stored in ``_stored_in``,
+        # which nothing else has written since: a field keeping its value is not stored
+        # again.  A loop's exits mostly repeat all but RFLAGS; each store is a call.
+        self._stored: ExitInformation | None = None
+        self._stored_rflags = -1
+        self._stored_in: Vmcs | None = None
 
     # -- state in and out ------------------------------------------------------------
     def load(self) -> None:
@@ -107,7 +127,7 @@ class KvmVcpu:
         self.fd.get_sregs(regs.sregs)  # keeps cr8, apic_base, interrupt bitmap
         vmcs_to_sregs(vmcs, regs.sregs)
         state_to_regs(state, regs.regs)
-        regs.regs.rflags = vmcs.read(f.GUEST_RFLAGS) | _RFLAGS_FIXED
+        regs.regs.rflags = vmcs.read(f.GUEST_RFLAGS) | RFLAGS_FIXED
         self._refused = self.entry_problems()  # the first run reports it as an entry failure
         if not self._refused:
             try:
@@ -122,6 +142,7 @@ class KvmVcpu:
             vmcs.load()
             vmcs.launch()
         vmcs.dirty.clear()
+        self.vmcs_written()
 
     def snapshot(self) -> None:
         """Store the current guest state in the StateSave and VMCS (as an exit would)."""
@@ -132,6 +153,7 @@ class KvmVcpu:
         vmcs.processor_write(f.GUEST_RIP, regs.regs.rip)
         vmcs.processor_write(f.GUEST_RSP, regs.regs.rsp)
         vmcs.processor_write(f.GUEST_RFLAGS, regs.regs.rflags)
+        self.vmcs_written()
 
     # -- running -------------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> KvmRunResult:
@@ -139,6 +161,7 @@ class KvmVcpu:
         kicker = self.kicker
         kicker.reset()
         self._timed_out = False
+        self.vmcs_written()  # whoever held the VMCS since may have written it
         kicker.attach()
         timer = None
         if timeout is not None:
@@ -163,32 +186,45 @@ class KvmVcpu:
         self.kicker.kick()
 
     def _loop(self) -> KvmRunResult:
-        kicker, fd, translate = self.kicker, self.fd, self.exits.translate
+        kicker, translate, run_page = self.kicker, self.exits.translate, self.run_page
+        # KVM_RUN called right here, no wrapper frame per exit.
+        ioctl, vcpu_fd = run_ioctl, self.fd.fd
+        # Port I/O skips ``translate`` (a frame) when there are no registers to fetch.
+        io_exit = self.exits.io.exit if self.registers.synced else None
         if self._refused:
             why, self._refused = self._refused, ""
-            result = self._failed_entry(why)
+            result = self.failed_entry(why)
             if result is not None:
                 return result
         while True:
             if kicker.kicked:
                 return self.exits.interrupted(timed_out=self._timed_out)
             try:
-                entered = fd.run()
-            except KvmError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                result = self._failed_entry(str(exc))
+                ioctl(vcpu_fd, _KVM_RUN)
+            except OSError as exc:
+                result = self._not_entered(exc)
                 if result is not None:
                     return result
                 continue
-            if not entered:
-                kicker.rearm()
-                continue
             self.kvm_exits += 1
-            self._entry_failures = 0  # the guest ran: failures are no longer consecutive
-            result = translate(self.run_page.exit_reason)
+            reason = run_page.exit_reason
+            if reason == _KVM_EXIT_IO and io_exit is not None:
+                result = io_exit()
+            else:
+                result = translate(reason)
             if result is not None:
                 return result
+
+    def _not_entered(self, exc: OSError) -> KvmRunResult | None:
+        """KVM_RUN failed: a kick (run on, the loop checks it), or a refused entry."""
+        try:
+            run_failed(exc)
+        except KvmError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            return self.failed_entry(str(error))
+        self.kicker.rearm()
+        return None
 
     # -- the exit path --------------------------------------------------------------------
     def dispatch(
@@ -206,25 +242,42 @@ class KvmVcpu:
         ``rdx``: what the handler sees in RDX (the doorbell carries it in RDI).
         """
         handler, regs = self.handler, self.registers
-        vmcs, kregs, state = handler.m_vmcs, regs.regs, handler.m_state_save
-        regs_to_state(kregs, state)
-        state.rip = start
+        vmcs, state = handler.m_vmcs, handler.m_state_save
+        # The exit stub's register save, spelled out: one struct call, no helper frame.
+        (
+            state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, rsp, state.rbp,
+            state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
+            _, rflags,
+        ) = regs.read_gprs()  # fmt: skip
+        state.rsp, state.rip = rsp, start
         if rdx is not None:
             state.rdx = rdx
-        if regs.sregs_changed():
+        image = regs.sregs_image()
+        if image != regs.sregs_seen:  # a memcmp: the guest rarely changes them between exits
+            regs.sregs_seen = image
             sregs_to_vmcs(regs.sregs, vmcs)
-        write = vmcs.processor_write
-        write(f.VM_EXIT_REASON, reason)
-        write(f.VM_EXIT_INSTRUCTION_LENGTH, length)
-        write(f.EXIT_QUALIFICATION, qualification)
-        write(f.VM_EXIT_INSTRUCTION_INFORMATION, information)
-        write(f.GUEST_RIP, start)
-        write(f.GUEST_RSP, kregs.rsp)
-        write(f.GUEST_RFLAGS, kregs.rflags)
+        info = (reason, length, qualification, information, start, rsp)
+        if info != self._stored or vmcs is not self._stored_in:
+            self._store_exit_information(vmcs, info)
+        if rflags != self._stored_rflags:
+            vmcs.processor_write(_GUEST_RFLAGS, rflags)
+            self._stored_rflags = rflags
         self.dispatched += 1
         if self.trace is not None:
             self.trace.append((reason & 0xFFFF, start))
         handler.dispatch()
+
+    def _store_exit_information(self, vmcs: Vmcs, info: ExitInformation) -> None:
+        write = vmcs.processor_write
+        for encoding, value in zip(_EXIT_FIELDS, info, strict=True):
+            write(encoding, value)
+        self._stored, self._stored_in, self._stored_rflags = info, vmcs, -1
+
+    def vmcs_written(self) -> None:
+        """The VMCS may have been written outside the exit path: drop what it caches of it."""
+        self._stored = self._stored_in = None
+        self._stored_rflags = -1
+        self.exits.io.controls_of = None
 
     def entry_problems(self) -> str:
         """Why the VMCS guest state fails the VM-entry checks (SDM 26.3.1), or ''."""
@@ -240,47 +293,28 @@ class KvmVcpu:
         ``rip``: the RIP to hand KVM instead of the StateSave's, when KVM's own
         completion will move it to where the handler put it.
         """
-        vmcs = self.handler.m_vmcs
+        handler = self.handler
+        vmcs = handler.m_vmcs
         if vmcs.state is not _LAUNCHED:
             return self._stopped_by_handler()
-        dirty = vmcs.dirty
-        sregs = bool(dirty) and not dirty.isdisjoint(SREGS_FIELDS)
-        check = bool(dirty) and _checked(dirty)
-        if rip is not None and (sregs or check):
-            # Loading sregs makes KVM drop the emulator context its completion would
-            # use, and a failed entry must not leave it pending: finish the
-            # instruction first, then load everything.
-            complete, rip = True, None
-        if complete:
-            self.complete_pending()
-        if dirty and not dirty.isdisjoint(CONTROL_FIELDS):
-            problems = unsupported(vmcs)
-            if problems:
-                return self.stopped(StopReason.ERROR, "unsupported on KVM: " + "; ".join(problems))
-        if check:
-            why = self.entry_problems()
-            if why:
-                return self._failed_entry(why)
-        kregs = self.registers.regs
-        state_to_regs(self.handler.m_state_save, kregs)
-        if rip is not None:
-            kregs.rip = rip
-        if dirty:
-            if f.GUEST_RFLAGS in dirty:
-                kregs.rflags = vmcs.read(f.GUEST_RFLAGS) | _RFLAGS_FIXED
-            if sregs:
-                vmcs_to_sregs(vmcs, self.registers.sregs)
-            if not dirty.isdisjoint(MSR_FIELDS):
-                push_msr_fields(self.fd, vmcs, dirty)
-            if _ENTRY_EVENT in dirty:
-                inject_pending_event(self.fd, vmcs)
-            dirty.clear()
+        if complete or rip is not None or vmcs.dirty:
+            return resume_carefully(self, complete=complete, rip=rip)
+        # The common case: the handler changed registers in the StateSave only.
+        state, regs = handler.m_state_save, self.registers
+        regs.write_gprs(
+            state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
+            state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
+            state.rip,
+        )  # fmt: skip
+        if regs.synced:
+            self.run_page.kvm_dirty_regs = _SYNC_REGS
+            return None
         try:
-            self.registers.push(sregs=sregs)
+            regs.push(sregs=False)
         except KvmError as exc:  # without sync regs, a refused state shows up here
             if exc.errno != errno.EINVAL:
                 raise
-            return self._failed_entry(str(exc))
+            return self.failed_entry(str(exc))
         return None
 
     def complete_pending(self) -> None:
@@ -295,7 +329,10 @@ class KvmVcpu:
             raise KvmError(errno.EPROTO, "KVM wanted user space again while completing an exit")
         self.registers.fetch()
 
-    def _failed_entry(self, why: str) -> KvmRunResult | None:
+    def failed_entry(self, why: str) -> KvmRunResult | None:
+        """A VM entry failed: exit to the handler, unless it keeps failing."""
+        if self._failed_after != self.kvm_exits:  # the guest ran since: not consecutive
+            self._entry_failures, self._failed_after = 0, self.kvm_exits
         self._entry_failures += 1
         if self._entry_failures > _MAX_ENTRY_FAILURES:
             return self.stopped(StopReason.ERROR, f"VM entry kept failing: {why}")
