@@ -1,4 +1,5 @@
-"""VMLAUNCH's own checks: bad controls or host state fail the instruction, never the guest."""
+"""VMLAUNCH's own checks: bad controls or host state fail the instruction, never the guest
+(on each backend: the ``backend`` fixture of tests/conftest.py)."""
 
 import pytest
 
@@ -15,8 +16,8 @@ from pyflank.vmm import Vm
         (lambda v: v.write(f.PIN_BASED_VM_EXECUTION_CONTROLS, 0), 7, "controls.pin_based.reserved"),
     ],
 )
-def test_launch_refused(change: object, error: int, check_id: str) -> None:
-    vm = Vm()
+def test_launch_refused(backend: str, change: object, error: int, check_id: str) -> None:
+    vm = Vm(backend=backend)
     vm.load_asm("mov r8, 1\nhlt")
     vmcs: Vmcs = vm.vcpus[0].vmcs
     change(vmcs)  # type: ignore[operator]

@@ -18,6 +18,7 @@ from pyflank.backends.kvm.machine import KvmConfig, KvmMachine
 from pyflank.backends.kvm.policy import unsupported
 from pyflank.backends.kvm.probe import KvmCapabilities, probe_kvm
 from pyflank.backends.kvm.vcpu import KvmVcpu
+from pyflank.backends.launch import refused_launch
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
@@ -102,6 +103,10 @@ class KvmVcpuRunner:
         return self.vcpu.trace
 
     def run(self) -> StopReason:
+        refused = refused_launch(self.vcpu.handler)
+        if refused is not None:  # VMLAUNCH itself failed: the guest never runs
+            self.stop_reason, self.message = StopReason.ERROR, refused
+            return StopReason.ERROR
         try:
             result = self.vcpu.run()
             reason, message = result.reason, result.message
