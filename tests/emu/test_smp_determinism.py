@@ -4,53 +4,17 @@ from __future__ import annotations
 
 import threading
 
-from emu_helpers import RUNTIME, SDK, cpuid_exits, on_kvm, run
+from emu_helpers import cpuid_exits, on_kvm, run
 
-import pyflank
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
-from pyflank.vmcall import VMCALL_VERSION, VmcallRegisters
+from pyflank.testing import versions_loop
+from pyflank.vmcall import VmcallRegisters
 
 CALLS = 400
 COUNTS = 0x280000  # shared RAM: vCPU n stores its call count at COUNTS + 8 n
 
-# Each vCPU (RDI = its id) alternates VERSIONS indexes 0 and 1 and checks every reply;
-# R12 counts the calls, R13 the wrong replies; it also stores its count in shared RAM.
-PROGRAM = (
-    SDK
-    + f"""
-    mov rbp, rdi
-    PYFLANK_INIT
-    xor r12, r12
-    xor r13, r13
-again:
-    mov rcx, r12
-    and rcx, 1
-    mov rbx, -1
-    VMCALL_RAW VMCALL_OP_VERSIONS
-    test rdx, rdx
-    jnz bad
-    test r12, 1
-    jnz check_bareflank
-    cmp rbx, {VMCALL_VERSION}
-    jne bad
-    jmp next
-check_bareflank:
-    cmp rbx, {pyflank.VERSION_MAJOR}
-    jne bad
-    cmp rsi, {pyflank.VERSION_MINOR}
-    je next
-bad:
-    inc r13
-next:
-    inc r12
-    cmp r12, {CALLS}
-    jne again
-    mov qword ptr [rbp * 8 + {COUNTS:#x}], r12
-    PYFLANK_HALT
-"""
-    + RUNTIME
-)
+PROGRAM = versions_loop(CALLS, COUNTS)
 
 
 class ThreadRecorder(ExitHandlerIntelX64):

@@ -8,59 +8,20 @@ import re
 import pytest
 from kvm_guest_helpers import kvm_marks
 
-import pyflank
 from pyflank import demo
 from pyflank.backends.base import StopReason
 from pyflank.backends.kvm import KvmCapabilities
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
-from pyflank.platform.assemble import GUESTS_DIR
-from pyflank.vmcall import VMCALL_VERSION
+from pyflank.testing import versions_loop
 from pyflank.vmm import Vm
 
 pytestmark = kvm_marks()
 
 
-def _loop(count: int) -> str:
-    """``count`` VERSIONS vmcalls through the SDK; R12 counts the calls, R13 wrong replies."""
-    return (
-        (GUESTS_DIR / "pyflank.inc").read_text()
-        + f"""
-    PYFLANK_INIT
-    xor r12, r12
-    xor r13, r13
-again:
-    mov rcx, r12
-    and rcx, 1
-    mov rbx, -1
-    VMCALL_RAW VMCALL_OP_VERSIONS
-    test rdx, rdx
-    jnz bad
-    test r12, 1
-    jnz check_bareflank
-    cmp rbx, {VMCALL_VERSION}
-    jne bad
-    jmp next
-check_bareflank:
-    cmp rbx, {pyflank.VERSION_MAJOR}
-    jne bad
-    cmp rsi, {pyflank.VERSION_MINOR}
-    je next
-bad:
-    inc r13
-next:
-    inc r12
-    cmp r12, {count}
-    jne again
-    PYFLANK_HALT
-    PYFLANK_RUNTIME
-"""
-    )
-
-
 def _run_loop(count: int, timeout: float) -> None:
     vm = Vm(backend="kvm")
-    vm.load_asm(_loop(count))
+    vm.load_asm(versions_loop(count))
     [result] = vm.run(timeout=timeout)
     assert result.reason is StopReason.GUEST_HLT, result.message
     assert result.state.r12 == count
