@@ -12,11 +12,45 @@ from collections.abc import Mapping
 from enum import IntFlag
 
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import (
+    PIN_BASED_CONTROLS_DEFAULT1,
+    VM_ENTRY_CONTROLS_DEFAULT1,
+    VM_EXIT_CONTROLS_DEFAULT1,
+)
+from pyflank.intel_x64.controls import PinBasedControls as Pin
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
 from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.controls import VmExitControls as Exit
 from pyflank.intel_x64.vmcs import Vmcs
 
 SupportedControls = Mapping[int, tuple[type[IntFlag], int]]
+
+# Rows both backends implement.  Interrupt/NMI exiting never fire (the platform has no
+# interrupt sources); the host-side exit controls describe the host, which is Python.
+PIN_BASED_SUPPORTED = (
+    PIN_BASED_CONTROLS_DEFAULT1
+    | Pin.EXTERNAL_INTERRUPT_EXITING
+    | Pin.NMI_EXITING
+    | Pin.VIRTUAL_NMIS
+)
+VM_EXIT_SUPPORTED = (
+    VM_EXIT_CONTROLS_DEFAULT1
+    | Exit.SAVE_DEBUG_CONTROLS
+    | Exit.HOST_ADDRESS_SPACE_SIZE
+    | Exit.LOAD_IA32_PERF_GLOBAL_CTRL
+    | Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT
+    | Exit.SAVE_IA32_PAT
+    | Exit.LOAD_IA32_PAT
+    | Exit.SAVE_IA32_EFER
+    | Exit.LOAD_IA32_EFER
+)
+VM_ENTRY_SUPPORTED = (
+    VM_ENTRY_CONTROLS_DEFAULT1
+    | Entry.LOAD_DEBUG_CONTROLS
+    | Entry.IA_32E_MODE_GUEST
+    | Entry.LOAD_IA32_PAT
+    | Entry.LOAD_IA32_EFER
+)
 
 
 def flag_names(flag_type: type[IntFlag], bits: int, why: Mapping[int, str] = {}) -> str:

@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntFlag
 
-from pyflank.backends.control_policy import unsupported_controls
+from pyflank.backends.control_policy import (
+    PIN_BASED_SUPPORTED,
+    VM_ENTRY_SUPPORTED,
+    VM_EXIT_SUPPORTED,
+    unsupported_controls,
+)
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
-    PIN_BASED_CONTROLS_DEFAULT1,
     PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
-    VM_ENTRY_CONTROLS_DEFAULT1,
-    VM_EXIT_CONTROLS_DEFAULT1,
     PinBasedControls,
     PrimaryProcessorBasedControls,
     SecondaryProcessorBasedControls,
@@ -32,16 +34,9 @@ Proc2 = SecondaryProcessorBasedControls
 Exit = VmExitControls
 Entry = VmEntryControls
 
-# Besides the reserved default1 bits: interrupt/NMI exiting never fire (the platform has no
-# interrupt sources), the host-side exit controls describe the host, which is Python.
+# Pin-based, exit and entry rows: see control_policy.
 SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
-    f.PIN_BASED_VM_EXECUTION_CONTROLS: (
-        Pin,
-        PIN_BASED_CONTROLS_DEFAULT1
-        | Pin.EXTERNAL_INTERRUPT_EXITING
-        | Pin.NMI_EXITING
-        | Pin.VIRTUAL_NMIS,
-    ),
+    f.PIN_BASED_VM_EXECUTION_CONTROLS: (Pin, PIN_BASED_SUPPORTED),
     f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
         Proc,
         PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1
@@ -65,27 +60,8 @@ SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
         Proc2,
         Proc2.ENABLE_RDTSCP | Proc2.ENABLE_VPID | Proc2.WBINVD_EXITING | Proc2.ENABLE_VM_FUNCTIONS,
     ),
-    f.VM_EXIT_CONTROLS: (
-        Exit,
-        VM_EXIT_CONTROLS_DEFAULT1
-        | Exit.SAVE_DEBUG_CONTROLS
-        | Exit.HOST_ADDRESS_SPACE_SIZE
-        | Exit.LOAD_IA32_PERF_GLOBAL_CTRL
-        | Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT
-        | Exit.SAVE_IA32_PAT
-        | Exit.LOAD_IA32_PAT
-        | Exit.SAVE_IA32_EFER
-        | Exit.LOAD_IA32_EFER,
-    ),
-    f.VM_ENTRY_CONTROLS: (
-        Entry,
-        VM_ENTRY_CONTROLS_DEFAULT1
-        | Entry.LOAD_DEBUG_CONTROLS
-        | Entry.IA_32E_MODE_GUEST
-        | Entry.LOAD_IA32_PERF_GLOBAL_CTRL
-        | Entry.LOAD_IA32_PAT
-        | Entry.LOAD_IA32_EFER,
-    ),
+    f.VM_EXIT_CONTROLS: (Exit, VM_EXIT_SUPPORTED),
+    f.VM_ENTRY_CONTROLS: (Entry, VM_ENTRY_SUPPORTED | Entry.LOAD_IA32_PERF_GLOBAL_CTRL),
 }
 CONTROL_FIELDS = frozenset(SUPPORTED) | {
     f.EXCEPTION_BITMAP,

@@ -13,13 +13,15 @@ from __future__ import annotations
 from enum import IntFlag
 from typing import Final
 
-from pyflank.backends.control_policy import unsupported_controls
+from pyflank.backends.control_policy import (
+    PIN_BASED_SUPPORTED,
+    VM_ENTRY_SUPPORTED,
+    VM_EXIT_SUPPORTED,
+    unsupported_controls,
+)
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
-    PIN_BASED_CONTROLS_DEFAULT1,
     PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
-    VM_ENTRY_CONTROLS_DEFAULT1,
-    VM_EXIT_CONTROLS_DEFAULT1,
     PinBasedControls,
     PrimaryProcessorBasedControls,
     SecondaryProcessorBasedControls,
@@ -51,16 +53,9 @@ GAPS: Final[dict[str, str]] = {
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING
-# Besides the default1 bits: interrupt/NMI exiting never fire (no interrupt sources),
-# and the host-side exit controls describe the host, which is Python.
+# Pin-based, exit and entry rows: see control_policy.
 SUPPORTED: Final[dict[int, tuple[type[IntFlag], int]]] = {
-    f.PIN_BASED_VM_EXECUTION_CONTROLS: (
-        Pin,
-        PIN_BASED_CONTROLS_DEFAULT1
-        | Pin.EXTERNAL_INTERRUPT_EXITING
-        | Pin.NMI_EXITING
-        | Pin.VIRTUAL_NMIS,
-    ),
+    f.PIN_BASED_VM_EXECUTION_CONTROLS: (Pin, PIN_BASED_SUPPORTED),
     f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
         Proc,
         # CR3 load/store exiting are default1 bits, but the TRUE controls let them be 0.
@@ -71,26 +66,8 @@ SUPPORTED: Final[dict[int, tuple[type[IntFlag], int]]] = {
         | Proc.ACTIVATE_SECONDARY_CONTROLS,
     ),
     f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (Proc2, Proc2.ENABLE_VPID),
-    f.VM_EXIT_CONTROLS: (
-        Exit,
-        VM_EXIT_CONTROLS_DEFAULT1
-        | Exit.SAVE_DEBUG_CONTROLS
-        | Exit.HOST_ADDRESS_SPACE_SIZE
-        | Exit.LOAD_IA32_PERF_GLOBAL_CTRL
-        | Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT
-        | Exit.SAVE_IA32_PAT
-        | Exit.LOAD_IA32_PAT
-        | Exit.SAVE_IA32_EFER
-        | Exit.LOAD_IA32_EFER,
-    ),
-    f.VM_ENTRY_CONTROLS: (
-        Entry,
-        VM_ENTRY_CONTROLS_DEFAULT1
-        | Entry.LOAD_DEBUG_CONTROLS
-        | Entry.IA_32E_MODE_GUEST
-        | Entry.LOAD_IA32_PAT
-        | Entry.LOAD_IA32_EFER,
-    ),
+    f.VM_EXIT_CONTROLS: (Exit, VM_EXIT_SUPPORTED),
+    f.VM_ENTRY_CONTROLS: (Entry, VM_ENTRY_SUPPORTED),
 }
 # Why a control outside SUPPORTED cannot be offered, where a gap explains it.
 _WHY: Final[dict[int, str]] = {
