@@ -2,12 +2,11 @@
 ``backend`` fixture (guest-program tests run on every backend), the KVM summary line."""
 
 import os
-from functools import cache
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from pyflank.backends.kvm import probe_kvm
+from kvm_support import kvm_marks
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -19,19 +18,6 @@ settings.load_profile(os.environ.get("PYFLANK_HYPOTHESIS_PROFILE", "default"))
 
 
 KVM_TESTS: set[str] = set()
-
-
-@cache
-def kvm_unusable_reason() -> str:
-    """Why /dev/kvm cannot be used here ('' when it can): the probe's own words."""
-    caps = probe_kvm(measure=False)
-    return "" if caps.usable else caps.reason
-
-
-def kvm_marks() -> list[pytest.MarkDecorator]:
-    """What a KVM test carries: the ``kvm`` mark, and a skip naming the probe's reason."""
-    reason = kvm_unusable_reason()
-    return [pytest.mark.kvm, pytest.mark.skipif(bool(reason), reason=f"KVM unusable: {reason}")]
 
 
 def backend_params() -> list[object]:

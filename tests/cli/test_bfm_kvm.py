@@ -8,13 +8,9 @@ from pathlib import Path
 import pytest
 from bfm_helpers import Bfm
 
-from pyflank.backends.kvm import probe_kvm
+from kvm_support import kvm_marks
 
-_KVM = probe_kvm(measure=False)
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(not _KVM.usable, reason=f"KVM unusable: {_KVM.reason}"),
-]
+pytestmark = kvm_marks()
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 
 import keystone
-import pytest
 
-from pyflank.backends.kvm import KvmConfig, KvmMachine, KvmVcpu, StopReason, probe_kvm
+from pyflank.backends.kvm import KvmConfig, KvmMachine, KvmVcpu, StopReason
 from pyflank.backends.kvm.guest_state import sregs_to_vmcs
 from pyflank.backends.kvm.longmode import FlatLayout, flat_long_mode_sregs, write_flat_long_mode
 from pyflank.backends.kvm.structs import KvmSregs
@@ -19,20 +17,6 @@ from pyflank.memory import GuestPhysicalMemory
 
 COM1 = 0x3F8
 LAYOUT = FlatLayout()
-
-
-@cache
-def kvm_unusable_reason() -> str:
-    caps = probe_kvm(measure=False)
-    return "" if caps.usable else caps.reason
-
-
-def kvm_marks() -> list[pytest.MarkDecorator]:
-    reason = kvm_unusable_reason()
-    return [
-        pytest.mark.kvm,
-        pytest.mark.skipif(bool(reason), reason=f"KVM unusable here: {reason}"),
-    ]
 
 
 def assemble(source: str, address: int = LAYOUT.code) -> bytes:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kvm_guest_helpers import Guest, kvm_marks
+from kvm_guest_helpers import Guest
 
+from kvm_support import kvm_marks
 from pyflank.backends.kvm import StopReason
 from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.exit_handler import ExitHandlerIntelX64

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from typing import ClassVar
 
-from kvm_guest_helpers import LAYOUT, Guest, assemble, kvm_marks
+from kvm_guest_helpers import LAYOUT, Guest, assemble
 
+from kvm_support import kvm_marks
 from pyflank.backends.kvm import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f

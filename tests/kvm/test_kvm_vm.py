@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from kvm_guest_helpers import kvm_marks
 
+from kvm_support import kvm_marks
 from pyflank import demo
 from pyflank.backends.base import StopReason
 from pyflank.backends.kvm import KvmCapabilities

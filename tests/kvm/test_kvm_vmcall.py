@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from kvm_guest_helpers import Guest, kvm_marks
+from kvm_guest_helpers import Guest
 
 import pyflank
+from kvm_support import kvm_marks
 from pyflank.backends.kvm import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
