@@ -26,6 +26,7 @@ it cheaply: unicorn resumes imprecisely after an asynchronous stop (see ``EmuVcp
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 import weakref
@@ -37,8 +38,9 @@ from pyflank.backends.base import (
     Backend,
     BackendUnavailable,
     Capabilities,
+    PortIo,
     StopReason,
-    VcpuBackend,
+    VcpuEngine,
 )
 from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
@@ -55,11 +57,15 @@ from pyflank.platform.boot import (
 from pyflank.platform.bus import PortBus
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.platform.serial import Serial16550
+from pyflank.processor import EntryPlan, ExitRecord, Stop, VmxProcessor
+from pyflank.processor.cpuid_table import sample_cpuid
 
-__all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm"]
+__all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
+log = logging.getLogger("pyflank")
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
+BackendFactory = Callable[[GuestPhysicalMemory, PortIo], Backend]
 
 
 @dataclass
@@ -76,8 +82,25 @@ class VcpuResult:
     trace: list[tuple[int, int]] | None = field(default=None, repr=False)
 
 
+def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
+    """Run one vCPU to its stop: the processor launches, the engine runs the guest to the
+    next exit, the processor dispatches it and plans the next entry, and so on."""
+    decide = processor.exit
+    step: EntryPlan | Stop = processor.launch()
+    while not isinstance(step, Stop):
+        happened = engine.run(step, decide)
+        if isinstance(happened, ExitRecord):
+            step = decide(happened)
+        elif isinstance(happened, Stop):
+            return processor.stopped(happened)
+        else:
+            step = happened
+    return step
+
+
 class Vcpu:
-    """A vCPU's handler, VMCS, StateSave and debug ring; the backend exists while running."""
+    """A vCPU's handler, VMCS, StateSave and debug ring; its engine and processor exist
+    while it runs (``run_loop``, the same for every engine)."""
 
     def __init__(self, vm: Vm, vcpuid: int, handler: ExitHandlerIntelX64) -> None:
         self.vcpuid = vcpuid
@@ -89,27 +112,39 @@ class Vcpu:
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
         handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
-        self.backend: VcpuBackend | None = None
+        self.engine: VcpuEngine | None = None
+        self.processor: VmxProcessor | None = None
         self.result: VcpuResult | None = None
 
-    def _run(self) -> None:
-        backend = self.backend
-        assert backend is not None
-        backend.run()
-        self._collect()
+    def _attach(self, backend: Backend, *, trace: bool) -> None:
+        """Make this vCPU's engine and processor (after the guest is loaded)."""
+        engine = self.engine = backend.create_vcpu(self.vcpuid)
+        if engine.cpu is not None:
+            self.handler.set_cpu(engine.cpu)
+        leaves = engine.cpuid_leaves()
+        if leaves is not None:
+            engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
+        self.processor = VmxProcessor(
+            self.handler, backend.unsupported, engine=f"{backend.name} backend", trace=trace
+        )
 
-    def _collect(self) -> None:
-        backend = self.backend
-        assert backend is not None
+    def _run(self) -> None:
+        engine, processor = self.engine, self.processor
+        assert engine is not None and processor is not None
+        try:
+            stop = run_loop(engine, processor)
+        except Exception as exc:  # an engine failure stops this vCPU, not the VMM
+            log.exception("vCPU %d failed", self.vcpuid)
+            stop = Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}")
         self.result = VcpuResult(
             vcpuid=self.vcpuid,
-            reason=backend.stop_reason or StopReason.ERROR,
-            message=backend.message,
+            reason=stop.reason,
+            message=stop.message,
             state=copy.copy(self.state),
             vmcs=self.vmcs,
             debug_ring=self.debug_ring.read(),
-            exits=backend.exits,
-            trace=backend.trace,
+            exits=processor.exits,
+            trace=processor.trace,
         )
 
 
@@ -122,7 +157,7 @@ class Vm:
         *,
         memory_size: int = DEFAULT_MEMORY_SIZE,
         vcpus: int = 1,
-        backend: str = "emu",
+        backend: str | BackendFactory = "emu",
         layout: BootLayout | None = None,
         trace: bool = False,
     ) -> None:
@@ -133,7 +168,10 @@ class Vm:
         self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
         self.serial = Serial16550()
         self.bus = PortBus(self.serial)  # devices attached later are on it too
-        self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        if isinstance(backend, str):
+            self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        else:
+            self.backend = backend(self.memory, self.bus)
         self._finalizer = weakref.finalize(self, self.backend.close)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
         for vcpu in self.vcpus:
@@ -217,7 +255,7 @@ class Vm:
 
     def _run(self, timeout: float) -> list[VcpuResult]:
         for vcpu in self.vcpus:
-            vcpu.backend = self.backend.create_vcpu(vcpu.vcpuid, vcpu.handler, trace=self.trace)
+            vcpu._attach(self.backend, trace=self.trace)
         threads = [
             threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
         ]
@@ -229,8 +267,8 @@ class Vm:
         for vcpu, thread in zip(self.vcpus, threads, strict=True):
             # A stop request can race with the vCPU re-entering the guest: repeat it.
             while thread.is_alive():
-                assert vcpu.backend is not None
-                vcpu.backend.request_stop(StopReason.TIMEOUT)
+                assert vcpu.engine is not None
+                vcpu.engine.request_stop(StopReason.TIMEOUT)
                 thread.join(0.01)
         results = []
         for vcpu in self.vcpus:

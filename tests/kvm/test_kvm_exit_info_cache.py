@@ -6,12 +6,12 @@ from kvm_guest_helpers import Guest
 
 from kvm_support import kvm_marks
 from pyflank.backends.kvm import StopReason
-from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT
+from pyflank.processor import VmxProcessor
 from pyflank.vmcall import VMCALL_MAGIC_NUMBER
 
 pytestmark = kvm_marks()
@@ -69,19 +69,18 @@ class Poker(ExitHandlerIntelX64):
 
 def _run(kind: str, cache: bool, monkeypatch) -> list[tuple[int, ...]]:
     if not cache:
-        orig = KvmVcpu.dispatch
+        orig = VmxProcessor.exit
 
         def always(self, *a, **k):
             self.vmcs_written()
             return orig(self, *a, **k)
 
-        monkeypatch.setattr(KvmVcpu, "dispatch", always)
+        monkeypatch.setattr(VmxProcessor, "exit", always)
 
     def prepare(h):
         if kind == "io":
-            h.m_vmcs.write(
-                f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, Primary.UNCONDITIONAL_IO_EXITING
-            )
+            e = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+            h.m_vmcs.write(e, int(h.m_vmcs.read(e)) | int(Primary.UNCONDITIONAL_IO_EXITING))
 
     port = 0x80 if kind == "io" else DEFAULT_DOORBELL_PORT
     handler = Poker()
@@ -143,7 +142,7 @@ def test_controls_change_takes_effect() -> None:
 
     handler = StopsIoExiting()
     with Guest(source(0x80), handler, prepare=prepare) as guest:
-        r = guest.vcpu.run(timeout=5)
+        r = guest.run_to_stop(timeout=5)
         assert r.reason is StopReason.GUEST_HLT, r.message
     assert handler.n == 10
 
@@ -171,6 +170,6 @@ again2:
 """
     handler = StartsIoExiting()
     with Guest(src, handler, prepare=_long) as guest:
-        r = guest.vcpu.run(timeout=5)
+        r = guest.run_to_stop(timeout=5)
         assert r.reason is StopReason.GUEST_HLT, r.message
     assert handler.n == 7

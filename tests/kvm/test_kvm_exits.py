@@ -44,7 +44,7 @@ def test_efer_round_trip_through_the_msr_filter() -> None:
         assert state.r13 == 0xD01
         assert vmcs.read(f.GUEST_IA32_EFER) == 0xD01
         assert guest.vcpu.registers.sregs.efer & 1, "the handler's WRMSR reached KVM (EFER.SCE)"
-        assert guest.vcpu.dispatched == 3
+        assert guest.dispatched == 3
 
 
 class IoRecorder(ExitHandlerIntelX64):
@@ -152,7 +152,7 @@ def test_emulation_failure_is_reported_not_hung() -> None:
     # x87 loads from MMIO must go through KVM's emulator, which has no x87: everywhere a failure.
     guest = Guest(f"mov rbx, {MMIO:#x}; fld qword ptr [rbx]; hlt")
     ring = guest.handler.m_debug_ring
-    reason = guest.vcpu.run(timeout=5)
+    reason = guest.run_to_stop(timeout=5)
     guest.close()
     assert reason.reason in (StopReason.EMULATION_FAILURE, StopReason.HALTED), reason
     if reason.reason is StopReason.EMULATION_FAILURE:
@@ -163,7 +163,7 @@ def test_emulation_failure_is_reported_not_hung() -> None:
 def test_spinning_guest_times_out() -> None:
     guest = Guest("spin: jmp spin")
     try:
-        result = guest.vcpu.run(timeout=0.3)
+        result = guest.run_to_stop(timeout=0.3)
         assert result.reason is StopReason.TIMEOUT
     finally:
         guest.close()
@@ -224,8 +224,8 @@ def test_handler_moving_rip_elsewhere_is_honoured() -> None:
 
 def test_stop_from_another_thread() -> None:
     with Guest("spin: jmp spin") as guest:
-        timer = threading.Timer(0.2, guest.vcpu.stop)
+        timer = threading.Timer(0.2, guest.stop)
         timer.start()
-        result = guest.vcpu.run(timeout=10)
+        result = guest.run_to_stop(timeout=10)
         timer.join()
         assert result.reason is StopReason.STOPPED

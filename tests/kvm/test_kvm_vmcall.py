@@ -118,7 +118,7 @@ def _run_loop(count: int, timeout: float) -> None:
         state = guest.handler.m_state_save
         assert state.r12 == count
         assert state.r13 == 0, f"{state.r13} wrong replies"
-        assert guest.vcpu.dispatched == count
+        assert guest.dispatched == count
 
 
 def test_thousand_vmcalls_all_answered() -> None:

@@ -12,7 +12,6 @@ from typing import Final
 from pyflank.backends.base import Backend, PortIo
 from pyflank.backends.emu import EmuVcpu, unsupported
 from pyflank.backends.kvm.platform import KvmBackend
-from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
@@ -38,8 +37,8 @@ class EmuBackend:
     def unsupported(self, vmcs: Vmcs) -> list[str]:
         return unsupported(vmcs)
 
-    def create_vcpu(self, vcpuid: int, handler: ExitHandlerIntelX64, *, trace: bool) -> EmuVcpu:
-        return EmuVcpu(handler, self.memory, self.ports, trace=trace)
+    def create_vcpu(self, vcpuid: int) -> EmuVcpu:
+        return EmuVcpu(self.memory, self.ports)
 
     def close(self) -> None:
         pass  # unicorn engines are freed with their vCPUs

@@ -2,7 +2,7 @@
 
 Layers, bottom up: ``structs``/``abi`` (the kernel ABI as ctypes), ``device``
 (one method per ioctl), ``probe`` (what this KVM can do), ``machine``/``vcpu``
-(the VMX model on top: exits translated and dispatched to the handler),
+(the engine: KVM exits translated into exit records, entry plans loaded),
 ``policy`` (the controls it implements), ``platform`` (what ``Vm`` drives).
 
 Gaps: what differs from the software CPU, and why (``policy.GAPS`` holds the same
@@ -10,8 +10,9 @@ keys; tests that skip on KVM name one).  KVM passes user space port I/O, HLT, MM
 filtered MSR accesses, shutdowns and emulation failures, nothing else:
 
 - cpuid: CPUID never exits to user space.  The handler's answers for every leaf are
-  sampled once, through ``handle_exit``, into the KVM_SET_CPUID2 table when the vCPU
-  is made; a handler with per-call side effects sees them then.  At CPL 0 a nested
+  sampled once, through ``handle_cpuid`` (not ``dispatch``/``handle_exit``: they are
+  not guest exits), into the KVM_SET_CPUID2 table when the vCPU is made; a CPUID
+  handler with per-call side effects sees them then.  At CPL 0 a nested
   page-table-based KVM answers some leaves (1, 7) from the host (capability report).
 - invd: INVD and WBINVD complete inside KVM: no INVD exit, no "WBINVD exiting".
 - rdtsc: RDTSC/RDTSCP run inside KVM: no "RDTSC exiting", no TSC offsetting.
@@ -44,10 +45,10 @@ from pyflank.backends.kvm.device import CpuidEntry, KvmError, KvmSystem, KvmVcpu
 from pyflank.backends.kvm.machine import KvmConfig, KvmMachine
 from pyflank.backends.kvm.platform import KvmBackend, measured_capabilities
 from pyflank.backends.kvm.policy import GAPS
-from pyflank.backends.kvm.ports import NoDevices, PortIo
+from pyflank.backends.kvm.ports import NoDevices
 from pyflank.backends.kvm.probe import KvmCapabilities, probe_kvm
-from pyflank.backends.kvm.result import KvmRunResult, StopReason
 from pyflank.backends.kvm.vcpu import KvmVcpu
+from pyflank.processor import StopReason
 
 __all__ = [
     "GAPS",
@@ -57,13 +58,11 @@ __all__ = [
     "KvmConfig",
     "KvmError",
     "KvmMachine",
-    "KvmRunResult",
     "KvmSystem",
     "KvmVcpu",
     "KvmVcpuFd",
     "KvmVm",
     "NoDevices",
-    "PortIo",
     "StopReason",
     "measured_capabilities",
     "probe_kvm",

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 
 from pyflank.backends.kvm.decode import GuestCode, IoMatch, io_ending_at, parse_io
 from pyflank.backends.kvm.structs import KvmRegs, KvmSregs
+from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import IoDirection, IoInstruction, IoOperandEncoding
+from pyflank.processor import ExitInformation
 
 _MAX_INSN = 15
+_IO_INSTRUCTION = int(ExitReason.IO_INSTRUCTION)
+_VMCALL = int(ExitReason.VMCALL)
 _CACHE_LIMIT = 4096
 
 SiteKey = tuple[int, int, int]  # (RIP, CR3, access)
@@ -43,6 +47,8 @@ class IoSite:
     immediate: bool
     pending: bool  # KVM will still complete (and skip) the instruction on the next KVM_RUN
     qualification: int  # the I/O-instruction exit qualification, encoded once per site
+    io: ExitInformation  # the exit information of an I/O-instruction exit here
+    vmcall: ExitInformation  # ... and of the doorbell's VMCALL
 
 
 def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> IoSite:
@@ -59,7 +65,9 @@ def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> I
         rep=rep,
         operand_encoding=IoOperandEncoding.IMMEDIATE if immediate else IoOperandEncoding.DX,
     ).encode()
-    return IoSite(start, length, string, rep, immediate, pending, qualification)
+    io = ExitInformation(_IO_INSTRUCTION, qualification, length)
+    vmcall = ExitInformation(_VMCALL, 0, length)
+    return IoSite(start, length, string, rep, immediate, pending, qualification, io, vmcall)
 
 
 class IoSites:

@@ -13,12 +13,6 @@ from __future__ import annotations
 from enum import IntFlag
 from typing import Final
 
-from pyflank.backends.control_policy import (
-    PIN_BASED_SUPPORTED,
-    VM_ENTRY_SUPPORTED,
-    VM_EXIT_SUPPORTED,
-    unsupported_controls,
-)
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
     PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
@@ -29,6 +23,12 @@ from pyflank.intel_x64.controls import (
     VmExitControls,
 )
 from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.processor.policy import (
+    PIN_BASED_SUPPORTED,
+    VM_ENTRY_SUPPORTED,
+    VM_EXIT_SUPPORTED,
+    unsupported_controls,
+)
 
 Pin = PinBasedControls
 Proc = PrimaryProcessorBasedControls
@@ -89,13 +89,6 @@ _WHY2: Final[dict[int, str]] = {
     Proc2.WBINVD_EXITING: "invd",
     Proc2.ENABLE_RDTSCP: "rdtscp",
     Proc2.ENABLE_VM_FUNCTIONS: "vm_functions",
-}
-# Controls, and the fields they use, that the exit path reads: a change needs a check.
-CONTROL_FIELDS: Final[frozenset[int]] = frozenset(SUPPORTED) | {
-    f.EXCEPTION_BITMAP,
-    f.CR0_GUEST_HOST_MASK,
-    f.CR4_GUEST_HOST_MASK,
-    f.VM_FUNCTION_CONTROLS,
 }
 
 

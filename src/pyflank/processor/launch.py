@@ -1,4 +1,4 @@
-"""The first VM entry's own checks, shared by the backends."""
+"""VMLAUNCH's own checks (SDM 26.2), before any guest state is looked at."""
 
 from __future__ import annotations
 

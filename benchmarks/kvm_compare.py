@@ -6,7 +6,7 @@ to the handler because the VMCS asks for I/O exiting) and ``io-device`` (an
 OUT that goes to a platform device without a handler).  The C runner
 (``benchmarks/kvm_runner.c``) is compiled here with the system ``cc``.
 
-``python -m pyflank.backends.kvm.bench [COUNT]`` prints the table.
+``python -m benchmarks.kvm_compare [COUNT]`` prints the table.
 """
 
 from __future__ import annotations
@@ -25,19 +25,27 @@ from pyflank.backends.kvm.device import KvmSystem
 from pyflank.backends.kvm.guest_state import sregs_to_vmcs
 from pyflank.backends.kvm.longmode import FlatLayout
 from pyflank.backends.kvm.machine import KvmMachine
+from pyflank.backends.kvm.policy import unsupported
 from pyflank.backends.kvm.ports import NoDevices
-from pyflank.backends.kvm.result import StopReason
 from pyflank.backends.kvm.tiny import TinyGuest
 from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.checks.valid_state import default_controls
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT
+from pyflank.platform.hypervisor_cpuid import (
+    DEFAULT_DOORBELL_PORT,
+    HypervisorFeatures,
+    hypervisor_leaves,
+)
+from pyflank.processor import StopReason, VmxProcessor
+from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.vmcall import VMCALL_MAGIC_NUMBER
+from pyflank.vmm import run_loop
 
-RUNNER_SOURCE = Path(__file__).resolve().parents[4] / "benchmarks" / "kvm_runner.c"
+RUNNER_SOURCE = Path(__file__).with_name("kvm_runner.c")
 IO_PORT = 0x80
 KINDS = ("vmcall", "io-exit", "io-device")
 
@@ -102,27 +110,34 @@ def bench_pyflank(kind: str, count: int) -> BenchResult:
         with TinyGuest(system, _code(kind, count, layout), layout=layout) as tiny:
             sregs, image = tiny.vcpu.get_sregs(), tiny.memory.read(0, layout.ram)
         handler = IoExitHandler() if kind == "io-exit" else ExitHandlerIntelX64()
-        sregs_to_vmcs(sregs, handler.m_vmcs)
-        handler.m_vmcs.processor_write(f.GUEST_RFLAGS, 2)
+        vmcs = handler.m_vmcs
+        sregs_to_vmcs(sregs, vmcs)
+        vmcs.processor_write(f.GUEST_RFLAGS, 2)
+        default_controls(vmcs, handler.m_cpu)
         if kind == "io-exit":
-            handler.m_vmcs.write(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
-                                 Primary.UNCONDITIONAL_IO_EXITING)  # fmt: skip
+            primary = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+            vmcs.write(primary, vmcs.read(primary) | Primary.UNCONDITIONAL_IO_EXITING)
         handler.m_state_save.rip, handler.m_state_save.rsp = layout.code, layout.stack_top
+        handler.hypervisor_leaves = hypervisor_leaves(
+            HypervisorFeatures.IO_PORT_DOORBELL, DEFAULT_DOORBELL_PORT
+        )
         with GuestPhysicalMemory(layout.ram) as memory:
             memory.write(0, image)
             machine = KvmMachine(memory, system=system)
-            vcpu = KvmVcpu(machine, 0, handler, NoDevices())
+            vcpu = KvmVcpu(machine, 0, NoDevices())
             try:
-                vcpu.load()
+                handler.set_cpu(vcpu.cpu)
+                vcpu.set_cpuid(sample_cpuid(handler, vcpu.cpuid_leaves()))
+                processor = VmxProcessor(handler, unsupported)
                 start = time.perf_counter()
-                result = vcpu.run(timeout=600)
+                stop = run_loop(vcpu, processor)
                 seconds = time.perf_counter() - start
             finally:
                 vcpu.close()
                 machine.close()
-        if result.reason is not StopReason.GUEST_HLT:
-            raise RuntimeError(f"benchmark guest stopped early: {result.message}")
-        exits = result.dispatched if kind != "io-device" else count
+        if stop.reason is not StopReason.GUEST_HLT:
+            raise RuntimeError(f"benchmark guest stopped early: {stop.message}")
+        exits = processor.exits if kind != "io-device" else count
         return BenchResult("pyflank", kind, exits, seconds)
     finally:
         system.close()

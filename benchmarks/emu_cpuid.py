@@ -1,6 +1,6 @@
 """CPUID exits per second on the software CPU, against unicorn's own floor, in one run.
 
-    python -m pyflank.backends.emu_bench [N]
+    python -m benchmarks.emu_cpuid [N]
 
 Three loops of N CPUIDs: through pyflank's full exit path (VMCS, StateSave, the seed's
 ``dispatch``); with a bare unicorn hook through the Python binding that only skips the
@@ -15,7 +15,6 @@ confirmed.
 from __future__ import annotations
 
 import cProfile
-import ctypes
 import io
 import pstats
 import sys
@@ -83,18 +82,18 @@ def full(count: int) -> float:
     profiler sees it.
     """
     from pyflank.backends.base import StopReason  # noqa: PLC0415 - keep the floors light
-    from pyflank.backends.emu import EmuVcpu  # noqa: PLC0415
-    from pyflank.vmm import Vm  # noqa: PLC0415
+    from pyflank.vmm import Vm, run_loop  # noqa: PLC0415
 
     vm = Vm()
     vm.load_asm(loop_source(count))
     [vcpu] = vm.vcpus
-    backend = EmuVcpu(vcpu.handler, vm.memory, vm.bus)
+    vcpu._attach(vm.backend, trace=False)
+    assert vcpu.engine is not None and vcpu.processor is not None
     start = time.perf_counter()
-    reason = backend.run()
+    stop = run_loop(vcpu.engine, vcpu.processor)
     elapsed = time.perf_counter() - start
-    if reason is not StopReason.GUEST_HLT or backend.exits != count:
-        raise RuntimeError(f"benchmark guest ended badly: {reason} {backend.message}")
+    if stop.reason is not StopReason.GUEST_HLT or vcpu.processor.exits != count:
+        raise RuntimeError(f"benchmark guest ended badly: {stop.reason} {stop.message}")
     return elapsed
 
 
@@ -166,14 +165,3 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv)
-
-__all__ = [
-    "CpuidBenchmark",
-    "cpuid_benchmark",
-    "floor_binding",
-    "floor_ctypes",
-    "full",
-    "profile",
-    "register_file_mode",
-]
-_ = ctypes  # the floors use ctypes callbacks through ``eng``

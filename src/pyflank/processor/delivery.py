@@ -1,7 +1,7 @@
 """Delivering an exception or interrupt through the guest's 64-bit IDT (SDM Vol. 3A, 6.14).
 
-unicorn reports guest exceptions to a hook instead of delivering them, and VM-entry event
-injection is ours to do, so the software CPU delivers events itself: gate lookup and
+For engines that do not deliver events themselves (unicorn reports guest exceptions to a
+hook instead of delivering them, and has no VM-entry event injection): gate lookup and
 checks, stack switch (IST or privilege change), the 64-bit frame, RFLAGS and CS:RIP.  A
 fault while delivering is combined with the event being delivered by the double-fault
 rules (SDM Table 6-5); a fault while delivering #DF is a triple fault.
@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.memory import GuestPhysicalMemory, PageFault, PageFaultReason, translate
+from pyflank.processor.records import Event
 
 VECTOR_DE, VECTOR_DB, VECTOR_BP, VECTOR_UD, VECTOR_DF = 0, 1, 3, 6, 8
 VECTOR_TS, VECTOR_NP, VECTOR_SS, VECTOR_GP, VECTOR_PF = 10, 11, 12, 13, 14
@@ -42,17 +43,6 @@ _Q = struct.Struct("<Q")
 _MASK64 = (1 << 64) - 1
 # #PF error-code bits (SDM 4.7)
 PF_PRESENT, PF_WRITE, PF_USER, PF_RESERVED, PF_FETCH = 1, 2, 4, 8, 16
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An event to deliver; ``return_rip`` is what the frame saves (past the instruction
-    for software interrupts and traps, at it for faults)."""
-
-    vector: int
-    type: InterruptionType
-    error_code: int | None
-    return_rip: int
 
 
 @dataclass(frozen=True, slots=True)
