@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyflank
+from pyflank import guests
+from pyflank.abi import VMCALL_VERSION
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls, long_mode_guest_state
 from pyflank.intel_x64.cpu import ModelCpu
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
-from pyflank.platform.assemble import GUESTS_DIR
-from pyflank.vmcall import VMCALL_VERSION
 
 MIB = 1 << 20
 HARNESS_GDT = 0x8000
@@ -30,7 +30,7 @@ HARNESS_RSP = 0x200000
 
 
 def versions_loop(calls: int, counts: int = 0x280000) -> str:
-    """The guest SDK's VERSIONS loop (guests/versions_loop.s): ``calls`` checked vmcalls;
+    """The guest SDK's VERSIONS loop (``versions_loop.s``): ``calls`` checked vmcalls;
     R12 counts them, R13 the wrong replies, vCPU n stores its count at ``counts + 8 n``."""
     constants = {
         "CALLS": calls,
@@ -40,7 +40,7 @@ def versions_loop(calls: int, counts: int = 0x280000) -> str:
         "PYFLANK_MINOR": pyflank.VERSION_MINOR,
     }
     head = "".join(f".equ {name}, {value:#x}\n" for name, value in constants.items())
-    return head + (GUESTS_DIR / "versions_loop.s").read_text()
+    return head + guests.read("versions_loop.s")
 
 
 class ExitHarness:

@@ -13,6 +13,23 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import pyflank
+from pyflank.abi import (
+    BF_VMCALL_FAILURE,
+    BF_VMCALL_SUCCESS,
+    CPUID_1_ECX_HYPERVISOR,
+    EVENT_RETURNED_SLOTS,
+    RETURNED_SLOTS,
+    VMCALL_IN_BUFFER_SIZE,
+    VMCALL_MAGIC_NUMBER,
+    VMCALL_OUT_BUFFER_SIZE,
+    VMCALL_VERSION,
+    VmcallDataType,
+    VmcallOpcode,
+    VmcallRegisters,
+    VmcallVersionIndex,
+    hypervisor_leaves,
+)
+from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
@@ -32,19 +49,6 @@ from pyflank.intel_x64.msrs import (
 )
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
-from pyflank.platform.hypervisor_cpuid import CPUID_1_ECX_HYPERVISOR, hypervisor_leaves
-from pyflank.vmcall import (
-    BF_VMCALL_FAILURE,
-    BF_VMCALL_SUCCESS,
-    VMCALL_IN_BUFFER_SIZE,
-    VMCALL_MAGIC_NUMBER,
-    VMCALL_OUT_BUFFER_SIZE,
-    VMCALL_VERSION,
-    VmcallDataType,
-    VmcallOpcode,
-    VmcallRegisters,
-    VmcallVersionIndex,
-)
 
 log = logging.getLogger("pyflank.exit_handler")
 
@@ -83,6 +87,10 @@ _EXIT_REASON = vmcs_fields.VM_EXIT_REASON
 _INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
 _VECTOR_GP = 13
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
+# The vmcall exit path moves the slots with straight-line code compiled from the ABI's map.
+_load_vmcall_registers = compile_loader()
+_store_vmcall_registers = compile_storer(RETURNED_SLOTS)
+_store_event_registers = compile_storer(EVENT_RETURNED_SLOTS)
 _CR0_WP = 1 << 16
 _CR0_PG = 1 << 31
 _EFER_NXE = 1 << 11
@@ -117,14 +125,9 @@ class ExitHandlerIntelX64:
         ExitReason.RDMSR: "handle_rdmsr",
         ExitReason.WRMSR: "handle_wrmsr",
     }
+    # vmcall opcode -> handler method: handle_vmcall_<opcode name> for each opcode of the ABI.
     VMCALL_HANDLERS: ClassVar[dict[int, str]] = {
-        VmcallOpcode.VERSIONS: "handle_vmcall_versions",
-        VmcallOpcode.REGISTERS: "handle_vmcall_registers",
-        VmcallOpcode.DATA: "handle_vmcall_data",
-        VmcallOpcode.EVENT: "handle_vmcall_event",
-        VmcallOpcode.START: "handle_vmcall_start",
-        VmcallOpcode.STOP: "handle_vmcall_stop",
-        VmcallOpcode.UNITTEST: "handle_vmcall_unittest",
+        opcode: f"handle_vmcall_{opcode.name.lower()}" for opcode in VmcallOpcode
     }
     # (major, minor, patch) answered for VERSIONS index USER; set it in a subclass.
     USER_VERSION: ClassVar[tuple[int, int, int]] = (0, 0, 0)
@@ -199,25 +202,13 @@ class ExitHandlerIntelX64:
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
-        # Spelled out rather than looped over INTEL_X64_REGISTER_MAP: this is
-        # the vmcall exit path (tests check the two agree).
-        state = self.m_state_save
-        if regs.r00 == _EVENT:
-            state.rcx = regs.r02 & MASK64
-        else:
-            state.rax = regs.r00 & MASK64
-            state.rcx = regs.r02 & MASK64
-            state.rbx = regs.r03 & MASK64
-            state.rsi = regs.r04 & MASK64
-            state.r08 = regs.r05 & MASK64
-            state.r09 = regs.r06 & MASK64
-            state.r10 = regs.r07 & MASK64
-            state.r11 = regs.r08 & MASK64
-            state.r12 = regs.r09 & MASK64
-            state.r13 = regs.r10 & MASK64
-            state.r14 = regs.r11 & MASK64
-            state.r15 = regs.r12 & MASK64
-        state.rdx = ret & MASK64
+        """Hand ``regs`` and the status ``ret`` back to the guest and step over the VMCALL.
+
+        Call it yourself only for a vmcall completed later (the seed's use); the slots
+        written back are the ABI's ``RETURNED_SLOTS`` (EVENT: ``EVENT_RETURNED_SLOTS``).
+        """
+        store = _store_event_registers if regs.r00 == _EVENT else _store_vmcall_registers
+        store(regs, self.m_state_save, ret)
         self.advance_rip()
 
     # -- protected members of the seed ----------------------------------------
@@ -245,12 +236,7 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def handle_vmcall(self) -> None:
-        state = self.m_state_save
-        regs = VmcallRegisters(
-            state.rax, state.rdx, state.rcx, state.rbx, state.rsi,
-            state.r08, state.r09, state.r10, state.r11, state.r12,
-            state.r13, state.r14, state.r15,
-        )  # fmt: skip
+        regs = _load_vmcall_registers(self.m_state_save)
         ret = BF_VMCALL_SUCCESS
         try:
             if regs.r01 != VMCALL_MAGIC_NUMBER:
