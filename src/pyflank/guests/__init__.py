@@ -29,6 +29,7 @@ GCC_FLAGS = (
     "-fno-stack-protector",  # no thread pointer (FS base 0) to hold the canary
     "-fcf-protection=none",  # no ENDBR64 for emulators that do not know it
     "-fno-asynchronous-unwind-tables",
+    "-Wl,--build-id=none",  # no note section for the linker script to place
 )
 
 
