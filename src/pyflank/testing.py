@@ -52,12 +52,18 @@ class ExitHarness:
         memory_size: int = 4 * MIB,
     ) -> None:
         self.memory = GuestPhysicalMemory(memory_size)
+        """Guest RAM, identity-mapped by ``page_tables``."""
         self.page_tables = PageTableBuilder(self.memory, *HARNESS_TABLES)
+        """The guest's page tables; ``map`` adds mappings (DATA buffers, say)."""
         self.page_tables.identity_map(0, memory_size)
         self.vmcs = Vmcs()
+        """A VMCS that passes every VM-entry check, launched."""
         self.state = StateSave()
+        """The guest registers the handler sees and changes."""
         self.cpu = ModelCpu()
+        """The CPU model behind CPUID and the MSRs."""
         self.handler = handler()
+        """The handler under test, wired to all of the above."""
         self.handler.set_vmcs(self.vmcs)
         self.handler.set_state_save(self.state)
         self.handler.set_cpu(self.cpu)
@@ -94,4 +100,5 @@ class ExitHarness:
 
     @property
     def debug_ring(self) -> str:
+        """The handler's debug ring as text."""
         return self.handler.m_debug_ring.read()
