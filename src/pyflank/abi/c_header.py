@@ -286,6 +286,23 @@ def _call() -> list[str]:
     return lines
 
 
+def _prepare() -> list[str]:
+    others = [s for s in SLOTS if s not in (OPCODE_SLOT, MAGIC_SLOT)]
+    return [
+        "",
+        "/* Opcode and magic number in; with clear, every other slot 0. */",
+        "static inline void pyflank_vmcall_prepare(struct pyflank_vmcall_registers *regs,",
+        "                                          uint64_t opcode, int clear)",
+        "{",
+        f"    regs->{OPCODE_SLOT} = opcode;",
+        f"    regs->{MAGIC_SLOT} = PYFLANK_MAGIC;",
+        "    if (clear) {",
+        *(f"        regs->{slot} = 0;" for slot in others),
+        "    }",
+        "}",
+    ]
+
+
 def _wrapper(signature: Signature) -> list[str]:
     name = signature.opcode.name
     inputs = {slot: arg for arg, slot in signature.inputs}
@@ -298,13 +315,8 @@ def _wrapper(signature: Signature) -> list[str]:
         f"static inline uint64_t pyflank_vmcall_{name.lower()}(const struct pyflank_vmm *vmm,",
         f"        struct pyflank_vmcall_registers *regs{params})",
         "{",
-        f"    regs->{OPCODE_SLOT} = PYFLANK_VMCALL_{name};",
-        f"    regs->{MAGIC_SLOT} = PYFLANK_MAGIC;",
-        *(
-            f"    regs->{slot} = {inputs.get(slot, '0')};"
-            for slot in SLOTS
-            if slot not in (OPCODE_SLOT, MAGIC_SLOT) and (slot in inputs or zeroed)
-        ),
+        f"    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_{name}, {int(zeroed)});",
+        *(f"    regs->{slot} = {arg};" for slot, arg in inputs.items()),
         "    return pyflank_vmcall(vmm, regs);",
         "}",
     ]
@@ -319,6 +331,7 @@ def render() -> str:
     """The text of ``pyflank.h``."""
     slots = " ".join(f"{slot}={register}" for slot, register in INTEL_X64_REGISTER_MAP)
     lines = [_PREAMBLE.format(note=GENERATED_NOTE, slots=slots), *_constants(), *_call()]
+    lines += _prepare()
     for signature in SIGNATURES.values():
         lines += _wrapper(signature)
     return "\n".join(lines) + "\n" + _RUNTIME

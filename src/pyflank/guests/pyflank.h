@@ -151,26 +151,36 @@ static inline uint64_t pyflank_vmcall(const struct pyflank_vmm *vmm,
     return regs->r01;
 }
 
+/* Opcode and magic number in; with clear, every other slot 0. */
+static inline void pyflank_vmcall_prepare(struct pyflank_vmcall_registers *regs,
+                                          uint64_t opcode, int clear)
+{
+    regs->r00 = opcode;
+    regs->r01 = PYFLANK_MAGIC;
+    if (clear) {
+        regs->r02 = 0;
+        regs->r03 = 0;
+        regs->r04 = 0;
+        regs->r05 = 0;
+        regs->r06 = 0;
+        regs->r07 = 0;
+        regs->r08 = 0;
+        regs->r09 = 0;
+        regs->r10 = 0;
+        regs->r11 = 0;
+        regs->r12 = 0;
+        regs->r13 = 0;
+        regs->r14 = 0;
+        regs->r15 = 0;
+    }
+}
+
 /* VERSIONS: index (r02 = rcx) -> major (r03 = rbx), minor (r04 = rsi), patch (r05 = r08) */
 static inline uint64_t pyflank_vmcall_versions(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs, uint64_t index)
 {
-    regs->r00 = PYFLANK_VMCALL_VERSIONS;
-    regs->r01 = PYFLANK_MAGIC;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_VERSIONS, 1);
     regs->r02 = index;
-    regs->r03 = 0;
-    regs->r04 = 0;
-    regs->r05 = 0;
-    regs->r06 = 0;
-    regs->r07 = 0;
-    regs->r08 = 0;
-    regs->r09 = 0;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
     return pyflank_vmcall(vmm, regs);
 }
 #define PYFLANK_VERSIONS_MAJOR(regs) ((regs)->r03)
@@ -181,8 +191,7 @@ static inline uint64_t pyflank_vmcall_versions(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_registers(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs)
 {
-    regs->r00 = PYFLANK_VMCALL_REGISTERS;
-    regs->r01 = PYFLANK_MAGIC;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_REGISTERS, 0);
     return pyflank_vmcall(vmm, regs);
 }
 
@@ -190,22 +199,12 @@ static inline uint64_t pyflank_vmcall_registers(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_data(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs, uint64_t in_type, uint64_t in_addr, uint64_t in_size, uint64_t out_addr, uint64_t out_size)
 {
-    regs->r00 = PYFLANK_VMCALL_DATA;
-    regs->r01 = PYFLANK_MAGIC;
-    regs->r02 = 0;
-    regs->r03 = 0;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_DATA, 1);
     regs->r04 = in_type;
     regs->r05 = in_addr;
     regs->r06 = in_size;
-    regs->r07 = 0;
     regs->r08 = out_addr;
     regs->r09 = out_size;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
     return pyflank_vmcall(vmm, regs);
 }
 #define PYFLANK_DATA_REPLY_TYPE(regs) ((regs)->r07)
@@ -215,22 +214,8 @@ static inline uint64_t pyflank_vmcall_data(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_event(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs, uint64_t index)
 {
-    regs->r00 = PYFLANK_VMCALL_EVENT;
-    regs->r01 = PYFLANK_MAGIC;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_EVENT, 1);
     regs->r02 = index;
-    regs->r03 = 0;
-    regs->r04 = 0;
-    regs->r05 = 0;
-    regs->r06 = 0;
-    regs->r07 = 0;
-    regs->r08 = 0;
-    regs->r09 = 0;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
     return pyflank_vmcall(vmm, regs);
 }
 
@@ -238,22 +223,7 @@ static inline uint64_t pyflank_vmcall_event(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_start(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs)
 {
-    regs->r00 = PYFLANK_VMCALL_START;
-    regs->r01 = PYFLANK_MAGIC;
-    regs->r02 = 0;
-    regs->r03 = 0;
-    regs->r04 = 0;
-    regs->r05 = 0;
-    regs->r06 = 0;
-    regs->r07 = 0;
-    regs->r08 = 0;
-    regs->r09 = 0;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_START, 1);
     return pyflank_vmcall(vmm, regs);
 }
 
@@ -261,22 +231,7 @@ static inline uint64_t pyflank_vmcall_start(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_stop(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs)
 {
-    regs->r00 = PYFLANK_VMCALL_STOP;
-    regs->r01 = PYFLANK_MAGIC;
-    regs->r02 = 0;
-    regs->r03 = 0;
-    regs->r04 = 0;
-    regs->r05 = 0;
-    regs->r06 = 0;
-    regs->r07 = 0;
-    regs->r08 = 0;
-    regs->r09 = 0;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_STOP, 1);
     return pyflank_vmcall(vmm, regs);
 }
 
@@ -284,22 +239,8 @@ static inline uint64_t pyflank_vmcall_stop(const struct pyflank_vmm *vmm,
 static inline uint64_t pyflank_vmcall_unittest(const struct pyflank_vmm *vmm,
         struct pyflank_vmcall_registers *regs, uint64_t index)
 {
-    regs->r00 = PYFLANK_VMCALL_UNITTEST;
-    regs->r01 = PYFLANK_MAGIC;
+    pyflank_vmcall_prepare(regs, PYFLANK_VMCALL_UNITTEST, 1);
     regs->r02 = index;
-    regs->r03 = 0;
-    regs->r04 = 0;
-    regs->r05 = 0;
-    regs->r06 = 0;
-    regs->r07 = 0;
-    regs->r08 = 0;
-    regs->r09 = 0;
-    regs->r10 = 0;
-    regs->r11 = 0;
-    regs->r12 = 0;
-    regs->r13 = 0;
-    regs->r14 = 0;
-    regs->r15 = 0;
     return pyflank_vmcall(vmm, regs);
 }
 
