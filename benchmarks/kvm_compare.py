@@ -21,6 +21,12 @@ from typing import ClassVar
 
 import keystone
 
+from pyflank.abi import (
+    DEFAULT_DOORBELL_PORT,
+    VMCALL_MAGIC_NUMBER,
+    HypervisorFeatures,
+    hypervisor_leaves,
+)
 from pyflank.backends.kvm.device import KvmSystem
 from pyflank.backends.kvm.guest_state import sregs_to_vmcs
 from pyflank.backends.kvm.longmode import FlatLayout
@@ -35,14 +41,8 @@ from pyflank.intel_x64.checks.valid_state import default_controls
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import (
-    DEFAULT_DOORBELL_PORT,
-    HypervisorFeatures,
-    hypervisor_leaves,
-)
 from pyflank.processor import StopReason, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER
 from pyflank.vmm import run_loop
 
 RUNNER_SOURCE = Path(__file__).with_name("kvm_runner.c")

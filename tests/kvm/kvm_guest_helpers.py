@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import keystone
 
+from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.kvm import KvmConfig, KvmMachine, KvmVcpu, StopReason
 from pyflank.backends.kvm.guest_state import sregs_to_vmcs
 from pyflank.backends.kvm.longmode import FlatLayout, flat_long_mode_sregs, write_flat_long_mode
@@ -17,7 +18,6 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 from pyflank.processor import Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.vmm import run_loop

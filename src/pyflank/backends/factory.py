@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import Backend, PortIo
 from pyflank.backends.emu import EmuVcpu, unsupported
 from pyflank.backends.kvm.platform import KvmBackend
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 
 AUTO: Final = "emu"
 

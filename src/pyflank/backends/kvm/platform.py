@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import BackendUnavailable, PortIo
 from pyflank.backends.kvm.machine import KvmConfig, KvmMachine
 from pyflank.backends.kvm.policy import unsupported
@@ -19,7 +20,6 @@ from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 
 
 @functools.cache

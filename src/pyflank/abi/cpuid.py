@@ -1,11 +1,12 @@
-"""The hypervisor CPUID leaves pyflank advertises to its guests."""
+"""The hypervisor CPUID leaves pyflank advertises to its guests: who the VMM is and how a
+guest reaches it (the VMCALL instruction, or an OUT to the I/O-port doorbell)."""
 
 from __future__ import annotations
 
 from enum import IntFlag
 from typing import Final
 
-from pyflank.intel_x64.cpu import CpuidRegisters
+CpuidRegisters = tuple[int, int, int, int]  # eax, ebx, ecx, edx
 
 HYPERVISOR_BASE_LEAF: Final = 0x40000000
 HYPERVISOR_FEATURES_LEAF: Final = 0x40000001
@@ -26,6 +27,7 @@ def hypervisor_leaves(
     features: HypervisorFeatures = HypervisorFeatures.VMCALL_INSTRUCTION,
     doorbell_port: int = DEFAULT_DOORBELL_PORT,
 ) -> dict[int, CpuidRegisters]:
+    """Leaf -> (eax, ebx, ecx, edx) of the two hypervisor leaves, for ``features``."""
     raw = SIGNATURE.encode()
     ebx, ecx, edx = (int.from_bytes(raw[i : i + 4], "little") for i in (0, 4, 8))
     port = doorbell_port if features & HypervisorFeatures.IO_PORT_DOORBELL else 0
