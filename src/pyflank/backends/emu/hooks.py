@@ -13,9 +13,10 @@ they resume differently:
   RIP, an event, changed guest state, a stop) *drains*: the CPU state is saved, guest RAM
   turns read-only so the rest of the block cannot write memory, emulation stops at the
   block's end, and the run loop restores the saved state and makes the VM entry itself.
-* exception-kind hooks (SVM intercepts, #UD for VMX instructions, guest exceptions) are
-  precise: the block was left before the instruction.  A simple plan writes the
-  registers and RIP in place; anything else stops emulation for the run loop.
+* SVM intercepts (of instructions, and of every exception and software interrupt, which
+  is how #UD brings the VMX instructions) are precise: the block was left before the
+  instruction.  A simple plan writes the registers and RIP in place; anything else stops
+  emulation for the run loop.
 
 What the run loop must do next is left in ``outcome``.
 """
@@ -23,6 +24,7 @@ What the run loop must do next is left in ``outcome``.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -86,6 +88,10 @@ _IO = int(ExitReason.IO_INSTRUCTION)
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
 _SKIP = 1
 _VALID = 1 << 31
+_SOFTWARE_INTERRUPT = InterruptionType.SOFTWARE_INTERRUPT
+_EXCEPTION_INTERCEPTS = range(svm.SVM_EXIT_EXCP_BASE, svm.SVM_EXIT_EXCP_BASE + 32)
+_VECTOR_OF = 4  # INTO's
+_Q = struct.Struct("<Q")
 _CPUID_INFO: Final = ExitInformation(_CPUID, 0, 2)  # an unprefixed CPUID's, prebuilt
 _OPCODE: Final = b"\x0f\xa2"  # CPUID
 _unpack_head = HEAD_VALUES.unpack_from
@@ -165,15 +171,13 @@ class ExitHooks:
             eng.IN_CB(self._on_in),
             eng.OUT_CB(self._on_out),
             eng.INTR_CB(self._on_interrupt),
-            eng.INVALID_CB(self._on_invalid),
         )
-        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, invalid = self._callbacks
+        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr = self._callbacks
         engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
         engine.hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
         engine.hook_instruction(x86.UC_X86_INS_IN, in_cb)
         engine.hook_instruction(x86.UC_X86_INS_OUT, out_cb)
         engine.hook(uc_const.UC_HOOK_INTR, intr)
-        engine.hook(uc_const.UC_HOOK_INSN_INVALID, invalid)
         self._rdtsc_hook: int | None = None
 
     def set_policy(self, policy: ExitPolicy) -> None:
@@ -392,33 +396,18 @@ class ExitHooks:
         try:
             if self.draining:
                 return
-            if number >= svm.SVM_EXCEPTION_BASE:
-                self._intercept(number - svm.SVM_EXCEPTION_BASE)
-            else:
-                self._exception(number)
+            if number < svm.SVM_EXCEPTION_BASE:
+                # Only the VM-entry stub runs outside SVM guest mode.
+                rip = self.engine.read(x86.UC_X86_REG_RIP)
+                raise RuntimeError(f"exception {number} in the VM-entry stub at {rip:#x}")
+            self._intercept(number - svm.SVM_EXCEPTION_BASE)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
-
-    def _on_invalid(self, _uc: int, _data: int) -> bool:
-        try:
-            if self.draining:
-                return True
-            rip = self.engine.read(x86.UC_X86_REG_RIP)
-            ins = dec.decode(self.engine.fetch(rip), rip)
-            reason = None if ins.is_invalid else dec.VMX_EXITS.get(ins.mnemonic)
-            if reason is ExitReason.VMFUNC and not self.policy.vmfunc_enabled:  # type: ignore[union-attr]
-                reason = None  # SDM: VMFUNC is #UD unless "enable VM functions" is 1
-            if reason is None:
-                self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
-                return True
-            qualification, info = dec.vmx_instruction_information(ins)
-            record = self._record(ExitInformation(int(reason), qualification, ins.len, info))
-            self._finish_precise(self.decide(record))
-        except BaseException as exc:  # noqa: BLE001
-            self._fail(exc)
-        return True
 
     def _intercept(self, code: int) -> None:
+        if code in _EXCEPTION_INTERCEPTS:
+            self._exception(code - svm.SVM_EXIT_EXCP_BASE)
+            return
         rip = self.engine.read(x86.UC_X86_REG_RIP)
         fetched = self.engine.fetch(rip)
         policy = self.policy
@@ -431,6 +420,8 @@ class ExitHooks:
                 self._instruction_exit(ExitReason.HLT, length)
             else:
                 self._guest_hlt(rip + length)
+        elif code == svm.SVM_EXIT_SWINT:
+            self._software_interrupt(rip, fetched)
         elif code == svm.SVM_EXIT_WBINVD:
             length = _length(fetched, rip)
             if dec.decode(fetched, rip).mnemonic == Mnemonic.INVD:
@@ -524,23 +515,47 @@ class ExitHooks:
 
     # -- guest exceptions -----------------------------------------------------------------
     def _exception(self, vector: int) -> None:
-        """An exception the guest raised (never #UD: that comes through ``_on_invalid``)."""
-        rip = self.engine.read(x86.UC_X86_REG_RIP)
+        """An exception the guest raised; RIP is at the instruction (or past it, a trap's)."""
+        e = self.engine
+        rip = e.read(x86.UC_X86_REG_RIP)
+        if vector == VECTOR_UD:
+            self._invalid_opcode(rip)
+            return
+        if vector == VECTOR_PF:
+            # Intercepted, the fault left CR2 alone: set it as the fault itself does (a
+            # handler that reinjects the #PF has no other way to).
+            (address,) = _Q.unpack(e.read_physical(svm.PAGE_FAULT_ADDRESS, 8))
+            e.write(x86.UC_X86_REG_CR2, address)
         kind = InterruptionType.HARDWARE_EXCEPTION
-        address = rip
-        # INT n, INT3 and INT1 report RIP past the instruction: find which one it was.
-        before = self.engine.fetch(rip - 2)[:2] if rip >= 2 else b""
-        if vector == VECTOR_BP and before[1:] == b"\xcc":
-            kind, address = InterruptionType.SOFTWARE_EXCEPTION, rip - 1
-        elif vector == VECTOR_DB and before[1:] == b"\xf1":
-            kind, address = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION, rip - 1
-        elif before == bytes((0xCD, vector)) or vector >= 32:
-            kind = InterruptionType.SOFTWARE_INTERRUPT
-            address = rip - 2
-            if vector == VECTOR_BP:
-                kind = InterruptionType.SOFTWARE_EXCEPTION
-        error = self._error_code(vector) if kind is InterruptionType.HARDWARE_EXCEPTION else None
-        self._guest_exception(vector, kind, error, address, rip - address)
+        self._guest_exception(vector, kind, self._error_code(vector), rip)
+
+    def _software_interrupt(self, rip: int, fetched: bytes) -> None:
+        """INT n, INT3 or INTO at ``rip`` (QEMU makes INT3 and INTO software interrupts)."""
+        ins = dec.decode(fetched, rip)
+        if ins.mnemonic == Mnemonic.INT3:
+            vector, kind = VECTOR_BP, InterruptionType.SOFTWARE_EXCEPTION
+        elif ins.mnemonic == Mnemonic.INTO:
+            vector, kind = _VECTOR_OF, InterruptionType.SOFTWARE_EXCEPTION
+        else:
+            vector, kind = ins.immediate8, _SOFTWARE_INTERRUPT
+        self._guest_exception(vector, kind, None, rip, ins.len)
+
+    def _invalid_opcode(self, rip: int) -> None:
+        """#UD at ``rip``: a VMX instruction's exit, INT1 (QEMU does not know it), or #UD."""
+        ins = dec.decode(self.engine.fetch(rip), rip)
+        if not ins.is_invalid and ins.mnemonic == Mnemonic.INT1:
+            kind = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION
+            self._guest_exception(VECTOR_DB, kind, None, rip, ins.len)
+            return
+        reason = None if ins.is_invalid else dec.VMX_EXITS.get(ins.mnemonic)
+        if reason is ExitReason.VMFUNC and not self.policy.vmfunc_enabled:  # type: ignore[union-attr]
+            reason = None  # SDM: VMFUNC is #UD unless "enable VM functions" is 1
+        if reason is None:
+            self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
+            return
+        qualification, info = dec.vmx_instruction_information(ins)
+        record = self._record(ExitInformation(int(reason), qualification, ins.len, info))
+        self._finish_precise(self.decide(record))
 
     def _error_code(self, vector: int) -> int | None:
         if vector not in ERROR_CODE_VECTORS:
@@ -564,7 +579,8 @@ class ExitHooks:
     ) -> None:
         """An exception raised by the instruction at ``address``: exit or deliver."""
         leave = self._leave_precise if precise else self._leave_helper
-        if not self._exception_exits(vector, error):
+        # SDM 25.2: INT n is not an exception; the exception bitmap never applies to it.
+        if kind is _SOFTWARE_INTERRUPT or not self._exception_exits(vector, error):
             leave(GuestEvent(Event(vector, kind, error, address + length), address))
             return
         interruption = vector | kind << 8 | (error is not None) << 11 | _VALID

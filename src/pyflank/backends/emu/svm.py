@@ -7,6 +7,14 @@ unicorn hands to the interrupt hook with the guest's registers untouched, becaus
 swallows the exception before QEMU's #VMEXIT would switch to the host state.  So the
 guest never leaves guest mode, and the intercepts give precise exits for free.
 
+Every exception and every INT n/INT3/INTO is intercepted too.  QEMU delivers nothing
+itself here (pyflank does, through the guest IDT), and an exception it raised but never
+delivered would stay "in flight" (``old_exception``: the guest's next #GP becomes a #DF)
+and leave its "software interrupt" flag set (the next intercept then reports the RIP after
+that INT3).  An intercept does neither: QEMU clears ``old_exception`` on a #VMEXIT and
+checks the intercept before it notes anything, and it reports a fault at its instruction
+with a #PF's address in the VMCB (EXITINFO2) instead of CR2, as AMD's processors do.
+
 Every VM entry that loads guest state (the launch, and any resume whose guest-state fields
 the handler changed) runs a two-instruction stub, ``VMLOAD; VMRUN``, against a VMCB built
 from the VMCS.  The stub, the VMCB and the permission maps live in a private region above
@@ -52,6 +60,8 @@ SVM_EXIT_CR3_WRITE: Final = 0x13
 SVM_EXIT_CR8_WRITE: Final = 0x18
 SVM_EXIT_DR_READ: Final = 0x20
 SVM_EXIT_DR_WRITE: Final = 0x30
+SVM_EXIT_EXCP_BASE: Final = 0x40  # + vector: an exception the guest raised
+SVM_EXIT_SWINT: Final = 0x75  # INT n, INT3, INTO (QEMU raises INT3 and INTO as INT n)
 SVM_EXIT_RDPMC: Final = 0x6F
 SVM_EXIT_PAUSE: Final = 0x77
 SVM_EXIT_HLT: Final = 0x78
@@ -67,8 +77,12 @@ def _intercept(code: int) -> int:
 
 
 ALWAYS_INTERCEPTED: Final = (
-    _intercept(SVM_EXIT_MSR) | _intercept(SVM_EXIT_HLT) | _intercept(SVM_EXIT_WBINVD)
+    _intercept(SVM_EXIT_MSR)
+    | _intercept(SVM_EXIT_HLT)
+    | _intercept(SVM_EXIT_WBINVD)
+    | _intercept(SVM_EXIT_SWINT)
 )
+ALL_EXCEPTIONS: Final = 0xFFFF_FFFF  # the exception-intercept word: vectors 0-31
 # Primary processor-based controls that map onto an SVM intercept of the same event.
 CONTROL_INTERCEPTS: Final = {
     Proc.INVLPG_EXITING: _intercept(SVM_EXIT_INVLPG),
@@ -84,9 +98,11 @@ CR_INTERCEPTS: Final = {  # control -> (read mask, write mask) of the CR interce
 
 # VMCB control-area offsets
 _CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x00, 0x02, 0x04, 0x06
-_INTERCEPT_WORD = 0x0C
+_EXCEPTION_INTERCEPTS, _INTERCEPT_WORD = 0x08, 0x0C
 _IOPM_BASE, _MSRPM_BASE, _TSC_OFFSET, _ASID = 0x40, 0x48, 0x50, 0x58
+_EXIT_INFO_2 = 0x80
 _EVENT_INJECTION = 0xA8
+PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF
 # VMCB state-save-area offsets
 _SEGMENTS = 0x400  # es, cs, ss, ds, fs, gs, gdtr, ldtr, idtr, tr: 16 bytes each
 _CPL, _EFER = 0x4CB, 0x4D0
@@ -180,6 +196,7 @@ def build_vmcb(
     word, cr_read, cr_write = intercepts(proc)
     dr_intercepts = 0xFF if mov_dr_exiting else 0
     struct.pack_into("<HHHH", vmcb, _CR_READ, cr_read, cr_write, dr_intercepts, dr_intercepts)
+    struct.pack_into("<I", vmcb, _EXCEPTION_INTERCEPTS, ALL_EXCEPTIONS)
     _Q.pack_into(vmcb, _INTERCEPT_WORD, word)
     _Q.pack_into(vmcb, _IOPM_BASE, IOPM)
     _Q.pack_into(vmcb, _MSRPM_BASE, MSRPM)
