@@ -188,7 +188,7 @@ class EntryLoader:
     def _host_state(self) -> None:
         """VMXON's world: the stub runs at CPL 0 in 64-bit mode on its own tables."""
         e = self.engine
-        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
+        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)
         e.write_msr_raw(_EFER, svm.HOST_EFER)
@@ -227,13 +227,14 @@ class EntryLoader:
         e.write_physical(svm.VMCB, vmcb)
         cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
         cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
-        e.resume_at.write((*gprs[:4], rsp, *gprs[5:16], svm.STUB))
-        # The stub runs at CPL 0 in 64-bit mode on its own page tables and GDT.
+        # The stub runs on its own page tables, GDT, TSS and stack, and calls through its
+        # gate into ring 0 (VMLOAD/VMRUN load the guest's TR, CR4 and RSP back).
+        e.resume_at.write((*gprs[:4], svm.HOST_STACK_TOP, *gprs[5:16], svm.STUB))
         cpu_msrs.write_msr(e, _EFER, efer | svm.EFER_SVME)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
-        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
-        e.write(x86.UC_X86_REG_CS, svm.HOST_CODE_SELECTOR)
-        e.write(x86.UC_X86_REG_SS, svm.HOST_DATA_SELECTOR)
+        e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)  # no SMEP/SMAP/PKE of the guest's
+        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
+        e.write_mmr(x86.UC_X86_REG_TR, 0, svm.HOST_TSS, svm.HOST_TSS_LIMIT, svm.TSS_BUSY_FLAGS)
         e.write(x86.UC_X86_REG_RFLAGS, 2)
         e.write(x86.UC_X86_REG_RAX, svm.VMCB)
         self.in_guest_mode = True
