@@ -25,11 +25,18 @@ from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, T
 if TYPE_CHECKING:
     from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
-    from pyflank.backends.emu.hooks import ExitHooks, GuestEvent
+    from pyflank.backends.emu.hooks import ExitHooks, GuestEvent, GuestSyscall
     from pyflank.memory import GuestPhysicalMemory
 
 _EFER = 0xC000_0080
 _PAT, _DEBUGCTL = 0x277, 0x1D9
+_STAR, _LSTAR, _FMASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
+_RCX, _R11 = 1, 11  # in the SDM's register numbering
+_RFLAGS_RF, _RFLAGS_FIXED = 1 << 16, 1 << 1
+# SYSCALL's CS and SS (SDM Vol. 2B): flat, ring 0, fixed attributes in VMX access rights.
+_SYSCALL_CS_RIGHTS = 0xA09B  # execute/read accessed, S, P, L, G
+_SYSCALL_SS_RIGHTS = 0xC093  # read/write accessed, S, P, B, G
+_FLAT_LIMIT = 0xFFFF_FFFF
 _VALID = 1 << 31
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
@@ -104,12 +111,35 @@ class EntryLoader:
             self.start_rip = outcome.rip
             return None
         # A privilege change: load all of the guest's current state, with the new CS/SS.
-        current = {**self.capture.full_state(), **self.capture.noted}
-        values = {**self.fields, **current}
+        values = self._current_state()
         values.update(self._segments(outcome, values))
         gprs = e.resume_at.read()[:16]
         self.start_rip = self._full_entry(values, gprs, outcome.rip, outcome.rsp, outcome.rflags)
         return None
+
+    def syscall(self, pending: GuestSyscall) -> None:
+        """Carry out a SYSCALL (SDM Vol. 2B): RCX = the next RIP, R11 = RFLAGS, RFLAGS
+        masked by SFMASK, CS/SS from STAR with fixed attributes, ring 0 at LSTAR."""
+        e = self.engine
+        star, lstar, fmask = (cpu_msrs.read_msr(e, msr) for msr in (_STAR, _LSTAR, _FMASK))
+        values = self._current_state()
+        rflags = values[f.GUEST_RFLAGS]
+        gprs = list(e.resume_at.read()[:16])
+        gprs[_RCX], gprs[_R11] = pending.next_rip, rflags & ~_RFLAGS_RF
+        selector = star >> 32 & 0xFFFF
+        for fields, loaded, rights in (
+            (SEGMENT_FIELDS[1], selector & ~3, _SYSCALL_CS_RIGHTS),
+            (SEGMENT_FIELDS[2], selector + 8, _SYSCALL_SS_RIGHTS),
+        ):
+            sel_field, base_field, limit_field, rights_field = fields
+            values.update({sel_field: loaded, base_field: 0, limit_field: _FLAT_LIMIT})
+            values[rights_field] = rights
+        rflags = rflags & ~(fmask | _RFLAGS_RF) | _RFLAGS_FIXED
+        self.start_rip = self._full_entry(values, tuple(gprs), lstar, gprs[4], rflags)
+
+    def _current_state(self) -> dict[int, int]:
+        """The guest state now, in VMCS fields: the last exit's, with what moved since."""
+        return {**self.fields, **self.capture.full_state(), **self.capture.noted}
 
     def _deliver(self, event: Event, cpu: CpuView) -> Landing | ExitInformation:
         """Deliver ``event``: where it lands, or the exit it became."""
@@ -202,16 +232,15 @@ class EntryLoader:
         stub; where emulation starts."""
         e = self.engine
         values[f.GUEST_RFLAGS] = rflags
+        # The MSRs VMLOAD loads that the VMCS does not hold keep the engine's values (the
+        # guest's, or what the handler's CPU wrote before the launch).
+        preserved = {off: cpu_msrs.read_msr(e, msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()}
         if self.in_guest_mode:
             dr6 = e.read(x86.UC_X86_REG_DR6)
             cr2 = e.read(x86.UC_X86_REG_CR2)
-            preserved = {
-                off: cpu_msrs.read_msr(e, msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()
-            }
             efer = cpu_msrs.read_msr(e, _EFER)
         else:
             dr6, cr2, efer = 0xFFFF_0FF0, 0, svm.HOST_EFER
-            preserved = dict.fromkeys(svm.VMLOAD_ONLY_MSRS, 0)
         policy = self.hooks.policy
         assert policy is not None
         vmcb = svm.build_vmcb(

@@ -36,10 +36,12 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import read_code
+from pyflank.backends.emu.guest_state import read_descriptor
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import decode as dec
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.cpu import MsrFault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.processor import (
@@ -55,6 +57,7 @@ from pyflank.processor.delivery import (
     ERROR_CODE_VECTORS,
     VECTOR_BP,
     VECTOR_DB,
+    VECTOR_GP,
     VECTOR_PF,
     VECTOR_UD,
 )
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from pyflank.backends.base import PortIo
     from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
+    from pyflank.backends.emu.physical_cpu import EngineCpu
     from pyflank.memory import GuestPhysicalMemory
 
 log = logging.getLogger("pyflank.backends.emu")
@@ -77,10 +81,19 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
-Outcome = EntryPlan | Stop | ExitRecord | GuestEvent
+@dataclass(frozen=True, slots=True)
+class GuestSyscall:
+    """A SYSCALL, which unicorn executes as a no-op: carried out by the run loop."""
+
+    next_rip: int
+
+
+Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
 
 _GUEST_HLT = StopReason.GUEST_HLT
 _EFER = 0xC000_0080
+_EFER_SCE_LMA = 1 << 0 | 1 << 10
+_L_BIT = 1 << 53  # of a code-segment descriptor: 64-bit
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
@@ -140,14 +153,20 @@ class ExitHooks:
 
     __slots__ = (
         "_callbacks", "_code2", "_code2_args", "_code_at", "_dr7", "_drain_context", "_head",
-        "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "decide", "draining", "engine",
-        "memory", "outcome", "policy", "ports",
+        "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "cpu", "decide", "draining",
+        "engine", "memory", "outcome", "policy", "ports",
     )  # fmt: skip
 
     def __init__(
-        self, engine: Engine, capture: StateCapture, memory: GuestPhysicalMemory, ports: PortIo
+        self,
+        engine: Engine,
+        capture: StateCapture,
+        memory: GuestPhysicalMemory,
+        ports: PortIo,
+        cpu: EngineCpu,
     ) -> None:
         self.engine = engine
+        self.cpu = cpu  # what an RDMSR/WRMSR that does not exit reaches
         self.capture = capture
         self.memory = memory
         self.ports = ports
@@ -171,13 +190,15 @@ class ExitHooks:
             eng.IN_CB(self._on_in),
             eng.OUT_CB(self._on_out),
             eng.INTR_CB(self._on_interrupt),
+            eng.SYSCALL_CB(self._on_syscall),
         )
-        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr = self._callbacks
+        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall = self._callbacks
         engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
         engine.hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
         engine.hook_instruction(x86.UC_X86_INS_IN, in_cb)
         engine.hook_instruction(x86.UC_X86_INS_OUT, out_cb)
         engine.hook(uc_const.UC_HOOK_INTR, intr)
+        engine.hook_instruction(x86.UC_X86_INS_SYSCALL, syscall)
         self._rdtsc_hook: int | None = None
 
     def set_policy(self, policy: ExitPolicy) -> None:
@@ -477,6 +498,34 @@ class ExitHooks:
         state = record._replace(rip=next_rip)
         self._leave_precise(Stop(_GUEST_HLT, "HLT without HLT exiting", state))
 
+    # -- SYSCALL ------------------------------------------------------------------------
+    def _on_syscall(self, _uc: int, _data: int) -> None:
+        # Runs in QEMU's SYSCALL helper, which then only steps RIP past the instruction and
+        # ends the block: a precise place to stop.
+        try:
+            if self.draining:
+                return
+            rip = self.engine.read(x86.UC_X86_REG_RIP)
+            fetched = self.engine.fetch(rip)
+            length = 2 if fetched[:2] == b"\x0f\x05" else int(dec.decode(fetched, rip).len)
+            if self._syscall_enabled():
+                self._leave_precise(GuestSyscall(rip + length))
+            else:
+                self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _syscall_enabled(self) -> bool:
+        """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
+        e = self.engine
+        if cpu_msrs.read_msr(e, _EFER) & _EFER_SCE_LMA != _EFER_SCE_LMA:
+            return False
+        values = e.saved.read()
+        gdtr = e.saved.mmr_tuples()[0]
+        cr3, cs = values[19], values[23]
+        descriptor = read_descriptor(self.memory, cr3, gdtr[1], gdtr[2], cs)
+        return descriptor is not None and bool(descriptor & _L_BIT)
+
     # -- RDMSR / WRMSR ------------------------------------------------------------------
     def _msr_exits(self, msr: int, write: bool) -> bool:
         bitmap = self.policy.msr_bitmap  # type: ignore[union-attr]
@@ -499,18 +548,25 @@ class ExitHooks:
         if self._msr_exits(msr, write):
             self._instruction_exit(ExitReason.WRMSR if write else ExitReason.RDMSR, length)
             return
-        # Not an exit: the access reaches the processor's own MSR.
-        if write:
-            high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
-            value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
-            cpu_msrs.write_msr(e, msr, value)
-            field = VMCS_BACKED_MSRS.get(msr)
-            if field is not None:
-                self.capture.noted[field] = value
-        else:
-            value = cpu_msrs.read_msr(e, msr)
-            e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-            e.write(x86.UC_X86_REG_RDX, value >> 32)
+        # Not an exit: the access reaches the processor's own MSR -- the guest's value of a
+        # VMCS-backed one (the engine holds it), else what the handler's CPU has.
+        field = VMCS_BACKED_MSRS.get(msr)
+        try:
+            if write:
+                high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
+                value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
+                if field is None:
+                    self.cpu.wrmsr(msr, value)
+                else:
+                    cpu_msrs.write_msr(e, msr, value)
+                    self.capture.noted[field] = value
+            else:
+                value = self.cpu.rdmsr(msr) if field is None else cpu_msrs.read_msr(e, msr)
+                e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+                e.write(x86.UC_X86_REG_RDX, value >> 32)
+        except MsrFault:
+            self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
+            return
         self._step(rip + length)
 
     # -- guest exceptions -----------------------------------------------------------------

@@ -3,11 +3,13 @@ at the next exit the processor must see, or at a stop.
 
 The parts: ``StateCapture`` reads what an exit saves, ``ExitHooks`` turn unicorn's hooks
 into exit records (deciding in place where leaving unicorn would cost more than the exit),
-``EntryLoader`` loads plans and delivers events through the guest IDT.
+``EntryLoader`` loads plans and delivers events through the guest IDT, and ``EngineCpu``
+is the handler's physical CPU (``cpu``), whose SYSCALL and TSC_AUX MSRs are unicorn's.
 
 Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs,
-and HLT stops the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no
-interrupt source that could ever wake it).
+SYSCALL enters ring 0 (carried out here: unicorn's does nothing), and HLT stops the vCPU
+as "guest HLT" (with RFLAGS.IF=1 too: the platform has no interrupt source that could
+ever wake it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pyflank.backends.emu import svm
 from pyflank.backends.emu.capture import StateCapture
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
-from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
+from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent, GuestSyscall
+from pyflank.backends.emu.physical_cpu import EngineCpu
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import EntryPlan, ExitRecord, Stop, StopReason
@@ -41,12 +44,12 @@ class EmuVcpu:
         e.map_host_memory(0, memory.size, memory.address)
         e.map_private(svm.HOST_BASE, svm.HOST_SIZE)
         e.write_physical(svm.HOST_BASE, svm.host_region())
-        self.hooks = ExitHooks(e, self.capture, memory, ports)
+        self.cpu = EngineCpu(e)
+        """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
+        self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
-
-    cpu = None  # the handler keeps its CPU model
 
     def cpuid_leaves(self) -> None:
         return None  # CPUID exits: nothing to sample
@@ -80,6 +83,9 @@ class EmuVcpu:
         outcome = self.hooks.take()
         if isinstance(outcome, GuestEvent):
             return self.loader.deliver_guest(outcome)
+        if isinstance(outcome, GuestSyscall):
+            self.loader.syscall(outcome)
+            return None
         if outcome is not None:
             return outcome
         if self._stop_request is not None:
