@@ -92,3 +92,29 @@ def test_jmp_self_times_out() -> None:
     _, result = run1("here: jmp here", timeout=0.2)
     assert result.reason is StopReason.TIMEOUT
     assert result.state.rip == 0x100000
+
+
+# A read-modify-write of memory, then of a register: stopped between two instructions,
+# the memory counter is the register counter (+1 between the two increments).
+_RMW_LOOP = """
+    lea rbx, [rip + counter]
+    xor r8, r8
+spin:
+    inc qword ptr [rbx]
+    inc r8
+    jmp spin
+.balign 4096
+counter: .quad 0
+"""
+_SPIN, _AFTER_MEMORY, _JMP = 0x10000A, 0x10000D, 0x100010
+
+
+def test_timeout_stops_are_exact() -> None:
+    for attempt in range(30):
+        vm, result = run1(_RMW_LOOP, timeout=0.004 + attempt % 5 * 0.003)
+        s = result.state
+        assert result.reason is StopReason.TIMEOUT
+        counter = vm.memory.read_u64(0x101000)
+        assert s.rip in (_SPIN, _AFTER_MEMORY, _JMP), hex(s.rip)
+        ahead = 1 if s.rip == _AFTER_MEMORY else 0
+        assert counter == s.r08 + ahead, f"stop {attempt}: RIP {s.rip:#x}, {counter} vs {s.r08}"

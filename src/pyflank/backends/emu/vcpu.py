@@ -27,6 +27,7 @@ from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
 from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent, GuestSyscall
 from pyflank.backends.emu.physical_cpu import EngineCpu
+from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import EntryPlan, ExitRecord, Stop, StopReason
@@ -48,6 +49,7 @@ class EmuVcpu:
         """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
         self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
+        self.stop_gate = StopGate(e)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
 
@@ -61,9 +63,8 @@ class EmuVcpu:
         """Enter the guest with ``plan``; the next exit, a plan decided in place that needs
         a VM entry of its own, or a stop.
 
-        After ``request_stop`` (a timeout) the saved RIP can point at a read-modify-write
-        instruction that already completed: unicorn 2.1.4 does not resynchronise RIP when
-        emulation stops asynchronously.  Every other stop is at an exit, and precise.
+        Every stop is precise: at an exit, or (``request_stop``) at the start of a block,
+        between two instructions (``stop_gate``).
         """
         self.hooks.decide = decide
         try:
@@ -104,7 +105,7 @@ class EmuVcpu:
         with self._stop_lock:
             if self._stop_request is None:
                 self._stop_request = reason
-        self.engine.stop()
+        self.stop_gate.request()
 
     def close(self) -> None:
         pass  # the engine is freed with the vCPU
