@@ -616,12 +616,15 @@ class ExitHooks:
     def _error_code(self, vector: int) -> int | None:
         if vector not in ERROR_CODE_VECTORS:
             return None
+        exact = self.capture.registers.error_code  # QEMU's own, where it can be read
+        if exact is not None:
+            return exact.value
         if vector == VECTOR_PF:
             system = self.engine.saved.read()[18:]  # CR0, CR3, ..., current
             efer = cpu_msrs.read_msr(self.engine, _EFER) & ~svm.EFER_SVME
             rip = self.engine.read(x86.UC_X86_REG_RIP)
             return page_fault_error_code(self.engine, self.memory, efer, rip, system)
-        return 0  # unicorn does not report error codes; 0 is what #GP/#SS/#AC mostly push
+        return 0  # what #GP/#SS/#AC mostly push
 
     def _guest_exception(
         self,
