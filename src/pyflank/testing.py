@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyflank
 from pyflank import guests
+from pyflank.abi.version import VERSION
 from pyflank.abi import VMCALL_VERSION
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
@@ -36,8 +36,8 @@ def versions_loop(calls: int, counts: int = 0x280000) -> str:
         "CALLS": calls,
         "COUNTS": counts,
         "PROTOCOL_MAJOR": VMCALL_VERSION,
-        "PYFLANK_MAJOR": pyflank.VERSION_MAJOR,
-        "PYFLANK_MINOR": pyflank.VERSION_MINOR,
+        "PYFLANK_MAJOR": VERSION[0],
+        "PYFLANK_MINOR": VERSION[1],
     }
     head = "".join(f".equ {name}, {value:#x}\n" for name, value in constants.items())
     return head + guests.read("versions_loop.s")

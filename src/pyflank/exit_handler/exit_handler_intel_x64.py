@@ -7,12 +7,13 @@ dumped and halts the vCPU.  Subclass it and override the handlers you need.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import pyflank
 from pyflank.abi import (
     BF_VMCALL_FAILURE,
     BF_VMCALL_SUCCESS,
@@ -30,6 +31,7 @@ from pyflank.abi import (
     hypervisor_leaves,
 )
 from pyflank.abi.registers import compile_loader, compile_storer
+from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
@@ -99,6 +101,41 @@ UnittestFn = Callable[["ExitHandlerIntelX64", VmcallRegisters], None]
 F = TypeVar("F", bound=Callable[..., None])
 
 
+# ``handle_<reason>`` for every basic exit reason (hvpp's one method per reason).
+EXIT_METHODS: dict[int, str] = {int(r): f"handle_{r.name.lower()}" for r in ExitReason}
+_METHOD_REASONS = {name: reason for reason, name in EXIT_METHODS.items()}
+
+
+def _exit_handlers(cls: type, *, warn: bool = True) -> dict[int, str]:
+    """The exit table of ``cls``: every ``handle_<reason>`` it has, plus its own entries.
+
+    A new ``handle_*`` method that names no exit reason is warned about (a typo there
+    means an exit that never arrives).
+    """
+    table = {reason: name for reason, name in EXIT_METHODS.items() if hasattr(cls, name)}
+    own: dict[int, str] = vars(cls).get("EXIT_HANDLERS", {})
+    table.update({int(reason): name for reason, name in own.items()})
+    if warn:
+        inherited = {name for base in cls.__mro__[1:] for name in vars(base)}
+        for name in vars(cls):
+            if name.startswith("handle_") and name not in inherited | set(table.values()):
+                _warn_unknown_handler(cls, name)
+    return table
+
+
+def _warn_unknown_handler(cls: type, name: str) -> None:
+    if name.startswith("handle_vmcall_"):
+        return  # a vmcall opcode's handler
+    close = [m for m in _METHOD_REASONS if m.startswith(name)]
+    close = close or difflib.get_close_matches(name, list(_METHOD_REASONS), n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    warnings.warn(
+        f"{cls.__name__}.{name} handles no exit reason{hint}: name it handle_<reason> "
+        "(pyflank.exit_handler.EXIT_METHODS) or map it in EXIT_HANDLERS",
+        stacklevel=4,
+    )
+
+
 class VmcallError(Exception):
     """A vmcall the handler refuses; the guest gets BF_VMCALL_FAILURE."""
 
@@ -125,15 +162,14 @@ class ExitHandlerIntelX64:
     ret_type = int
     """The type of a vmcall status (Bareflank's ``ret_type``)."""
 
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        ExitReason.CPUID: "handle_cpuid",
-        ExitReason.INVD: "handle_invd",
-        ExitReason.VMCALL: "handle_vmcall",
-        ExitReason.VMXOFF: "handle_vmxoff",
-        ExitReason.RDMSR: "handle_rdmsr",
-        ExitReason.WRMSR: "handle_wrmsr",
-    }
-    """Basic exit reason -> handler method, the switch of Bareflank's ``handle_exit``."""
+    EXIT_HANDLERS: ClassVar[dict[int, str]] = {}
+    """Basic exit reason -> handler method, the switch of Bareflank's ``handle_exit``.
+
+    Derived: a class that defines ``handle_<reason>`` (the ``ExitReason`` name in lower
+    case: ``handle_hlt``, ``handle_io_instruction``, ``handle_ept_violation``, ...)
+    receives that reason; the seed defines the six it handles.  A class may still map a
+    reason to a method of another name here; its entries are added to the derived ones.
+    """
     VMCALL_HANDLERS: ClassVar[dict[int, str]] = {
         opcode: f"handle_vmcall_{opcode.name.lower()}" for opcode in VmcallOpcode
     }
@@ -145,6 +181,7 @@ class ExitHandlerIntelX64:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.EXIT_HANDLERS = _exit_handlers(cls)
         tests = dict(cls.VMM_UNITTESTS)
         for name, member in vars(cls).items():
             index = getattr(member, "_vmm_unittest_index", None)
@@ -357,7 +394,7 @@ class ExitHandlerIntelX64:
         if regs.r02 == VmcallVersionIndex.PROTOCOL:
             version = (VMCALL_VERSION, 0, 0)
         elif regs.r02 == VmcallVersionIndex.BAREFLANK:
-            version = (pyflank.VERSION_MAJOR, pyflank.VERSION_MINOR, pyflank.VERSION_PATCH)
+            version = PYFLANK_VERSION
         elif regs.r02 == VmcallVersionIndex.USER:
             version = self.USER_VERSION
         else:
@@ -512,7 +549,8 @@ class ExitHandlerIntelX64:
             raise AssertionError("write to the guest stack did not read back")
 
 
-# Register the base class's own self-tests (__init_subclass__ runs for subclasses only).
+# The base class's own exit table and self-tests (__init_subclass__ runs for subclasses).
+ExitHandlerIntelX64.EXIT_HANDLERS = _exit_handlers(ExitHandlerIntelX64, warn=False)
 ExitHandlerIntelX64.VMM_UNITTESTS = {
     index: name
     for name, member in vars(ExitHandlerIntelX64).items()
