@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyflank import guests
-from pyflank.abi.version import VERSION
 from pyflank.abi import VMCALL_VERSION
+from pyflank.abi.version import VERSION
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls, long_mode_guest_state

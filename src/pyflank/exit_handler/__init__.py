@@ -9,4 +9,11 @@ from pyflank.exit_handler.exit_handler_intel_x64 import (
 )
 from pyflank.exit_handler.state_save import StateSave
 
-__all__ = ["EXIT_METHODS", "DebugRing", "ExitHandlerIntelX64", "StateSave", "VmcallError", "vmm_unittest"]
+__all__ = [
+    "EXIT_METHODS",
+    "DebugRing",
+    "ExitHandlerIntelX64",
+    "StateSave",
+    "VmcallError",
+    "vmm_unittest",
+]
