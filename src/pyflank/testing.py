@@ -76,6 +76,7 @@ class ExitHarness:
             gdt_base=HARNESS_GDT, gdt_limit=0x1F, tr_base=HARNESS_TSS,
         )  # fmt: skip
         self.state.rip, self.state.rsp = HARNESS_RIP, HARNESS_RSP
+        self.handler.setup(vmcs)  # the controls the handler chooses, as the VMM would
         vmcs.load()
         vmcs.launch()
         vmcs.dirty.clear()

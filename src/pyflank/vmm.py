@@ -210,6 +210,9 @@ class Vm:
             vcpu.state.rsp = self.layout.stack_top(vcpu.vcpuid)
             vcpu.state.rdi = vcpu.vcpuid
         self.set_entry(self.layout.load_address)
+        for vcpu in self.vcpus:  # the extension chooses its exits, on the boot state
+            vcpu.handler.setup(vcpu.vmcs)
+            self._check_controls(vcpu, f"{type(vcpu.handler).__name__}.setup asks for ")
         self._ran = False
 
     # -- loading ------------------------------------------------------------------------
@@ -243,12 +246,15 @@ class Vm:
         targets = self.vcpus if vcpu is None else [self.vcpus[vcpu]]
         for target in targets:
             change(target.vmcs)
-            problems = self.backend.unsupported(target.vmcs)
-            if problems:
-                raise ValueError(
-                    f"vCPU {target.vcpuid}: unsupported on the {self.backend.name} backend: "
-                    + "; ".join(problems)
-                )
+            self._check_controls(target)
+
+    def _check_controls(self, vcpu: Vcpu, what: str = "") -> None:
+        problems = self.backend.unsupported(vcpu.vmcs)
+        if problems:
+            raise ValueError(
+                f"vCPU {vcpu.vcpuid}: {what}unsupported on the {self.backend.name} backend: "
+                + "; ".join(problems)
+            )
 
     @property
     def serial_output(self) -> bytes:

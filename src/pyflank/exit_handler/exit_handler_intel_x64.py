@@ -209,6 +209,14 @@ class ExitHandlerIntelX64:
             int(opcode): getattr(self, name) for opcode, name in self.VMCALL_HANDLERS.items()
         }
 
+    def setup(self, vmcs: Vmcs) -> None:
+        """Choose this vCPU's exits: write ``vmcs``'s controls here (default: the seed's).
+
+        The VMM calls it once, after the boot state is built and before the first VM
+        entry, on every backend and under ``bfm``.  A control the backend cannot honour is
+        a ``ValueError`` naming it and the backend, never silently ignored.
+        """
+
     # -- wiring (Bareflank's set_vmcs / set_state_save, and the VMM's others) --
     def set_vmcs(self, vmcs: Vmcs) -> None:
         """Use ``vmcs`` as this vCPU's VMCS (Bareflank's ``set_vmcs``)."""
