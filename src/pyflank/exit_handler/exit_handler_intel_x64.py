@@ -17,19 +17,9 @@ from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
-from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu
+from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import (
-    IA32_DEBUGCTL,
-    IA32_EFER,
-    IA32_FS_BASE,
-    IA32_GS_BASE,
-    IA32_PAT,
-    IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS,
-    IA32_SYSENTER_EIP,
-    IA32_SYSENTER_ESP,
-)
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
 from pyflank.platform.hypervisor_cpuid import CPUID_1_ECX_HYPERVISOR, hypervisor_leaves
@@ -51,18 +41,6 @@ log = logging.getLogger("pyflank.exit_handler")
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 MASK32 = 0xFFFF_FFFF
 
-# MSRs whose guest value lives in the VMCS guest-state area (SDM 25.4.2, 27.3.1).
-VMCS_BACKED_MSRS: dict[int, int] = {
-    IA32_DEBUGCTL: vmcs_fields.GUEST_IA32_DEBUGCTL,
-    IA32_PAT: vmcs_fields.GUEST_IA32_PAT,
-    IA32_EFER: vmcs_fields.GUEST_IA32_EFER,
-    IA32_PERF_GLOBAL_CTRL: vmcs_fields.GUEST_IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS: vmcs_fields.GUEST_IA32_SYSENTER_CS,
-    IA32_SYSENTER_ESP: vmcs_fields.GUEST_IA32_SYSENTER_ESP,
-    IA32_SYSENTER_EIP: vmcs_fields.GUEST_IA32_SYSENTER_EIP,
-    IA32_FS_BASE: vmcs_fields.GUEST_FS_BASE,
-    IA32_GS_BASE: vmcs_fields.GUEST_GS_BASE,
-}
 # Bareflank 1.1 answered these with 0: platform MSRs that fault on some
 # processors when a guest OS probes them (SMM monitor, BIOS sign, ...).
 ZERO_READ_MSRS = frozenset({0x31, 0x39, 0x1AE, 0x1AF, 0x602})
@@ -271,9 +249,9 @@ class ExitHandlerIntelX64:
     def handle_rdmsr(self) -> None:
         state = self.m_state_save
         msr = state.rcx & MASK32
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            value = self.m_vmcs.read(field)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            value = self.m_vmcs.read(backed.field)
         elif msr in ZERO_READ_MSRS:
             value = 0
         else:
@@ -290,9 +268,14 @@ class ExitHandlerIntelX64:
         state = self.m_state_save
         msr = state.rcx & MASK32
         value = ((state.rdx & MASK32) << 32) | (state.rax & MASK32)
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            self.m_vmcs.write(field, value)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            # The MSR would refuse the value with #GP(0); the VMCS field never sees it.
+            fault = wrmsr_fault(self.m_cpu, msr, value)
+            if fault is not None:
+                self._inject_general_protection(fault)
+                return
+            self.m_vmcs.write(backed.field, value)
         elif msr not in ZERO_READ_MSRS:
             try:
                 self.m_cpu.wrmsr(msr, value)

@@ -31,13 +31,16 @@ from pyflank.backends.emu.events import (
     ERROR_CODE_VECTORS,
     VECTOR_BP,
     VECTOR_DB,
+    VECTOR_GP,
     VECTOR_PF,
     VECTOR_UD,
 )
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.cpu import wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import VmcsState
 
@@ -75,17 +78,6 @@ _IO_QUICK: Final = {  # unprefixed IN/OUT opcode -> (length, is IN, port is an i
     0xE7: (2, False, True), 0xEC: (1, True, False), 0xED: (1, True, False),
     0xEE: (1, False, False), 0xEF: (1, False, False),
 }  # fmt: skip
-VMCS_BACKED_MSRS: Final = {
-    0x1D9: f.GUEST_IA32_DEBUGCTL,
-    0x277: f.GUEST_IA32_PAT,
-    0xC000_0080: f.GUEST_IA32_EFER,
-    0x38F: f.GUEST_IA32_PERF_GLOBAL_CTRL,
-    0x174: f.GUEST_IA32_SYSENTER_CS,
-    0x175: f.GUEST_IA32_SYSENTER_ESP,
-    0x176: f.GUEST_IA32_SYSENTER_EIP,
-    0xC000_0100: f.GUEST_FS_BASE,
-    0xC000_0101: f.GUEST_GS_BASE,
-}
 # SDM order of the GPRs in qualifications, as indexes into the saved register list.
 SDM_GPR_ORDER: Final = (0, 2, 3, 1, -1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 
@@ -491,10 +483,13 @@ class ExitHooks:
         # Not an exit: the access reaches the processor's own MSR.
         if write:
             value = (regs[3] & 0xFFFF_FFFF) << 32 | regs[0] & 0xFFFF_FFFF
+            if wrmsr_fault(self.handler.m_cpu, msr, value) is not None:
+                self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
+                return
             self.write_msr(msr, value)
-            field = VMCS_BACKED_MSRS.get(msr)
-            if field is not None:
-                self.vmcs.processor_write(field, value)
+            backed = VMCS_BACKED_MSRS.get(msr)
+            if backed is not None:
+                self.vmcs.processor_write(backed.field, value)
         else:
             value = self.read_msr(msr)
             self.state.rax, self.state.rdx = value & 0xFFFF_FFFF, value >> 32

@@ -16,21 +16,20 @@ from pyflank.intel_x64.controls import (
     VmEntryControls,
     VmExitControls,
 )
+from pyflank.intel_x64.msrs import EFER_LMA as EFER_LMA
+from pyflank.intel_x64.msrs import EFER_LME as EFER_LME
+from pyflank.intel_x64.msrs import EFER_NXE as EFER_NXE
+from pyflank.intel_x64.msrs import EFER_SCE as EFER_SCE
 
 # -- control registers, EFER, RFLAGS (SDM Vol. 3A, "Control Registers") --------
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
 CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
 CR4_PAE, CR4_VMXE, CR4_PCIDE, CR4_CET = 1 << 5, 1 << 13, 1 << 17, 1 << 23
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 17
 RFLAGS_FIXED1 = 1 << 1
 # 63:22, 15, 5 and 3 are reserved and must be 0 (SDM 26.3.1.4).
 RFLAGS_RESERVED0: Final[int] = ~((1 << 22) - 1) & ((1 << 64) - 1) | 1 << 15 | 1 << 5 | 1 << 3
 DEBUGCTL_BTF = 1 << 1
-# LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR, the freeze bits, uncore PMI, RTM_DEBUG.
-DEBUGCTL_DEFINED: Final[int] = 0xFFC3
-EFER_DEFINED: Final[int] = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
-PAT_MEMORY_TYPES: Final[frozenset[int]] = frozenset({0, 1, 4, 5, 6, 7})
 
 NAMES_CR0: Final[dict[int, str]] = {
     0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM",

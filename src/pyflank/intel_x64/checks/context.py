@@ -14,17 +14,17 @@ from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.registry import Problem
-from pyflank.intel_x64.cpu import MsrFault, PhysicalCpu
+from pyflank.intel_x64.cpu import (
+    MsrFault,
+    PhysicalCpu,
+    address_widths,
+    canonical,
+    perf_global_ctrl_defined,
+)
 from pyflank.intel_x64.fields import FIELD_BY_ENCODING
 from pyflank.intel_x64.vmcs import Vmcs
 
 _NAMES = {encoding: field.name for encoding, field in FIELD_BY_ENCODING.items()}
-
-
-def canonical(address: int, width: int) -> bool:
-    """Bits 63:width-1 all equal (a linear address the processor can form)."""
-    top = (address & b.MASK64) >> (width - 1)
-    return top == 0 or top == (1 << (65 - width)) - 1
 
 
 def upper_bits_identical(address: int, width: int) -> bool:
@@ -106,28 +106,21 @@ class EntryContext:
 
     # -- CPUID -------------------------------------------------------------
     @cached_property
-    def _address_sizes(self) -> int:
-        if self.cpu.cpuid(0x80000000, 0)[0] < 0x80000008:
-            return 0x2024  # processors without the leaf: 36 physical, 32 linear bits
-        return self.cpu.cpuid(0x80000008, 0)[0]
+    def _address_sizes(self) -> tuple[int, int]:
+        return address_widths(self.cpu)
 
     @cached_property
     def physical_width(self) -> int:
-        return self._address_sizes & 0xFF
+        return self._address_sizes[0]
 
     @cached_property
     def linear_width(self) -> int:
-        return (self._address_sizes >> 8) & 0xFF
+        return self._address_sizes[1]
 
     @cached_property
     def perf_global_ctrl_defined(self) -> int:
         """IA32_PERF_GLOBAL_CTRL bits that enable a counter this processor has."""
-        if self.cpu.cpuid(0, 0)[0] < 0xA:
-            return 0
-        eax, _, _, edx = self.cpu.cpuid(0xA, 0)
-        general = (1 << ((eax >> 8) & 0xFF)) - 1
-        fixed = ((1 << (edx & 0x1F)) - 1) << 32
-        return general | fixed
+        return perf_global_ctrl_defined(self.cpu)
 
     # -- helpers the rules share ----------------------------------------------
     def is_canonical(self, address: int) -> bool:

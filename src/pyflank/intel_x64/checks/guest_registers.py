@@ -9,8 +9,9 @@ from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext
-from pyflank.intel_x64.checks.host_state import fixed_bits, pat_bad_entries
+from pyflank.intel_x64.checks.host_state import fixed_bits
 from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.msrs import pat_bad_entries
 
 _rule = partial(rule, group=CheckGroup.GUEST_CONTROL_REGISTERS, section="26.3.1.1")
 _later = partial(rule, group=CheckGroup.GUEST_CONTROL_REGISTERS, section="27.3.1.1")
@@ -58,7 +59,7 @@ def cr4_fixed(ctx: EntryContext) -> Iterator[Problem]:
 @_rule("guest.debugctl.reserved")
 def debugctl_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load debug controls" 1, reserved IA32_DEBUGCTL bits must be 0."""
-    if ctx.entry & b.ENTRY_LOAD_DEBUG and ctx[f.GUEST_IA32_DEBUGCTL] & ~b.DEBUGCTL_DEFINED:
+    if ctx.entry & b.ENTRY_LOAD_DEBUG and ctx[f.GUEST_IA32_DEBUGCTL] & ~msrs.DEBUGCTL_DEFINED:
         yield "reserved IA32_DEBUGCTL bits are set", ctx.named(f.GUEST_IA32_DEBUGCTL)
 
 
@@ -127,7 +128,7 @@ def pat_memory_types(ctx: EntryContext) -> Iterator[Problem]:
 @_rule("guest.efer.reserved")
 def efer_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load IA32_EFER" (VM-entry) 1, reserved IA32_EFER bits must be 0."""
-    if ctx.entry & b.ENTRY_LOAD_EFER and ctx[f.GUEST_IA32_EFER] & ~b.EFER_DEFINED:
+    if ctx.entry & b.ENTRY_LOAD_EFER and ctx[f.GUEST_IA32_EFER] & ~msrs.EFER_DEFINED:
         yield "reserved guest IA32_EFER bits are set", ctx.named(f.GUEST_IA32_EFER)
 
 

@@ -10,6 +10,7 @@ from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext
 from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.msrs import pat_bad_entries
 
 _registers = partial(rule, group=CheckGroup.HOST_STATE, section="26.2.2")
 _registers_later = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.2")
@@ -22,11 +23,6 @@ _CR0_UNCHECKED = b.CR0_NW | b.CR0_CD
 def fixed_bits(value: int, fixed0: int, fixed1: int, unchecked: int = 0) -> int:
     """Bits of a CR0/CR4 value that break the IA32_VMX_CRn_FIXED0/1 pair (SDM A.7/A.8)."""
     return (fixed0 & ~value | value & ~fixed1) & ~unchecked & b.MASK64
-
-
-def pat_bad_entries(pat: int) -> list[int]:
-    """Indexes of IA32_PAT entries that hold no memory type WRMSR accepts."""
-    return [i for i in range(8) if (pat >> (8 * i)) & 0xFF not in b.PAT_MEMORY_TYPES]
 
 
 @_registers("host.cr0.fixed_bits")
@@ -95,7 +91,7 @@ def host_pat(ctx: EntryContext) -> Iterator[Problem]:
 @_registers("host.efer.reserved")
 def host_efer_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load IA32_EFER" (VM-exit) 1, reserved IA32_EFER bits must be 0."""
-    if ctx.exit & b.EXIT_LOAD_EFER and ctx[f.HOST_IA32_EFER] & ~b.EFER_DEFINED:
+    if ctx.exit & b.EXIT_LOAD_EFER and ctx[f.HOST_IA32_EFER] & ~msrs.EFER_DEFINED:
         yield "reserved host IA32_EFER bits are set", ctx.named(f.HOST_IA32_EFER)
 
 
