@@ -106,6 +106,9 @@ VMX_BASIC_TRUE_CONTROLS: Final[int] = 1 << 55
 # IA32_VMX_BASIC bit 56: VM entry may inject a hardware exception with or without an
 # error code, whatever its vector (SDM Vol. 3D, A.1; processors with CET report it).
 VMX_BASIC_NO_ERROR_CODE_CHECK: Final[int] = 1 << 56
+# IA32_VMX_BASIC bit 58: VMX nested-exception support (FRED): an injected hardware
+# exception may be marked nested (bit 13 of the VM-entry interruption information).
+VMX_BASIC_NESTED_EXCEPTION: Final[int] = 1 << 58
 
 # IA32_DEBUGCTL bits a processor defines: LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR,
 # FREEZE_LBRS/PERFMON_ON_PMI, ENABLE_UNCORE_PMI, FREEZE_WHILE_SMM, RTM_DEBUG.

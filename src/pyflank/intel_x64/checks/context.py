@@ -54,7 +54,12 @@ class EntryContext:
         # With "activate secondary controls" 0 the processor acts as if they were 0.
         secondary = v[f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
         self.proc2 = secondary if proc & b.PROC_SECONDARY else 0
-        self.exit = v[f.VM_EXIT_CONTROLS]
+        # Likewise the tertiary and the secondary VM-exit controls.
+        tertiary = v[f.TERTIARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+        self.proc3 = tertiary if proc & b.PROC_TERTIARY else 0
+        self.exit = exit_ = v[f.VM_EXIT_CONTROLS]
+        secondary_exit = v[f.SECONDARY_VM_EXIT_CONTROLS]
+        self.exit2 = secondary_exit if exit_ & b.EXIT_SECONDARY else 0
         self.entry = entry = v[f.VM_ENTRY_CONTROLS]
         self.ia32e_guest = bool(entry & b.ENTRY_IA32E)
         self.unrestricted = bool(self.proc2 & b.PROC2_UNRESTRICTED)
@@ -62,6 +67,8 @@ class EntryContext:
         self.cr4 = v[f.GUEST_CR4]
         self.rflags = v[f.GUEST_RFLAGS]
         self.v8086 = bool(self.rflags & b.RFLAGS_VM)
+        # The guest will use FRED transitions: IA-32e mode with CR4.FRED set.
+        self.fred_guest = self.ia32e_guest and bool(self.cr4 & b.CR4_FRED)
         self.event = event = v[f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD]
         self.event_valid = bool(event & b.EVENT_VALID)
         self.event_type = (event >> 8) & 0x7
@@ -116,6 +123,13 @@ class EntryContext:
     @cached_property
     def linear_width(self) -> int:
         return self._address_sizes[1]
+
+    @cached_property
+    def sgx(self) -> bool:
+        """CPUID.(EAX=07H,ECX=0):EBX[2]: the processor supports SGX."""
+        if self.cpu.cpuid(0, 0)[0] < 7:
+            return False
+        return bool(self.cpu.cpuid(7, 0)[1] & 1 << 2)
 
     @cached_property
     def perf_global_ctrl_defined(self) -> int:

@@ -107,31 +107,6 @@ def host_efer_mode(ctx: EntryContext) -> Iterator[Problem]:
             yield "host EFER.LMA/LME disagree with the host address-space size", fields
 
 
-@_registers_later("host.cr4.cet_needs_wp")
-def host_cet_needs_wp(ctx: EntryContext) -> Iterator[Problem]:
-    """If host CR4.CET (bit 23) is 1, host CR0.WP (bit 16) must be 1."""
-    if ctx[f.HOST_CR4] & b.CR4_CET and not ctx[f.HOST_CR0] & b.CR0_WP:
-        yield "host CR4.CET needs CR0.WP", ctx.named(f.HOST_CR0, f.HOST_CR4)
-
-
-@_registers_later("host.cet.canonical")
-def host_cet_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, the host IA32_S_CET and
-    IA32_INTERRUPT_SSP_TABLE_ADDR fields must be canonical."""
-    if ctx.exit & b.EXIT_LOAD_CET:
-        for encoding in (f.HOST_IA32_S_CET, f.HOST_IA32_INTERRUPT_SSP_TABLE_ADDR):
-            if not ctx.is_canonical(ctx[encoding]):
-                yield "a host CET address is not canonical", ctx.named(encoding)
-
-
-@_registers_later("host.cet.s_cet_reserved")
-def host_s_cet_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, reserved bits 9:6 of host IA32_S_CET must
-    be 0."""
-    if ctx.exit & b.EXIT_LOAD_CET and ctx[f.HOST_IA32_S_CET] & 0x3C0:
-        yield "reserved host IA32_S_CET bits 9:6 are set", ctx.named(f.HOST_IA32_S_CET)
-
-
 @_registers_later("host.pkrs.reserved")
 def host_pkrs_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load PKRS" (VM-exit) 1, bits 63:32 of the host IA32_PKRS field must be 0."""

@@ -5,8 +5,9 @@ an edition from about 2016 in which "VM Entries" is chapter 26 of Vol. 3C
 (26.2 "Checks on VMX Controls and Host-State Area", 26.3 "Checking and Loading
 Guest State").  Later editions renumber the chapter (27 from about 2019, 29 in
 the newest) but keep the subsection numbers, so 26.3.1.2 there is 27.3.1.2 or
-29.3.1.2.  Rules that the 2016 edition does not have yet (CET, PKRS, tertiary
-controls, ...) carry the 27.x number of the edition that introduced them.
+29.3.1.2.  Rules that the 2016 edition does not have yet (CET, FRED, PKRS,
+tertiary controls, ...) carry a 27.x number: their subsection in the later
+editions, with the chapter number those editions started with.
 """
 
 from __future__ import annotations
