@@ -13,12 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pyflank.exit_handler.differences import differences_table
 from pyflank.intel_x64.checks import CHECKS
 from pyflank.intel_x64.checks.summary import checks_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS: dict[str, Callable[[], str]] = {
     "checks-table": lambda: checks_table(CHECKS),
+    "bareflank-differences": differences_table,
 }
 
 

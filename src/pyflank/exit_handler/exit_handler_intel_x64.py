@@ -45,15 +45,19 @@ MASK32 = 0xFFFF_FFFF
 # processors when a guest OS probes them (SMM monitor, BIOS sign, ...).
 ZERO_READ_MSRS = frozenset({0x31, 0x39, 0x1AE, 0x1AF, 0x602})
 
-# Exit-information fields the unimplemented handler reports, in Bareflank's order.
+# Exit-information fields the unimplemented handler reports, in Bareflank's order and words.
 EXIT_INFORMATION_REPORT = (
     ("exit qualification", vmcs_fields.EXIT_QUALIFICATION),
-    ("exit interruption information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
+    ("exit interrupt information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
     ("instruction length", vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH),
     ("instruction information", vmcs_fields.VM_EXIT_INSTRUCTION_INFORMATION),
     ("guest linear address", vmcs_fields.GUEST_LINEAR_ADDRESS),
     ("guest physical address", vmcs_fields.GUEST_PHYSICAL_ADDRESS),
 )
+
+# halt()'s register order and its section rule, as Bareflank 1.1 printed them.
+_HALT_REGISTERS = (*GENERAL_REGISTERS, "rip", "rsp")
+_RULE = "-" * 52
 
 _LAUNCHED = VmcsState.LAUNCHED
 _EVENT = int(VmcallOpcode.EVENT)
@@ -71,6 +75,28 @@ F = TypeVar("F", bound=Callable[..., None])
 
 class VmcallError(Exception):
     """A vmcall the handler refuses; the guest gets BF_VMCALL_FAILURE."""
+
+
+def _text(lines: list[str]) -> str:
+    """Lines as one debug-ring write, every line (blank ones too) newline-terminated."""
+    return "".join(line + "\n" for line in lines)
+
+
+def bareflank_json(value: Any) -> str:
+    """JSON text as Bareflank 1.1's nlohmann::json 2.0 dumped it: no spaces, object keys
+    in byte order (its objects were std::map), text other than control characters,
+    quote and backslash written as it is (UTF-8, not \\u escapes)."""
+    plain = json.loads(json.dumps(value))  # keys become strings, as JSON spells them
+    return json.dumps(_keys_in_byte_order(plain), separators=(",", ":"), ensure_ascii=False)
+
+
+def _keys_in_byte_order(value: Any) -> Any:
+    if isinstance(value, dict):
+        ordered = sorted(value, key=lambda key: key.encode("utf-8", "surrogateescape"))
+        return {key: _keys_in_byte_order(value[key]) for key in ordered}
+    if isinstance(value, list):
+        return [_keys_in_byte_order(item) for item in value]
+    return value
 
 
 def vmm_unittest(index: int) -> Callable[[F], F]:
@@ -169,32 +195,33 @@ class ExitHandlerIntelX64:
             vmcs.resume()
 
     def halt(self) -> None:
+        # Bareflank 1.1's report, line for line (its view_as_pointer hex: 0xbeef).
         state = self.m_state_save
-        lines = [f"halting vcpu: {state.vcpuid}"]
-        lines += [f"- {name}: {getattr(state, name):#018x}" for name in GENERAL_REGISTERS]
-        lines += [f"- rip: {state.rip:#018x}", f"- rsp: {state.rsp:#018x}"]
-        self.log("\n".join(lines), logging.ERROR)
+        lines = ["", "", "Guest register state: ", _RULE]
+        lines += [f"- m_state_save->{name}: {getattr(state, name):#x}" for name in _HALT_REGISTERS]
+        lines += ["", "", "CPU Halted: ", _RULE, f"- vcpuid: {state.vcpuid}", "", ""]
+        self.log(_text(lines), logging.ERROR)
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
-        # Spelled out rather than looped over INTEL_X64_REGISTER_MAP: this is
-        # the vmcall exit path (tests check the two agree).
+        # As Bareflank 1.1: RAX (the opcode) is never written; EVENT, told apart by
+        # the opcode the guest left in RAX, writes back only RCX.  Spelled out rather
+        # than looped over INTEL_X64_REGISTER_MAP: this is the vmcall exit path.
         state = self.m_state_save
-        if regs.r00 == _EVENT:
+        if state.rax == _EVENT:
             state.rcx = regs.r02 & MASK64
         else:
-            state.rax = regs.r00 & MASK64
-            state.rcx = regs.r02 & MASK64
-            state.rbx = regs.r03 & MASK64
-            state.rsi = regs.r04 & MASK64
-            state.r08 = regs.r05 & MASK64
-            state.r09 = regs.r06 & MASK64
-            state.r10 = regs.r07 & MASK64
-            state.r11 = regs.r08 & MASK64
-            state.r12 = regs.r09 & MASK64
-            state.r13 = regs.r10 & MASK64
-            state.r14 = regs.r11 & MASK64
             state.r15 = regs.r12 & MASK64
+            state.r14 = regs.r11 & MASK64
+            state.r13 = regs.r10 & MASK64
+            state.r12 = regs.r09 & MASK64
+            state.r11 = regs.r08 & MASK64
+            state.r10 = regs.r07 & MASK64
+            state.r09 = regs.r06 & MASK64
+            state.r08 = regs.r05 & MASK64
+            state.rsi = regs.r04 & MASK64
+            state.rbx = regs.r03 & MASK64
+            state.rcx = regs.r02 & MASK64
         state.rdx = ret & MASK64
         self.advance_rip()
 
@@ -243,7 +270,8 @@ class ExitHandlerIntelX64:
         self.complete_vmcall(ret, regs)
 
     def handle_vmxoff(self) -> None:
-        self.advance_rip()
+        # RIP stays at the VMXOFF: Bareflank 1.1's promote resumed the guest there, now
+        # outside VMX non-root operation, so the VMXOFF itself then executes.
         self.m_vmcs.promote()
 
     def handle_rdmsr(self) -> None:
@@ -291,16 +319,15 @@ class ExitHandlerIntelX64:
     def unimplemented_handler(self) -> None:
         vmcs = self.m_vmcs
         reason = vmcs.read(vmcs_fields.VM_EXIT_REASON)
-        lines = [
-            f"unimplemented exit reason: {exit_reasons.description(reason)}",
-            f"- exit reason: {reason:#018x}",
-            f"- exit reason string: {exit_reasons.description(reason)}",
-        ]
-        lines += [f"- {label}: {vmcs.read(enc):#018x}" for label, enc in EXIT_INFORMATION_REPORT]
+        lines = ["", "", "Unimplemented Exit Handler: ", _RULE, f"- exit reason: {reason:#x}"]
+        lines.append(f"- exit reason string: {exit_reasons.description(reason)}")
+        lines += [f"- {label}: {vmcs.read(enc):#x}" for label, enc in EXIT_INFORMATION_REPORT]
         info = vmcs.read(vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION)
         if info & (1 << 31):
             lines.append(f"- interruption: {qualifications.InterruptionInformation.decode(info)}")
-        self.log("\n".join(lines), logging.ERROR)
+        if reason & exit_reasons.VM_ENTRY_FAILURE:
+            lines += ["", "VM-entry failure detected!!!", ""]
+        self.log(_text(lines), logging.ERROR)
         if reason & exit_reasons.VM_ENTRY_FAILURE:
             self._report_vm_entry_failure()
         self.halt()
@@ -326,10 +353,11 @@ class ExitHandlerIntelX64:
 
     def handle_vmcall_registers(self, regs: VmcallRegisters) -> None:
         values = regs.as_tuple()
-        self.log("\n".join(f"r{i:02d}: {values[i]:#018x}" for i in range(2, 13)))
+        lines = ["vmcall registers:", *(f"r{i:02d}: {values[i]:#x}" for i in range(2, 13))]
+        self.log("\n".join(lines))
 
     def handle_vmcall_event(self, regs: VmcallRegisters) -> None:
-        self.log(f"event: {regs.r02:#x}")
+        self.log(f"vmcall event:\nr02: {regs.r02:#x}")
 
     def handle_vmcall_start(self, regs: VmcallRegisters) -> None:
         pass
@@ -378,20 +406,20 @@ class ExitHandlerIntelX64:
 
     def handle_vmcall_data_string_json(self, ijson: Any) -> Any:
         """Return the reply (the C++ ``ojson`` out-parameter); default: echo."""
-        self.log(f"received in vmm: {json.dumps(ijson)}")
+        self.log(f"received in vmm: {bareflank_json(ijson)}")
         return ijson
 
     def handle_vmcall_data_binary_unformatted(
         self, imap: GuestVirtualRange, omap: GuestVirtualRange
     ) -> None:
+        self.log("received binary data")
         omap.write(imap.read())
 
     def reply_with_string(self, regs: VmcallRegisters, text: str, omap: GuestVirtualRange) -> None:
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
-        text = json.dumps(value, separators=(",", ":"))
-        self._reply(regs, VmcallDataType.STRING_JSON, text, omap)
+        self._reply(regs, VmcallDataType.STRING_JSON, bareflank_json(value), omap)
 
     def _reply(
         self, regs: VmcallRegisters, kind: VmcallDataType, text: str, omap: GuestVirtualRange
