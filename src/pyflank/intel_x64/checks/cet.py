@@ -18,7 +18,7 @@ from typing import NamedTuple
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext, upper_bits_identical
-from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.checks.registry import CheckGroup, Problem, applied, rule
 
 _host = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.2")
 _host_size = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.4")
@@ -34,6 +34,7 @@ class _CetState(NamedTuple):
     """One side's CET fields and whether VM entry (or exit) loads them."""
 
     name: str
+    control: str
     loaded: Callable[[EntryContext], bool]
     s_cet: int
     ssp: int
@@ -42,6 +43,7 @@ class _CetState(NamedTuple):
 
 GUEST = _CetState(
     "guest",
+    "VM-entry",
     lambda ctx: bool(ctx.entry & b.ENTRY_LOAD_CET),
     f.GUEST_IA32_S_CET,
     f.GUEST_SSP,
@@ -49,6 +51,7 @@ GUEST = _CetState(
 )
 HOST = _CetState(
     "host",
+    "VM-exit",
     lambda ctx: bool(ctx.exit & b.EXIT_LOAD_CET),
     f.HOST_IA32_S_CET,
     f.HOST_SSP,
@@ -93,34 +96,28 @@ def guest_cet_needs_wp(ctx: EntryContext) -> Iterator[Problem]:
         yield "CR4.CET needs CR0.WP", ctx.named(f.GUEST_CR0, f.GUEST_CR4)
 
 
-# -- host ("load CET state" VM-exit control) -------------------------------------------
-@_host("host.cet.s_cet_reserved")
-def host_s_cet_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, reserved bits 9:6 of host IA32_S_CET must
-    be 0."""
-    yield from _s_cet_reserved(ctx, HOST)
+# -- the rules host and guest share ("load CET state" on VM exit / VM entry) -----------
+_SHARED = (
+    ("s_cet_reserved", _s_cet_reserved, "reserved bits 9:6 of the {side} IA32_S_CET must be 0."),
+    (
+        "s_cet_suppress_tracker",
+        _suppress_and_tracker,
+        "bits 10 (SUPPRESS) and 11 (TRACKER) of the {side} IA32_S_CET cannot both be 1.",
+    ),
+    ("ssp_alignment", _ssp_alignment, "bits 1:0 of the {side} SSP must be 0."),
+    (
+        "canonical",
+        _ssp_table_canonical,
+        "the {side} IA32_INTERRUPT_SSP_TABLE_ADDR must be canonical.",
+    ),
+)
+for _side, _register in ((HOST, _host), (GUEST, _guest)):
+    for _name, _helper, _text in _SHARED:
+        _doc = f'With "load CET state" ({_side.control}) 1, ' + _text.format(side=_side.name)
+        _register(f"{_side.name}.cet.{_name}")(applied(_helper, _side, _doc))
 
 
-@_host("host.cet.s_cet_suppress_tracker")
-def host_s_cet_suppress_tracker(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, bits 10 (SUPPRESS) and 11 (TRACKER) of host
-    IA32_S_CET cannot both be 1."""
-    yield from _suppress_and_tracker(ctx, HOST)
-
-
-@_host("host.cet.ssp_alignment")
-def host_ssp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, bits 1:0 of the host SSP must be 0."""
-    yield from _ssp_alignment(ctx, HOST)
-
-
-@_host("host.cet.canonical")
-def host_ssp_table_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, the host IA32_INTERRUPT_SSP_TABLE_ADDR must
-    be canonical."""
-    yield from _ssp_table_canonical(ctx, HOST)
-
-
+# -- host only ---------------------------------------------------------------------------
 @_host_size("host.address_space.cet_64bit")
 def host_cet_canonical_64bit(ctx: EntryContext) -> Iterator[Problem]:
     """With "load CET state" and "host address-space size" (VM-exit) 1, the host
@@ -142,33 +139,7 @@ def host_cet_upper_32bit(ctx: EntryContext) -> Iterator[Problem]:
                 yield "a 32-bit host's CET value sets bits 63:32", fields
 
 
-# -- guest ("load CET state" VM-entry control) -----------------------------------------
-@_guest("guest.cet.s_cet_reserved")
-def guest_s_cet_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, reserved bits 9:6 of IA32_S_CET must be 0."""
-    yield from _s_cet_reserved(ctx, GUEST)
-
-
-@_guest("guest.cet.s_cet_suppress_tracker")
-def guest_s_cet_suppress_tracker(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, bits 10 (SUPPRESS) and 11 (TRACKER) of
-    IA32_S_CET cannot both be 1."""
-    yield from _suppress_and_tracker(ctx, GUEST)
-
-
-@_guest("guest.cet.ssp_alignment")
-def guest_ssp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, bits 1:0 of the guest SSP must be 0."""
-    yield from _ssp_alignment(ctx, GUEST)
-
-
-@_guest("guest.cet.canonical")
-def guest_ssp_table_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, the guest IA32_INTERRUPT_SSP_TABLE_ADDR
-    must be canonical (the guest IA32_S_CET need not be)."""
-    yield from _ssp_table_canonical(ctx, GUEST)
-
-
+# -- guest only --------------------------------------------------------------------------
 @_guest_ssp("guest.ssp.upper_bits")
 def guest_ssp_upper_bits(ctx: EntryContext) -> Iterator[Problem]:
     """With "load CET state" (VM-entry) 1 and N < 64 linear-address bits, bits 63:N

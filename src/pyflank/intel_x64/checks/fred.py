@@ -3,7 +3,8 @@ add for the IA32_FRED_* fields ("load FRED" on VM exit and VM entry), for CR4.FR
 and for a guest that will use FRED transitions (IA-32e mode with CR4.FRED 1).
 
 The FRED MSR rules apply where the side runs 64-bit code: a 64-bit host
-("host address-space size" 1) or an IA-32e mode guest.
+("host address-space size" 1) or an IA-32e mode guest.  CR4.FRED outside 64-bit
+code is with its PCIDE sibling in ``address_space`` (host) and ``guest_registers``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import NamedTuple
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext
-from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.checks.registry import CheckGroup, Problem, applied, rule
 from pyflank.intel_x64.checks.segments import CS, SS, dpl
 
 _host = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.2")
-_host_size = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.4")
 _guest = partial(rule, group=CheckGroup.GUEST_CONTROL_REGISTERS, section="27.3.1.1")
 _guest_segments = partial(rule, group=CheckGroup.GUEST_SEGMENT_REGISTERS, section="27.3.1.2")
 _guest_rflags = partial(rule, group=CheckGroup.GUEST_RIP_RFLAGS, section="27.3.1.4")
@@ -35,6 +35,7 @@ class _FredState(NamedTuple):
     """One side's FRED fields and whether VM entry (or exit) checks them."""
 
     name: str
+    control: str  # the control that loads the fields, and where the rules apply
     loaded: Callable[[EntryContext], bool]
     config: int
     rsps: tuple[int, int, int]
@@ -43,6 +44,7 @@ class _FredState(NamedTuple):
 
 GUEST = _FredState(
     "guest",
+    '"load FRED" (VM-entry) 1 and an IA-32e mode guest',
     lambda ctx: ctx.ia32e_guest and bool(ctx.entry & b.ENTRY_LOAD_FRED),
     f.GUEST_IA32_FRED_CONFIG,
     (f.GUEST_IA32_FRED_RSP1, f.GUEST_IA32_FRED_RSP2, f.GUEST_IA32_FRED_RSP3),
@@ -50,6 +52,7 @@ GUEST = _FredState(
 )
 HOST = _FredState(
     "host",
+    '"load FRED" (secondary VM-exit) 1 and a 64-bit host',
     lambda ctx: bool(ctx.exit & b.EXIT_HOST_64 and ctx.exit2 & b.EXIT2_LOAD_FRED),
     f.HOST_IA32_FRED_CONFIG,
     (f.HOST_IA32_FRED_RSP1, f.HOST_IA32_FRED_RSP2, f.HOST_IA32_FRED_RSP3),
@@ -71,6 +74,14 @@ def _misaligned(
                 yield f"a {side.name} {what} is not {mask + 1}-byte aligned", ctx.named(encoding)
 
 
+def _rsp_alignment(ctx: EntryContext, side: _FredState) -> Iterator[Problem]:
+    yield from _misaligned(ctx, side, side.rsps, RSP_ALIGNMENT, "FRED stack pointer")
+
+
+def _ssp_alignment(ctx: EntryContext, side: _FredState) -> Iterator[Problem]:
+    yield from _misaligned(ctx, side, side.ssps, SSP_ALIGNMENT, "FRED shadow-stack pointer")
+
+
 def _noncanonical(ctx: EntryContext, side: _FredState) -> Iterator[Problem]:
     if side.loaded(ctx):
         values = {side.config: ctx[side.config] & CONFIG_BASE}
@@ -80,76 +91,19 @@ def _noncanonical(ctx: EntryContext, side: _FredState) -> Iterator[Problem]:
                 yield f"a {side.name} FRED address is not canonical", ctx.named(encoding)
 
 
-# -- host ("load FRED" secondary VM-exit control, 64-bit host) -------------------------
-@_host("host.fred.config_reserved")
-def host_config_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (secondary VM-exit) 1 and a 64-bit host, bits 11, 5:4 and 2
-    of the host IA32_FRED_CONFIG must be 0."""
-    yield from _config_reserved(ctx, HOST)
-
-
-@_host("host.fred.rsp_alignment")
-def host_rsp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (secondary VM-exit) 1 and a 64-bit host, bits 5:0 of the host
-    IA32_FRED_RSP1-3 must be 0."""
-    yield from _misaligned(ctx, HOST, HOST.rsps, RSP_ALIGNMENT, "FRED stack pointer")
-
-
-@_host("host.fred.ssp_alignment")
-def host_ssp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (secondary VM-exit) 1 and a 64-bit host, bits 2:0 of the host
-    IA32_FRED_SSP1-3 must be 0."""
-    yield from _misaligned(ctx, HOST, HOST.ssps, SSP_ALIGNMENT, "FRED shadow-stack pointer")
-
-
-@_host("host.fred.canonical")
-def host_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (secondary VM-exit) 1 and a 64-bit host, the host
-    IA32_FRED_CONFIG bits 63:12 and IA32_FRED_RSP1-3 and SSP1-3 must be canonical."""
-    yield from _noncanonical(ctx, HOST)
-
-
-@_host_size("host.address_space.legacy_host_fred")
-def legacy_host_fred(ctx: EntryContext) -> Iterator[Problem]:
-    """With "host address-space size" 0, host CR4.FRED (bit 32) must be 0."""
-    if not ctx.exit & b.EXIT_HOST_64 and ctx[f.HOST_CR4] & b.CR4_FRED:
-        yield "a 32-bit host cannot use FRED", ctx.named(f.VM_EXIT_CONTROLS, f.HOST_CR4)
-
-
-# -- guest ("load FRED" VM-entry control, IA-32e mode guest) ---------------------------
-@_guest("guest.cr4.fred_needs_ia32e")
-def fred_needs_ia32e(ctx: EntryContext) -> Iterator[Problem]:
-    """With "IA-32e mode guest" 0, guest CR4.FRED (bit 32) must be 0."""
-    if not ctx.ia32e_guest and ctx.cr4 & b.CR4_FRED:
-        yield "CR4.FRED outside IA-32e mode", ctx.named(f.GUEST_CR4, f.VM_ENTRY_CONTROLS)
-
-
-@_guest("guest.fred.config_reserved")
-def guest_config_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (VM-entry) 1 and an IA-32e mode guest, bits 11, 5:4 and 2 of
-    the guest IA32_FRED_CONFIG must be 0."""
-    yield from _config_reserved(ctx, GUEST)
-
-
-@_guest("guest.fred.rsp_alignment")
-def guest_rsp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (VM-entry) 1 and an IA-32e mode guest, bits 5:0 of the guest
-    IA32_FRED_RSP1-3 must be 0."""
-    yield from _misaligned(ctx, GUEST, GUEST.rsps, RSP_ALIGNMENT, "FRED stack pointer")
-
-
-@_guest("guest.fred.ssp_alignment")
-def guest_ssp_alignment(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (VM-entry) 1 and an IA-32e mode guest, bits 2:0 of the guest
-    IA32_FRED_SSP1-3 must be 0."""
-    yield from _misaligned(ctx, GUEST, GUEST.ssps, SSP_ALIGNMENT, "FRED shadow-stack pointer")
-
-
-@_guest("guest.fred.canonical")
-def guest_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load FRED" (VM-entry) 1 and an IA-32e mode guest, the guest
-    IA32_FRED_CONFIG bits 63:12 and IA32_FRED_RSP1-3 and SSP1-3 must be canonical."""
-    yield from _noncanonical(ctx, GUEST)
+# -- the rules host and guest share ("load FRED" on VM exit / VM entry) ----------------
+_SHARED = (
+    ("config_reserved", _config_reserved, "bits 11, 5:4 and 2 of the {side} IA32_FRED_CONFIG"
+     " must be 0."),
+    ("rsp_alignment", _rsp_alignment, "bits 5:0 of the {side} IA32_FRED_RSP1-3 must be 0."),
+    ("ssp_alignment", _ssp_alignment, "bits 2:0 of the {side} IA32_FRED_SSP1-3 must be 0."),
+    ("canonical", _noncanonical, "bits 63:12 of the {side} IA32_FRED_CONFIG and its"
+     " IA32_FRED_RSP1-3 and SSP1-3 must be canonical."),
+)  # fmt: skip
+for _side, _register in ((HOST, _host), (GUEST, _guest)):
+    for _name, _helper, _text in _SHARED:
+        _doc = f"With {_side.control}, " + _text.format(side=_side.name)
+        _register(f"{_side.name}.fred.{_name}")(applied(_helper, _side, _doc))
 
 
 # -- a guest that will use FRED transitions ---------------------------------------------

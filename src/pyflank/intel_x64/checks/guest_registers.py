@@ -70,11 +70,21 @@ def ia32e_needs_paging(ctx: EntryContext) -> Iterator[Problem]:
         yield "an IA-32e mode guest needs CR0.PG and CR4.PAE", fields
 
 
+def _cr4_bit_outside_ia32e(ctx: EntryContext, bit: int, message: str) -> Iterator[Problem]:
+    if not ctx.ia32e_guest and ctx.cr4 & bit:
+        yield message, ctx.named(f.GUEST_CR4, f.VM_ENTRY_CONTROLS)
+
+
 @_rule("guest.cr4.pcide")
 def pcide_needs_ia32e(ctx: EntryContext) -> Iterator[Problem]:
     """With "IA-32e mode guest" 0, guest CR4.PCIDE (bit 17) must be 0."""
-    if not ctx.ia32e_guest and ctx.cr4 & b.CR4_PCIDE:
-        yield "CR4.PCIDE outside IA-32e mode", ctx.named(f.GUEST_CR4, f.VM_ENTRY_CONTROLS)
+    yield from _cr4_bit_outside_ia32e(ctx, b.CR4_PCIDE, "CR4.PCIDE outside IA-32e mode")
+
+
+@_later("guest.cr4.fred_needs_ia32e")
+def fred_needs_ia32e(ctx: EntryContext) -> Iterator[Problem]:
+    """With "IA-32e mode guest" 0, guest CR4.FRED (bit 32) must be 0."""
+    yield from _cr4_bit_outside_ia32e(ctx, b.CR4_FRED, "CR4.FRED outside IA-32e mode")
 
 
 @_rule("guest.cr3.width")

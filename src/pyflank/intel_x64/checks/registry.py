@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from pyflank.intel_x64.checks.context import EntryContext
@@ -27,6 +27,7 @@ Problem = tuple[str, dict[str, int]]
 """What a check function yields: a message and the fields (name -> value) involved."""
 
 CheckFunction = Callable[["EntryContext"], Iterator[Problem]]
+T = TypeVar("T")
 
 
 class CheckGroup(Enum):
@@ -111,3 +112,16 @@ def rule(
         return function
 
     return register
+
+
+def applied(
+    helper: Callable[[EntryContext, T], Iterator[Problem]], arg: T, doc: str
+) -> CheckFunction:
+    """A check function that runs ``helper(ctx, arg)`` and states ``doc``: one rule
+    that the SDM gives the host and the guest alike, registered once per side."""
+
+    def check(ctx: EntryContext) -> Iterator[Problem]:
+        return helper(ctx, arg)
+
+    check.__doc__ = doc
+    return check
