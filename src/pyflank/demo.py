@@ -12,13 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyflank import guests
+from pyflank.abi import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import exit_reasons
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import MSR_NAMES
-from pyflank.platform.assemble import GUESTS_DIR
-from pyflank.vmcall import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
 from pyflank.vmm import Vm
 
 BUFFERS = 0x0000_7F00_0000_0000  # guest-virtual, mapped onto scattered physical pages
@@ -89,7 +89,7 @@ def run_guest(backend: str) -> int:
     vm = Vm(NarratedHandler, backend=backend)
     for i, page in enumerate(BUFFER_PAGES):
         vm.page_tables.map(BUFFERS + i * 0x1000, page, 0x1000)
-    vm.load_asm(f".equ BUFFERS, {BUFFERS:#x}\n" + (GUESTS_DIR / "demo.s").read_text())
+    vm.load_asm(f".equ BUFFERS, {BUFFERS:#x}\n" + guests.read("demo.s"))
     print(f"== the demo guest on the {backend} backend, under the seed's exit handler ==")
     capabilities = vm.capabilities
     [result] = vm.run(timeout=30)

@@ -67,13 +67,21 @@ class VcpuResult:
     """Why a vCPU stopped, and its state then (a copy of StateSave; the VMCS itself)."""
 
     vcpuid: int
+    """Which vCPU (0, 1, ...)."""
     reason: StopReason
+    """Why it stopped: guest HLT, halted or promoted by the handler, a fault, the timeout..."""
     message: str
+    """The backend's words on the stop (the instruction, the failed check, ...)."""
     state: StateSave
+    """A copy of the guest registers when it stopped."""
     vmcs: Vmcs
+    """The vCPU's VMCS itself, with the last exit's information."""
     debug_ring: str
+    """The handler's log for this vCPU."""
     exits: int
+    """How many VM exits the handler saw."""
     trace: list[tuple[int, int]] | None = field(default=None, repr=False)
+    """(basic exit reason, guest RIP) of every exit when the Vm was made with ``trace=True``."""
 
 
 class Vcpu:
@@ -81,16 +89,23 @@ class Vcpu:
 
     def __init__(self, vm: Vm, vcpuid: int, handler: ExitHandlerIntelX64) -> None:
         self.vcpuid = vcpuid
+        """This vCPU's id: RDI at its first instruction."""
         self.handler = handler
+        """Its exit handler (one instance per vCPU)."""
         self.vmcs = handler.m_vmcs
+        """Its VMCS; write controls before ``Vm.run`` (``Vm.configure`` checks them)."""
         self.state = handler.m_state_save
+        """Its guest registers (RIP, RSP, RDI set at boot)."""
         self.debug_ring: DebugRing = handler.m_debug_ring
+        """Its handler's log."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
         handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
         self.backend: VcpuBackend | None = None
+        """The engine's vCPU while the Vm runs."""
         self.result: VcpuResult | None = None
+        """Why and how it stopped, once it has."""
 
     def _run(self) -> None:
         backend = self.backend
@@ -127,15 +142,22 @@ class Vm:
         trace: bool = False,
     ) -> None:
         self.layout = layout or BootLayout()
+        """Where the boot structures, stacks and program live in guest-physical memory."""
         self.trace = trace
         self.memory = GuestPhysicalMemory(memory_size)
+        """Guest RAM, shared by every vCPU (and readable after the run)."""
         write_descriptor_tables(self.memory, self.layout, vcpus)
         self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
+        """The guest's page tables (all of RAM identity-mapped); ``map`` adds mappings."""
         self.serial = Serial16550()
+        """COM1."""
         self.bus = PortBus(self.serial)  # devices attached later are on it too
+        """The port I/O bus; ``attach`` a device before the run."""
         self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        """The engine: the software CPU or KVM."""
         self._finalizer = weakref.finalize(self, self.backend.close)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
+        """The vCPUs, by id."""
         for vcpu in self.vcpus:
             boot_vcpu(
                 vcpu.vmcs,
@@ -153,20 +175,24 @@ class Vm:
 
     # -- loading ------------------------------------------------------------------------
     def set_entry(self, rip: int) -> None:
+        """Start every vCPU at guest address ``rip``."""
         for vcpu in self.vcpus:
             vcpu.state.rip = rip
             vcpu.vmcs.write(f.GUEST_RIP, rip)
 
     def load_flat(self, code: bytes, gpa: int | None = None) -> LoadedImage:
+        """Copy ``code`` to ``gpa`` (default: the load address) and start there."""
         image = load_flat(self.memory, code, self.layout.load_address if gpa is None else gpa)
         self.set_entry(image.entry)
         return image
 
     def load_asm(self, source: str, gpa: int | None = None) -> LoadedImage:
+        """Assemble ``source`` (Intel syntax, the guest SDK's includes), load it."""
         address = self.layout.load_address if gpa is None else gpa
         return self.load_flat(assemble(source, address), address)
 
     def load_elf(self, image: bytes | str | Path) -> LoadedImage:
+        """Load an ELF64 executable's PT_LOAD segments and start at its entry point."""
         loaded = load_elf(self.memory, image, self.page_tables)
         self.set_entry(loaded.entry)
         return loaded
@@ -187,6 +213,7 @@ class Vm:
 
     @property
     def serial_output(self) -> bytes:
+        """Everything the guest wrote to COM1 so far."""
         return self.serial.output
 
     @property

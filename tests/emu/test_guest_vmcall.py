@@ -9,10 +9,10 @@ import pytest
 from emu_helpers import RUNTIME, SDK, cpuid_exits, run, run1
 
 import pyflank
+from pyflank.abi import BF_VMCALL_FAILURE, VMCALL_VERSION
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.memory import PAGE_SIZE_4K
-from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_VERSION
 from pyflank.vmm import Vm
 
 

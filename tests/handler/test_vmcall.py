@@ -4,15 +4,15 @@ import pytest
 from vmcall_helpers import vmcall
 
 import pyflank
-from pyflank.exit_handler import ExitHandlerIntelX64, vmm_unittest
-from pyflank.testing import HARNESS_RIP, ExitHarness
-from pyflank.vmcall import (
+from pyflank.abi import (
     BF_VMCALL_FAILURE,
     BF_VMCALL_SUCCESS,
     VmcallOpcode,
     VmcallRegisters,
     VmcallVersionIndex,
 )
+from pyflank.exit_handler import ExitHandlerIntelX64, vmm_unittest
+from pyflank.testing import HARNESS_RIP, ExitHarness
 
 ALL_GPRS = {
     "rax": 0, "rbx": 0x13, "rcx": 0x12, "rsi": 0x14, "rbp": 0xBB, "rdi": 0xDD,

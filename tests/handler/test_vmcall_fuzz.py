@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from vmcall_helpers import IN_GVA, OUT_GVA, buffer_harness
 
+from pyflank.abi import VMCALL_MAGIC_NUMBER, VmcallDataType, VmcallOpcode
 from pyflank.memory import PageFault, map_guest_virtual
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER, VmcallDataType, VmcallOpcode
 
 U64 = st.integers(0, 2**64 - 1)
 ADDRESSES = st.one_of(

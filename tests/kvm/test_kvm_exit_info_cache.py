@@ -5,14 +5,13 @@ from __future__ import annotations
 from kvm_guest_helpers import Guest
 
 from kvm_support import kvm_marks
+from pyflank.abi import DEFAULT_DOORBELL_PORT, VMCALL_MAGIC_NUMBER
 from pyflank.backends.kvm import StopReason
 from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER
 
 pytestmark = kvm_marks()
 

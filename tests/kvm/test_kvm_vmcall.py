@@ -7,12 +7,16 @@ from kvm_guest_helpers import Guest
 
 import pyflank
 from kvm_support import kvm_marks
+from pyflank.abi import (
+    DEFAULT_DOORBELL_PORT,
+    VMCALL_MAGIC_NUMBER,
+    VMCALL_VERSION,
+    HypervisorFeatures,
+)
 from pyflank.backends.kvm import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT, HypervisorFeatures
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER, VMCALL_VERSION
 
 pytestmark = kvm_marks()
 

@@ -13,6 +13,23 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import pyflank
+from pyflank.abi import (
+    BF_VMCALL_FAILURE,
+    BF_VMCALL_SUCCESS,
+    CPUID_1_ECX_HYPERVISOR,
+    EVENT_RETURNED_SLOTS,
+    RETURNED_SLOTS,
+    VMCALL_IN_BUFFER_SIZE,
+    VMCALL_MAGIC_NUMBER,
+    VMCALL_OUT_BUFFER_SIZE,
+    VMCALL_VERSION,
+    VmcallDataType,
+    VmcallOpcode,
+    VmcallRegisters,
+    VmcallVersionIndex,
+    hypervisor_leaves,
+)
+from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
@@ -22,19 +39,6 @@ from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
-from pyflank.platform.hypervisor_cpuid import CPUID_1_ECX_HYPERVISOR, hypervisor_leaves
-from pyflank.vmcall import (
-    BF_VMCALL_FAILURE,
-    BF_VMCALL_SUCCESS,
-    VMCALL_IN_BUFFER_SIZE,
-    VMCALL_MAGIC_NUMBER,
-    VMCALL_OUT_BUFFER_SIZE,
-    VMCALL_VERSION,
-    VmcallDataType,
-    VmcallOpcode,
-    VmcallRegisters,
-    VmcallVersionIndex,
-)
 
 log = logging.getLogger("pyflank.exit_handler")
 
@@ -65,6 +69,10 @@ _EXIT_REASON = vmcs_fields.VM_EXIT_REASON
 _INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
 _VECTOR_GP = 13
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
+# The vmcall exit path moves the slots with straight-line code compiled from the ABI's map.
+_load_vmcall_registers = compile_loader()
+_store_vmcall_registers = compile_storer(RETURNED_SLOTS)
+_store_event_registers = compile_storer(EVENT_RETURNED_SLOTS)
 _CR0_WP = 1 << 16
 _CR0_PG = 1 << 31
 _EFER_NXE = 1 << 11
@@ -110,9 +118,17 @@ def vmm_unittest(index: int) -> Callable[[F], F]:
 
 
 class ExitHandlerIntelX64:
-    ret_type = int
+    """Bareflank's bare minimum Intel x64 exit handler: one per vCPU, called at every VM exit.
 
-    # Basic exit reason -> handler method, the switch of Bareflank's handle_exit.
+    The VMM wires it to the vCPU's VMCS (``m_vmcs``), saved guest registers
+    (``m_state_save``), CPU (``m_cpu``), guest RAM (``m_memory``) and debug ring
+    (``m_debug_ring``), then calls ``dispatch()`` at each exit.  Subclass it and
+    override the ``handle_*`` methods you need; ``super()`` gives the seed's behaviour.
+    """
+
+    ret_type = int
+    """The type of a vmcall status (Bareflank's ``ret_type``)."""
+
     EXIT_HANDLERS: ClassVar[dict[int, str]] = {
         ExitReason.CPUID: "handle_cpuid",
         ExitReason.INVD: "handle_invd",
@@ -121,18 +137,15 @@ class ExitHandlerIntelX64:
         ExitReason.RDMSR: "handle_rdmsr",
         ExitReason.WRMSR: "handle_wrmsr",
     }
+    """Basic exit reason -> handler method, the switch of Bareflank's ``handle_exit``."""
     VMCALL_HANDLERS: ClassVar[dict[int, str]] = {
-        VmcallOpcode.VERSIONS: "handle_vmcall_versions",
-        VmcallOpcode.REGISTERS: "handle_vmcall_registers",
-        VmcallOpcode.DATA: "handle_vmcall_data",
-        VmcallOpcode.EVENT: "handle_vmcall_event",
-        VmcallOpcode.START: "handle_vmcall_start",
-        VmcallOpcode.STOP: "handle_vmcall_stop",
-        VmcallOpcode.UNITTEST: "handle_vmcall_unittest",
+        opcode: f"handle_vmcall_{opcode.name.lower()}" for opcode in VmcallOpcode
     }
-    # (major, minor, patch) answered for VERSIONS index USER; set it in a subclass.
+    """vmcall opcode -> handler method: ``handle_vmcall_<opcode>`` for each opcode of the ABI."""
     USER_VERSION: ClassVar[tuple[int, int, int]] = (0, 0, 0)
+    """(major, minor, patch) answered for VERSIONS index USER (10); set it in a subclass."""
     VMM_UNITTESTS: ClassVar[dict[int, str]] = {}
+    """UNITTEST index -> method, filled from the ``@vmm_unittest(index)`` marks."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -145,11 +158,17 @@ class ExitHandlerIntelX64:
 
     def __init__(self) -> None:
         self.m_vmcs: Vmcs = Vmcs()
+        """This vCPU's VMCS: exit information in, guest state and controls out."""
         self.m_state_save: StateSave = StateSave()
+        """The guest's general registers, RIP and RSP as saved at the exit."""
         self.m_cpu: PhysicalCpu = ModelCpu()
+        """What CPUID, RDMSR/WRMSR and WBINVD reach: the CPU model or the KVM vCPU."""
         self.m_memory: GuestPhysicalMemory | None = None
+        """Guest RAM (None until the VMM attaches it)."""
         self.m_debug_ring: DebugRing = DebugRing()
+        """This vCPU's log, read by ``bfm dump`` and ``VcpuResult.debug_ring``."""
         self.hypervisor_leaves: dict[int, CpuidRegisters] = hypervisor_leaves()
+        """CPUID leaf -> registers the handler answers itself (0x40000000, 0x40000001)."""
         self._exit_table: dict[int, Callable[[], None]] = {
             reason: getattr(self, name) for reason, name in self.EXIT_HANDLERS.items()
         }
@@ -159,18 +178,23 @@ class ExitHandlerIntelX64:
 
     # -- wiring (Bareflank's set_vmcs / set_state_save, and the VMM's others) --
     def set_vmcs(self, vmcs: Vmcs) -> None:
+        """Use ``vmcs`` as this vCPU's VMCS (Bareflank's ``set_vmcs``)."""
         self.m_vmcs = vmcs
 
     def set_state_save(self, state_save: StateSave) -> None:
+        """Use ``state_save`` for the guest registers saved at each exit."""
         self.m_state_save = state_save
 
     def set_cpu(self, cpu: PhysicalCpu) -> None:
+        """Use ``cpu`` for CPUID, MSRs and WBINVD: the CPU model, or the KVM vCPU."""
         self.m_cpu = cpu
 
     def set_memory(self, memory: GuestPhysicalMemory) -> None:
+        """Give the handler guest RAM, for ``map_guest_buffer`` (DATA vmcalls)."""
         self.m_memory = memory
 
     def set_debug_ring(self, ring: DebugRing) -> None:
+        """Write this vCPU's log (``log``, ``bfm dump``) to ``ring``."""
         self.m_debug_ring = ring
 
     def log(self, text: str, level: int = logging.INFO) -> None:
@@ -195,6 +219,7 @@ class ExitHandlerIntelX64:
             vmcs.resume()
 
     def halt(self) -> None:
+        """Log the guest registers and halt this vCPU: the VMM stops running it."""
         # Bareflank 1.1's report, line for line (its view_as_pointer hex: 0xbeef).
         state = self.m_state_save
         lines = ["", "", "Guest register state: ", _RULE]
@@ -204,29 +229,21 @@ class ExitHandlerIntelX64:
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
-        # As Bareflank 1.1: RAX (the opcode) is never written; EVENT, told apart by
-        # the opcode the guest left in RAX, writes back only RCX.  Spelled out rather
-        # than looped over INTEL_X64_REGISTER_MAP: this is the vmcall exit path.
+        """Hand ``regs`` and the status ``ret`` back to the guest and step over the VMCALL.
+
+        Call it yourself only for a vmcall completed later (the seed's use); the slots
+        written back are the ABI's ``RETURNED_SLOTS`` (EVENT: ``EVENT_RETURNED_SLOTS``).
+        """
+        # As Bareflank 1.1: EVENT is told apart by the opcode the guest left in RAX,
+        # and RAX itself is never written (RETURNED_SLOTS leaves r00 out).
         state = self.m_state_save
-        if state.rax == _EVENT:
-            state.rcx = regs.r02 & MASK64
-        else:
-            state.r15 = regs.r12 & MASK64
-            state.r14 = regs.r11 & MASK64
-            state.r13 = regs.r10 & MASK64
-            state.r12 = regs.r09 & MASK64
-            state.r11 = regs.r08 & MASK64
-            state.r10 = regs.r07 & MASK64
-            state.r09 = regs.r06 & MASK64
-            state.r08 = regs.r05 & MASK64
-            state.rsi = regs.r04 & MASK64
-            state.rbx = regs.r03 & MASK64
-            state.rcx = regs.r02 & MASK64
-        state.rdx = ret & MASK64
+        store = _store_event_registers if state.rax == _EVENT else _store_vmcall_registers
+        store(regs, state, ret)
         self.advance_rip()
 
     # -- protected members of the seed ----------------------------------------
     def handle_exit(self, reason: int) -> None:
+        """Run the handler of basic exit reason ``reason``, else ``unimplemented_handler``."""
         handler = self._exit_table.get(reason)
         if handler is None:
             self.unimplemented_handler()
@@ -234,6 +251,7 @@ class ExitHandlerIntelX64:
             handler()
 
     def handle_cpuid(self) -> None:
+        """Answer CPUID: the hypervisor leaves, else the CPU's, with CPUID.1:ECX[31] set."""
         state = self.m_state_save
         leaf = state.rax & MASK32
         regs = self.hypervisor_leaves.get(leaf)
@@ -245,17 +263,18 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def handle_invd(self) -> None:
+        """Carry out INVD as WBINVD (dropping caches the guest does not own is unsafe)."""
         # INVD would drop dirty lines the guest does not own: write back instead.
         self.m_cpu.wbinvd()
         self.advance_rip()
 
     def handle_vmcall(self) -> None:
-        state = self.m_state_save
-        regs = VmcallRegisters(
-            state.rax, state.rdx, state.rcx, state.rbx, state.rsi,
-            state.r08, state.r09, state.r10, state.r11, state.r12,
-            state.r13, state.r14, state.r15,
-        )  # fmt: skip
+        """Decode a vmcall from the guest registers, run its opcode, complete it.
+
+        A bad magic number, an unknown opcode or a handler that raises returns
+        BF_VMCALL_FAILURE to the guest and logs why.
+        """
+        regs = _load_vmcall_registers(self.m_state_save)
         ret = BF_VMCALL_SUCCESS
         try:
             if regs.r01 != VMCALL_MAGIC_NUMBER:
@@ -270,11 +289,13 @@ class ExitHandlerIntelX64:
         self.complete_vmcall(ret, regs)
 
     def handle_vmxoff(self) -> None:
+        """Promote: the vCPU leaves VMX operation, RIP still at the VMXOFF."""
         # RIP stays at the VMXOFF: Bareflank 1.1's promote resumed the guest there, now
         # outside VMX non-root operation, so the VMXOFF itself then executes.
         self.m_vmcs.promote()
 
     def handle_rdmsr(self) -> None:
+        """RDMSR: the VMCS-backed MSRs from the VMCS, others from the CPU (#GP if absent)."""
         state = self.m_state_save
         msr = state.rcx & MASK32
         backed = VMCS_BACKED_MSRS.get(msr)
@@ -293,6 +314,7 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def handle_wrmsr(self) -> None:
+        """WRMSR: the VMCS-backed MSRs into the VMCS, others to the CPU (#GP if absent)."""
         state = self.m_state_save
         msr = state.rcx & MASK32
         value = ((state.rdx & MASK32) << 32) | (state.rax & MASK32)
@@ -313,10 +335,13 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def advance_rip(self) -> None:
+        """Step the guest past the exiting instruction (RIP += the VM-exit instruction length)."""
         state = self.m_state_save
         state.rip = (state.rip + self.m_vmcs.read(_INSTRUCTION_LENGTH)) & MASK64
 
     def unimplemented_handler(self) -> None:
+        """Log the exit reason and exit information (and, for a failed VM entry,
+        the failed checks and the VMCS) and halt the vCPU."""
         vmcs = self.m_vmcs
         reason = vmcs.read(vmcs_fields.VM_EXIT_REASON)
         lines = ["", "", "Unimplemented Exit Handler: ", _RULE, f"- exit reason: {reason:#x}"]
@@ -341,6 +366,7 @@ class ExitHandlerIntelX64:
 
     # -- vmcall opcodes ---------------------------------------------------------
     def handle_vmcall_versions(self, regs: VmcallRegisters) -> None:
+        """VERSIONS: r02 = index (0 protocol, 1 pyflank, 10 ``USER_VERSION``) -> r03-r05."""
         if regs.r02 == VmcallVersionIndex.PROTOCOL:
             version = (VMCALL_VERSION, 0, 0)
         elif regs.r02 == VmcallVersionIndex.BAREFLANK:
@@ -352,20 +378,25 @@ class ExitHandlerIntelX64:
         regs.r03, regs.r04, regs.r05 = version
 
     def handle_vmcall_registers(self, regs: VmcallRegisters) -> None:
+        """REGISTERS: log r02-r12 as the guest sent them."""
         values = regs.as_tuple()
         lines = ["vmcall registers:", *(f"r{i:02d}: {values[i]:#x}" for i in range(2, 13))]
         self.log("\n".join(lines))
 
     def handle_vmcall_event(self, regs: VmcallRegisters) -> None:
+        """EVENT: log the event code in r02."""
         self.log(f"vmcall event:\nr02: {regs.r02:#x}")
 
     def handle_vmcall_start(self, regs: VmcallRegisters) -> None:
+        """START: nothing to do in the seed; override to act on it."""
         pass
 
     def handle_vmcall_stop(self, regs: VmcallRegisters) -> None:
+        """STOP: nothing to do in the seed; override to act on it."""
         pass
 
     def handle_vmcall_unittest(self, regs: VmcallRegisters) -> None:
+        """UNITTEST: run the in-VMM self-test registered for index r02 (``@vmm_unittest``)."""
         name = self.VMM_UNITTESTS.get(regs.r02)
         if name is None:
             raise VmcallError(f"unknown vmm unittest index: {regs.r02:#x}")
@@ -373,6 +404,8 @@ class ExitHandlerIntelX64:
         self.log(f"vmm unittest {regs.r02} ({name}): passed")
 
     def handle_vmcall_data(self, regs: VmcallRegisters) -> None:
+        """DATA: map both guest buffers, pass the input to the handler of its type
+        and write the reply (type in r07, size in r09)."""
         in_type, in_addr, in_size = regs.r04, regs.r05, regs.r06
         out_addr, out_size = regs.r08, regs.r09
         if not in_addr or not out_addr:
@@ -412,13 +445,16 @@ class ExitHandlerIntelX64:
     def handle_vmcall_data_binary_unformatted(
         self, imap: GuestVirtualRange, omap: GuestVirtualRange
     ) -> None:
+        """Binary DATA: fill ``omap`` from ``imap``; default: copy."""
         self.log("received binary data")
         omap.write(imap.read())
 
     def reply_with_string(self, regs: VmcallRegisters, text: str, omap: GuestVirtualRange) -> None:
+        """Write ``text`` as an unformatted-string DATA reply into ``omap``."""
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
+        """Write ``value`` as a JSON DATA reply into ``omap`` (as nlohmann::json wrote it)."""
         self._reply(regs, VmcallDataType.STRING_JSON, bareflank_json(value), omap)
 
     def _reply(

@@ -170,9 +170,17 @@ class ExitTranslator:
             vmx = self._vmx_instruction(rip)
             if vmx is not None:
                 return self._vmx_exit(vmx, rip)
-            text = f"KVM could not emulate the instruction at {rip:#x}"
             if failure.flags & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
-                text += f" (bytes {bytes(failure.insn_bytes[: failure.insn_size]).hex(' ')})"
+                code = bytes(failure.insn_bytes[: failure.insn_size])
+            else:
+                sregs = self.vcpu.registers.sregs
+                code = self.code.read(rip, _MAX_INSN, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+            ins = vmx_decode.decode(code, rip)
+            text = f"KVM could not emulate the instruction at {rip:#x}: " + (
+                f"{ins} (bytes {code[: ins.len].hex(' ')})"
+                if not ins.is_invalid
+                else f"undecodable bytes {code.hex(' ') or '(none readable)'}"
+            )
             return self._stop(StopReason.EMULATION_FAILURE, text)
         return self._stop(StopReason.ERROR, f"KVM internal error {failure.suberror} at {rip:#x}")
 

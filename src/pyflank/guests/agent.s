@@ -23,33 +23,9 @@ agent_wait:
     in eax, dx
     test eax, eax
     jz agent_stop
-    mov rax, qword ptr [rbp + 0x00]
-    mov rdx, qword ptr [rbp + 0x08]
-    mov rcx, qword ptr [rbp + 0x10]
-    mov rbx, qword ptr [rbp + 0x18]
-    mov rsi, qword ptr [rbp + 0x20]
-    mov r8, qword ptr [rbp + 0x28]
-    mov r9, qword ptr [rbp + 0x30]
-    mov r10, qword ptr [rbp + 0x38]
-    mov r11, qword ptr [rbp + 0x40]
-    mov r12, qword ptr [rbp + 0x48]
-    mov r13, qword ptr [rbp + 0x50]
-    mov r14, qword ptr [rbp + 0x58]
-    mov r15, qword ptr [rbp + 0x60]
+    VMCALL_LOAD_SLOTS rbp
     call pyflank_vmcall
-    mov qword ptr [rbp + 0x00], rax
-    mov qword ptr [rbp + 0x08], rdx
-    mov qword ptr [rbp + 0x10], rcx
-    mov qword ptr [rbp + 0x18], rbx
-    mov qword ptr [rbp + 0x20], rsi
-    mov qword ptr [rbp + 0x28], r8
-    mov qword ptr [rbp + 0x30], r9
-    mov qword ptr [rbp + 0x38], r10
-    mov qword ptr [rbp + 0x40], r11
-    mov qword ptr [rbp + 0x48], r12
-    mov qword ptr [rbp + 0x50], r13
-    mov qword ptr [rbp + 0x58], r14
-    mov qword ptr [rbp + 0x60], r15
+    VMCALL_STORE_SLOTS rbp
     mov rdx, qword ptr [rbp + 0x800]
     inc edx
     out dx, eax
