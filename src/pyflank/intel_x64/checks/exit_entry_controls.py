@@ -161,10 +161,12 @@ def event_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """Bits 30:12 of the VM-entry interruption-information field are reserved
     (bit 13, nested exception, is not where IA32_VMX_BASIC bit 58 reports FRED's
     nested-exception support)."""
+    if not ctx.event_valid:
+        return
     reserved = b.EVENT_RESERVED_30_12
     if _nested_exception_supported(ctx):
         reserved &= ~b.EVENT_NESTED_EXCEPTION
-    if ctx.event_valid and ctx.event & reserved:
+    if ctx.event & reserved:
         yield "reserved interruption-information bits 30:12 are set", ctx.named(_EVENT)
 
 
