@@ -112,7 +112,7 @@ def test_mmio_write_is_an_ept_violation() -> None:
     assert qualification.data_write and not qualification.data_read
     assert vmcs.read(f.GUEST_RIP) == LAYOUT.code + 7  # at the faulting MOV, not past it
     assert vmcs.read(f.VM_EXIT_INSTRUCTION_LENGTH) == 6
-    assert "unimplemented exit reason" in guest.handler.m_debug_ring.read()
+    assert "- exit reason string: ept_violation\n" in guest.handler.m_debug_ring.read()
 
 
 class MmioDevice(ExitHandlerIntelX64):

@@ -36,19 +36,9 @@ from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
-from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu
+from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import (
-    IA32_DEBUGCTL,
-    IA32_EFER,
-    IA32_FS_BASE,
-    IA32_GS_BASE,
-    IA32_PAT,
-    IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS,
-    IA32_SYSENTER_EIP,
-    IA32_SYSENTER_ESP,
-)
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
 
@@ -57,31 +47,23 @@ log = logging.getLogger("pyflank.exit_handler")
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 MASK32 = 0xFFFF_FFFF
 
-# MSRs whose guest value lives in the VMCS guest-state area (SDM 25.4.2, 27.3.1).
-VMCS_BACKED_MSRS: dict[int, int] = {
-    IA32_DEBUGCTL: vmcs_fields.GUEST_IA32_DEBUGCTL,
-    IA32_PAT: vmcs_fields.GUEST_IA32_PAT,
-    IA32_EFER: vmcs_fields.GUEST_IA32_EFER,
-    IA32_PERF_GLOBAL_CTRL: vmcs_fields.GUEST_IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS: vmcs_fields.GUEST_IA32_SYSENTER_CS,
-    IA32_SYSENTER_ESP: vmcs_fields.GUEST_IA32_SYSENTER_ESP,
-    IA32_SYSENTER_EIP: vmcs_fields.GUEST_IA32_SYSENTER_EIP,
-    IA32_FS_BASE: vmcs_fields.GUEST_FS_BASE,
-    IA32_GS_BASE: vmcs_fields.GUEST_GS_BASE,
-}
 # Bareflank 1.1 answered these with 0: platform MSRs that fault on some
 # processors when a guest OS probes them (SMM monitor, BIOS sign, ...).
 ZERO_READ_MSRS = frozenset({0x31, 0x39, 0x1AE, 0x1AF, 0x602})
 
-# Exit-information fields the unimplemented handler reports, in Bareflank's order.
+# Exit-information fields the unimplemented handler reports, in Bareflank's order and words.
 EXIT_INFORMATION_REPORT = (
     ("exit qualification", vmcs_fields.EXIT_QUALIFICATION),
-    ("exit interruption information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
+    ("exit interrupt information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
     ("instruction length", vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH),
     ("instruction information", vmcs_fields.VM_EXIT_INSTRUCTION_INFORMATION),
     ("guest linear address", vmcs_fields.GUEST_LINEAR_ADDRESS),
     ("guest physical address", vmcs_fields.GUEST_PHYSICAL_ADDRESS),
 )
+
+# halt()'s register order and its section rule, as Bareflank 1.1 printed them.
+_HALT_REGISTERS = (*GENERAL_REGISTERS, "rip", "rsp")
+_RULE = "-" * 52
 
 _LAUNCHED = VmcsState.LAUNCHED
 _EVENT = int(VmcallOpcode.EVENT)
@@ -138,6 +120,28 @@ def _warn_unknown_handler(cls: type, name: str) -> None:
 
 class VmcallError(Exception):
     """A vmcall the handler refuses; the guest gets BF_VMCALL_FAILURE."""
+
+
+def _text(lines: list[str]) -> str:
+    """Lines as one debug-ring write, every line (blank ones too) newline-terminated."""
+    return "".join(line + "\n" for line in lines)
+
+
+def bareflank_json(value: Any) -> str:
+    """JSON text as Bareflank 1.1's nlohmann::json 2.0 dumped it: no spaces, object keys
+    in byte order (its objects were std::map), text other than control characters,
+    quote and backslash written as it is (UTF-8, not \\u escapes)."""
+    plain = json.loads(json.dumps(value))  # keys become strings, as JSON spells them
+    return json.dumps(_keys_in_byte_order(plain), separators=(",", ":"), ensure_ascii=False)
+
+
+def _keys_in_byte_order(value: Any) -> Any:
+    if isinstance(value, dict):
+        ordered = sorted(value, key=lambda key: key.encode("utf-8", "surrogateescape"))
+        return {key: _keys_in_byte_order(value[key]) for key in ordered}
+    if isinstance(value, list):
+        return [_keys_in_byte_order(item) for item in value]
+    return value
 
 
 def vmm_unittest(index: int) -> Callable[[F], F]:
@@ -261,11 +265,12 @@ class ExitHandlerIntelX64:
 
     def halt(self) -> None:
         """Log the guest registers and halt this vCPU: the VMM stops running it."""
+        # Bareflank 1.1's report, line for line (its view_as_pointer hex: 0xbeef).
         state = self.m_state_save
-        lines = [f"halting vcpu: {state.vcpuid}"]
-        lines += [f"- {name}: {getattr(state, name):#018x}" for name in GENERAL_REGISTERS]
-        lines += [f"- rip: {state.rip:#018x}", f"- rsp: {state.rsp:#018x}"]
-        self.log("\n".join(lines), logging.ERROR)
+        lines = ["", "", "Guest register state: ", _RULE]
+        lines += [f"- m_state_save->{name}: {getattr(state, name):#x}" for name in _HALT_REGISTERS]
+        lines += ["", "", "CPU Halted: ", _RULE, f"- vcpuid: {state.vcpuid}", "", ""]
+        self.log(_text(lines), logging.ERROR)
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
@@ -274,8 +279,11 @@ class ExitHandlerIntelX64:
         Call it yourself only for a vmcall completed later (the seed's use); the slots
         written back are the ABI's ``RETURNED_SLOTS`` (EVENT: ``EVENT_RETURNED_SLOTS``).
         """
-        store = _store_event_registers if regs.r00 == _EVENT else _store_vmcall_registers
-        store(regs, self.m_state_save, ret)
+        # As Bareflank 1.1: EVENT is told apart by the opcode the guest left in RAX,
+        # and RAX itself is never written (RETURNED_SLOTS leaves r00 out).
+        state = self.m_state_save
+        store = _store_event_registers if state.rax == _EVENT else _store_vmcall_registers
+        store(regs, state, ret)
         self.advance_rip()
 
     # -- protected members of the seed ----------------------------------------
@@ -326,17 +334,18 @@ class ExitHandlerIntelX64:
         self.complete_vmcall(ret, regs)
 
     def handle_vmxoff(self) -> None:
-        """Step over VMXOFF and promote: the vCPU leaves VMX operation."""
-        self.advance_rip()
+        """Promote: the vCPU leaves VMX operation, RIP still at the VMXOFF."""
+        # RIP stays at the VMXOFF: Bareflank 1.1's promote resumed the guest there, now
+        # outside VMX non-root operation, so the VMXOFF itself then executes.
         self.m_vmcs.promote()
 
     def handle_rdmsr(self) -> None:
         """RDMSR: the VMCS-backed MSRs from the VMCS, others from the CPU (#GP if absent)."""
         state = self.m_state_save
         msr = state.rcx & MASK32
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            value = self.m_vmcs.read(field)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            value = self.m_vmcs.read(backed.field)
         elif msr in ZERO_READ_MSRS:
             value = 0
         else:
@@ -354,9 +363,14 @@ class ExitHandlerIntelX64:
         state = self.m_state_save
         msr = state.rcx & MASK32
         value = ((state.rdx & MASK32) << 32) | (state.rax & MASK32)
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            self.m_vmcs.write(field, value)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            # The MSR would refuse the value with #GP(0); the VMCS field never sees it.
+            fault = wrmsr_fault(self.m_cpu, msr, value)
+            if fault is not None:
+                self._inject_general_protection(fault)
+                return
+            self.m_vmcs.write(backed.field, value)
         elif msr not in ZERO_READ_MSRS:
             try:
                 self.m_cpu.wrmsr(msr, value)
@@ -375,16 +389,15 @@ class ExitHandlerIntelX64:
         the failed checks and the VMCS) and halt the vCPU."""
         vmcs = self.m_vmcs
         reason = vmcs.read(vmcs_fields.VM_EXIT_REASON)
-        lines = [
-            f"unimplemented exit reason: {exit_reasons.description(reason)}",
-            f"- exit reason: {reason:#018x}",
-            f"- exit reason string: {exit_reasons.description(reason)}",
-        ]
-        lines += [f"- {label}: {vmcs.read(enc):#018x}" for label, enc in EXIT_INFORMATION_REPORT]
+        lines = ["", "", "Unimplemented Exit Handler: ", _RULE, f"- exit reason: {reason:#x}"]
+        lines.append(f"- exit reason string: {exit_reasons.description(reason)}")
+        lines += [f"- {label}: {vmcs.read(enc):#x}" for label, enc in EXIT_INFORMATION_REPORT]
         info = vmcs.read(vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION)
         if info & (1 << 31):
             lines.append(f"- interruption: {qualifications.InterruptionInformation.decode(info)}")
-        self.log("\n".join(lines), logging.ERROR)
+        if reason & exit_reasons.VM_ENTRY_FAILURE:
+            lines += ["", "VM-entry failure detected!!!", ""]
+        self.log(_text(lines), logging.ERROR)
         if reason & exit_reasons.VM_ENTRY_FAILURE:
             self._report_vm_entry_failure()
         self.halt()
@@ -412,11 +425,12 @@ class ExitHandlerIntelX64:
     def handle_vmcall_registers(self, regs: VmcallRegisters) -> None:
         """REGISTERS: log r02-r12 as the guest sent them."""
         values = regs.as_tuple()
-        self.log("\n".join(f"r{i:02d}: {values[i]:#018x}" for i in range(2, 13)))
+        lines = ["vmcall registers:", *(f"r{i:02d}: {values[i]:#x}" for i in range(2, 13))]
+        self.log("\n".join(lines))
 
     def handle_vmcall_event(self, regs: VmcallRegisters) -> None:
         """EVENT: log the event code in r02."""
-        self.log(f"event: {regs.r02:#x}")
+        self.log(f"vmcall event:\nr02: {regs.r02:#x}")
 
     def handle_vmcall_start(self, regs: VmcallRegisters) -> None:
         """START: nothing to do in the seed; override to act on it."""
@@ -470,13 +484,14 @@ class ExitHandlerIntelX64:
 
     def handle_vmcall_data_string_json(self, ijson: Any) -> Any:
         """Return the reply (the C++ ``ojson`` out-parameter); default: echo."""
-        self.log(f"received in vmm: {json.dumps(ijson)}")
+        self.log(f"received in vmm: {bareflank_json(ijson)}")
         return ijson
 
     def handle_vmcall_data_binary_unformatted(
         self, imap: GuestVirtualRange, omap: GuestVirtualRange
     ) -> None:
         """Binary DATA: fill ``omap`` from ``imap``; default: copy."""
+        self.log("received binary data")
         omap.write(imap.read())
 
     def reply_with_string(self, regs: VmcallRegisters, text: str, omap: GuestVirtualRange) -> None:
@@ -484,9 +499,8 @@ class ExitHandlerIntelX64:
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
-        """Write ``value`` as a JSON DATA reply into ``omap``."""
-        text = json.dumps(value, separators=(",", ":"))
-        self._reply(regs, VmcallDataType.STRING_JSON, text, omap)
+        """Write ``value`` as a JSON DATA reply into ``omap`` (as nlohmann::json wrote it)."""
+        self._reply(regs, VmcallDataType.STRING_JSON, bareflank_json(value), omap)
 
     def _reply(
         self, regs: VmcallRegisters, kind: VmcallDataType, text: str, omap: GuestVirtualRange

@@ -37,8 +37,9 @@ from pyflank.backends.emu.engine import read_code
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import decode as dec
-from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.cpu import ModelCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.processor import (
     EntryPlan,
@@ -53,6 +54,7 @@ from pyflank.processor.delivery import (
     ERROR_CODE_VECTORS,
     VECTOR_BP,
     VECTOR_DB,
+    VECTOR_GP,
     VECTOR_PF,
     VECTOR_UD,
 )
@@ -100,17 +102,6 @@ _QUICK_LENGTH: Final = {
     b"\x0f\x08": 2,  # INVD
     b"\x0f\x09": 2,  # WBINVD
 }
-VMCS_BACKED_MSRS: Final = {
-    0x1D9: f.GUEST_IA32_DEBUGCTL,
-    0x277: f.GUEST_IA32_PAT,
-    0xC000_0080: f.GUEST_IA32_EFER,
-    0x38F: f.GUEST_IA32_PERF_GLOBAL_CTRL,
-    0x174: f.GUEST_IA32_SYSENTER_CS,
-    0x175: f.GUEST_IA32_SYSENTER_ESP,
-    0x176: f.GUEST_IA32_SYSENTER_EIP,
-    0xC000_0100: f.GUEST_FS_BASE,
-    0xC000_0101: f.GUEST_GS_BASE,
-}
 _IO_QUICK: Final = {  # unprefixed IN/OUT opcode -> (length, is IN, port is an immediate)
     0xE4: (2, True, True), 0xE5: (2, True, True), 0xE6: (2, False, True),
     0xE7: (2, False, True), 0xEC: (1, True, False), 0xED: (1, True, False),
@@ -134,8 +125,8 @@ class ExitHooks:
 
     __slots__ = (
         "_callbacks", "_code2", "_code2_args", "_code_at", "_dr7", "_drain_context", "_head",
-        "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "decide", "draining", "engine",
-        "memory", "outcome", "policy", "ports",
+        "_model", "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "decide", "draining",
+        "engine", "memory", "outcome", "policy", "ports",
     )  # fmt: skip
 
     def __init__(
@@ -175,6 +166,7 @@ class ExitHooks:
         engine.hook(uc_const.UC_HOOK_INTR, intr)
         engine.hook(uc_const.UC_HOOK_INSN_INVALID, invalid)
         self._rdtsc_hook: int | None = None
+        self._model = ModelCpu()  # what the WRMSR rules ask of the processor (address widths)
 
     def set_policy(self, policy: ExitPolicy) -> None:
         self.policy = policy
@@ -512,10 +504,13 @@ class ExitHooks:
         if write:
             high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
             value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
+            if wrmsr_fault(self._model, msr, value) is not None:
+                self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
+                return
             cpu_msrs.write_msr(e, msr, value)
-            field = VMCS_BACKED_MSRS.get(msr)
-            if field is not None:
-                self.capture.noted[field] = value
+            backed = VMCS_BACKED_MSRS.get(msr)
+            if backed is not None:
+                self.capture.noted[backed.field] = value
         else:
             value = cpu_msrs.read_msr(e, msr)
             e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
