@@ -118,13 +118,8 @@ class ExitPolicy:
     exception_bitmap: int
     pfec_mask: int
     pfec_match: int
-    cr3_load: bool
-    cr3_store: bool
-    cr8_load: bool
-    cr8_store: bool
     cr3_targets: tuple[int, ...]
     mov_dr: bool
-    tsc_offset: int
 
     @property
     def io_exits(self) -> bool:
@@ -154,13 +149,8 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
         exception_bitmap=read(f.EXCEPTION_BITMAP),
         pfec_mask=read(f.PAGE_FAULT_ERROR_CODE_MASK),
         pfec_match=read(f.PAGE_FAULT_ERROR_CODE_MATCH),
-        cr3_load=bool(proc & Proc.CR3_LOAD_EXITING),
-        cr3_store=bool(proc & Proc.CR3_STORE_EXITING),
-        cr8_load=bool(proc & Proc.CR8_LOAD_EXITING),
-        cr8_store=bool(proc & Proc.CR8_STORE_EXITING),
         cr3_targets=tuple(
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
         mov_dr=bool(proc & Proc.MOV_DR_EXITING),
-        tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
     )
