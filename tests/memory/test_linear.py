@@ -16,8 +16,7 @@ from pyflank.memory import (
 
 RAM = 0x40_0000
 TABLES = (0x1000, 0x2_0000)
-PG, WP, LMA, NXE = 1 << 31, 1 << 16, 1 << 10, 1 << 11
-LONG_MODE = {"cr0": PG | WP | 1, "efer": LMA | NXE}
+LONG_MODE = {"paging": True, "long_mode": True, "wp": True, "nxe": True}
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def pt(mem: GuestPhysicalMemory) -> PageTableBuilder:
 
 
 def test_without_paging_linear_is_physical(mem: GuestPhysicalMemory) -> None:
-    linear = GuestLinear(mem, cr0=1, cr3=0xDEAD000, efer=0)
+    linear = GuestLinear(mem, paging=False, cr3=0xDEAD000)
     linear.write(0x3_0FFE, b"abcd")
     assert mem.read(0x3_0FFE, 4) == b"abcd"
     assert linear.read(0x3_0FFF, 2) == b"bc"
@@ -81,10 +80,10 @@ def test_handler_buffers_are_mapped_through_the_same_walk(
     buffer = GuestLinear(mem, cr3=pt.cr3, **LONG_MODE).map(gva + 8, 16, writable=True)
     buffer.write(b"x" * 16)
     assert mem.read(0x3_0008, 16) == b"x" * 16
-    physical = GuestLinear(mem, cr0=1, cr3=0, efer=0).map(0x3_0000, 8, writable=False)
+    physical = GuestLinear(mem, paging=False).map(0x3_0000, 8, writable=False)
     assert physical.read() == mem.read(0x3_0000, 8)
 
 
 def test_32_bit_paging_is_named_not_walked(mem: GuestPhysicalMemory) -> None:
     with pytest.raises(PagingNotModelled):
-        GuestLinear(mem, cr0=PG | 1, cr3=0x1000, efer=0)
+        GuestLinear(mem, paging=True, cr3=0x1000, long_mode=False)

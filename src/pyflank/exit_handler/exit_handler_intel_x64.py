@@ -34,7 +34,7 @@ from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
-from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
+from pyflank.intel_x64 import checks, dump, exit_reasons, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -516,7 +516,7 @@ class ExitHandlerIntelX64:
         if self.m_memory is None:
             raise VmcallError("no guest memory attached to this vCPU")
         read = self.m_vmcs.read
-        return GuestLinear(
+        return paging.guest_linear(
             self.m_memory,
             cr0=read(vmcs_fields.GUEST_CR0),
             cr3=read(vmcs_fields.GUEST_CR3),

@@ -1,11 +1,11 @@
 """Guest-linear memory, as the guest's own paging maps it: the one reader every part of
 pyflank uses (event delivery, descriptor reads, instruction fetch, handler buffers).
 
-``GuestLinear`` is made from the paging state of one moment (CR0, CR3, CR4, EFER): with
-CR0.PG clear a linear address is physical; in IA-32e mode the 4-level walk of ``paging``
-applies.  (32-bit and PAE paging are not modelled: pyflank's guests run in long mode or
-without paging.)  Accesses that cross pages are walked page by page, so a fault names the
-first byte that faulted, as CR2 would.
+``GuestLinear`` is made from the paging state of one moment (paging on, IA-32e mode,
+CR0.WP, EFER.NXE, CR3; ``intel_x64.paging.guest_linear`` reads them from the registers):
+without paging a linear address is physical; in IA-32e mode the 4-level walk of
+``paging`` applies (32-bit and PAE paging are not modelled).  Accesses that cross pages
+are walked page by page, so a fault names the first byte that faulted, as CR2 would.
 """
 
 from __future__ import annotations
@@ -16,10 +16,6 @@ from pyflank.memory.mapping import GuestVirtualRange, map_guest_virtual
 from pyflank.memory.paging import PageFault, PageFaultReason, translate
 from pyflank.memory.physical import Buffer, GuestMemoryError, GuestPhysicalMemory
 
-CR0_WP = 1 << 16
-CR0_PG = 1 << 31
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
 _PAGE = 0x1000
 _MASK64 = (1 << 64) - 1
 
@@ -29,17 +25,27 @@ class PagingNotModelled(ValueError):
 
 
 class GuestLinear:
-    """``memory`` through the paging of one moment (``cr0``, ``cr3``, ``efer``)."""
+    """``memory`` through the paging of one moment: ``paging`` on, in IA-32e mode
+    (``long_mode``) with the tables at ``cr3``, ``wp`` (CR0.WP) and ``nxe`` (EFER.NXE)."""
 
     __slots__ = ("cr3", "memory", "nxe", "paging", "wp")
 
-    def __init__(self, memory: GuestPhysicalMemory, *, cr0: int, cr3: int, efer: int) -> None:
+    def __init__(
+        self,
+        memory: GuestPhysicalMemory,
+        *,
+        paging: bool,
+        cr3: int = 0,
+        long_mode: bool = True,
+        wp: bool = True,
+        nxe: bool = True,
+    ) -> None:
         self.memory = memory
         self.cr3 = cr3
-        self.paging = bool(cr0 & CR0_PG)
-        self.wp = bool(cr0 & CR0_WP)
-        self.nxe = bool(efer & EFER_NXE)
-        if self.paging and not efer & EFER_LMA:
+        self.paging = paging
+        self.wp = wp
+        self.nxe = nxe
+        if paging and not long_mode:
             raise PagingNotModelled("32-bit and PAE paging are not modelled (IA-32e mode only)")
 
     def physical(

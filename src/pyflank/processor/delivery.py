@@ -12,7 +12,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
+from pyflank.intel_x64.registers import RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM
 from pyflank.memory import GuestLinear, GuestPhysicalMemory, PageFault, PageFaultReason
 from pyflank.processor.records import Event
 
@@ -29,13 +31,6 @@ SOFTWARE_TYPES = frozenset(
     }
 )
 
-_RFLAGS_TF, _RFLAGS_IF, _RFLAGS_NT, _RFLAGS_RF, _RFLAGS_VM = (
-    1 << 8,
-    1 << 9,
-    1 << 14,
-    1 << 16,
-    1 << 17,
-)
 _GATE = struct.Struct("<HHBBHIxxxx")
 _Q = struct.Struct("<Q")
 _MASK64 = (1 << 64) - 1
@@ -109,7 +104,7 @@ def page_fault_error(reason: PageFaultReason, *, write: bool, fetch: bool, user:
 
 
 def _linear(memory: GuestPhysicalMemory, cpu: CpuView) -> GuestLinear:
-    return GuestLinear(memory, cr0=cpu.cr0, cr3=cpu.cr3, efer=cpu.efer)
+    return guest_linear(memory, cr0=cpu.cr0, cr3=cpu.cr3, efer=cpu.efer)
 
 
 def _page_fault(fault: PageFault, *, write: bool) -> DeliveryFault:
@@ -174,9 +169,9 @@ class Delivery:
         if event.error_code is not None:
             frame.append(event.error_code)
         rsp = self._push(cpu, rsp, frame)
-        rflags = cpu.rflags & ~(_RFLAGS_TF | _RFLAGS_NT | _RFLAGS_RF | _RFLAGS_VM)
+        rflags = cpu.rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM)
         if gate_type == 0xE:
-            rflags &= ~_RFLAGS_IF
+            rflags &= ~RFLAGS_IF
         rip = low | mid << 16 | high << 32
         return Landing(rip=rip, rsp=rsp, rflags=rflags, cs=(selector & ~3) | new_cpl, ss=ss)
 

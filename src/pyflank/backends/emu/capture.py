@@ -22,11 +22,12 @@ from unicorn import x86_const as x86
 
 from pyflank.backends.emu import cpu_msrs
 from pyflank.backends.emu.engine import RegisterBatch
-from pyflank.backends.emu.guest_state import CR4_VMXE, save_segments, save_system_segment
+from pyflank.backends.emu.guest_state import save_segments, save_system_segment
 from pyflank.backends.emu.register_file import CC_AT, HEAD_VALUES, NEVER_SEEN
 from pyflank.backends.emu.register_probe import register_file
 from pyflank.intel_x64 import fields as f
-from pyflank.memory import GuestLinear
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.intel_x64.registers import CR4_VMXE
 from pyflank.processor import ExitInformation, ExitRecord
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class StateCapture:
         efer = cpu_msrs.read_msr(self.engine, _EFER)
         save_segments(
             write,
-            GuestLinear(self.memory, cr0=cr0, cr3=cr3, efer=efer),
+            guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer),
             selectors,
             known[0][4:10] if known else None,
             gdt_base=gdtr[1],

@@ -19,7 +19,7 @@ from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.memory import GuestLinear
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
@@ -174,7 +174,7 @@ class EntryLoader:
         loaded: dict[int, int] = {}
         old = [values[fields[0]] for fields in SEGMENT_FIELDS]
         new = [old[0], landing.cs, landing.ss, *old[3:]]
-        linear = GuestLinear(
+        linear = guest_linear(
             self.memory,
             cr0=values[f.GUEST_CR0],
             cr3=values[f.GUEST_CR3],

@@ -12,10 +12,10 @@ import struct
 from collections.abc import Callable, Sequence
 
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.registers import AR_UNUSABLE
 from pyflank.memory import GuestLinear, GuestMemoryError, PageFault
 
-UNUSABLE = 1 << 16
-CR4_VMXE = 1 << 13
+UNUSABLE = AR_UNUSABLE
 _Q = struct.Struct("<Q")
 SEGMENT_NAMES = ("ES", "CS", "SS", "DS", "FS", "GS")
 SEGMENT_FIELDS = tuple(

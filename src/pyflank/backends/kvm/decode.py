@@ -18,6 +18,7 @@ from typing import Final
 import iced_x86
 
 from pyflank.backends.kvm.structs import KvmSregs
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.memory import GuestLinear, GuestPhysicalMemory
 
 MAX_INSTRUCTION_LENGTH: Final = 15
@@ -100,4 +101,4 @@ def memory_access_ending_at(before: bytes, rip: int, access_size: int) -> int:
 
 def guest_code(memory: GuestPhysicalMemory, sregs: KvmSregs) -> GuestLinear:
     """Guest memory as the vCPU's paging maps it now (instruction fetch)."""
-    return GuestLinear(memory, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+    return guest_linear(memory, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
