@@ -6,7 +6,8 @@
 package manager (``debian.Apt``): the kernel package ``linux-image-cloud-amd64`` (or
 ``-amd64``) resolved to its versioned package, its ``vmlinuz`` (a bzImage), ``config``
 and ``System.map`` (Debian's is a placeholder: the real one is in the -dbg package), and
-``busybox-static``.  Files live under ``$XDG_CACHE_HOME/pyflank/linux`` (default
+``busybox-static``; ``vmlinux()`` extracts the ELF kernel from the bzImage for the PVH
+entry.  Files live under ``$XDG_CACHE_HOME/pyflank/linux`` (default
 ``~/.cache/pyflank/linux``); ``manifest.json`` there records each package's version and
 each file's SHA-256, and what is cached is used without asking the package manager
 again (``--refresh`` asks for the newest).
@@ -25,6 +26,7 @@ from typing import Any, Final
 
 from pyflank.platform.linux import initramfs
 from pyflank.platform.linux.debian import Apt, Package, PackagesUnavailable
+from pyflank.platform.linux.payload import extract_vmlinux
 
 FLAVOURS: Final = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 BUSYBOX_PACKAGE: Final = "busybox-static"
@@ -195,6 +197,16 @@ def ensure(
     kernel = fetcher.kernel(flavour)
     busybox = fetcher.package(BUSYBOX_PACKAGE, {"./bin/busybox": "busybox"}, "busybox")
     return LinuxAssets(kernel, fetcher.initramfs(busybox), busybox["version"], cache.path)
+
+
+def vmlinux(kernel: Kernel) -> Path:
+    """The ELF kernel inside ``kernel``'s bzImage (for the PVH entry), extracted once."""
+    path = kernel.bzimage.with_name(f"vmlinux-{kernel.release}")
+    if not path.is_file() or path.stat().st_mtime < kernel.bzimage.stat().st_mtime:
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(extract_vmlinux(kernel.bzimage.read_bytes()))
+        partial.replace(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
