@@ -123,22 +123,16 @@ def write_gdt(
     memory.fill(layout.tss, TSS_LIMIT + 1)
 
 
-def segments_64(layout: LinuxLayout) -> dict[str, Segment]:
+def boot_segments(layout: LinuxLayout, *, long_mode: bool) -> dict[str, Segment]:
+    """Flat __BOOT_CS (64-bit or 32-bit code), __BOOT_DS for every data register, a busy
+    TSS (the type is the same number in both modes), no LDT."""
+    code_rights = CODE64_ACCESS_RIGHTS if long_mode else CODE32_ACCESS_RIGHTS
+    tss_rights = TSS64_BUSY_ACCESS_RIGHTS if long_mode else TSS32_BUSY_ACCESS_RIGHTS
     data = _flat(BOOT_DS, DATA_ACCESS_RIGHTS)
     return {
-        "cs": _flat(BOOT_CS, CODE64_ACCESS_RIGHTS),
+        "cs": _flat(BOOT_CS, code_rights),
         **dict.fromkeys(("ds", "es", "ss", "fs", "gs"), data),
-        "tr": Segment(BOOT_TSS, layout.tss, TSS_LIMIT, TSS64_BUSY_ACCESS_RIGHTS),
-        "ldtr": UNUSABLE,
-    }
-
-
-def segments_32(layout: LinuxLayout) -> dict[str, Segment]:
-    data = _flat(BOOT_DS, DATA_ACCESS_RIGHTS)
-    return {
-        "cs": _flat(BOOT_CS, CODE32_ACCESS_RIGHTS),
-        **dict.fromkeys(("ds", "es", "ss", "fs", "gs"), data),
-        "tr": Segment(BOOT_TSS, layout.tss, TSS_LIMIT, TSS32_BUSY_ACCESS_RIGHTS),
+        "tr": Segment(BOOT_TSS, layout.tss, TSS_LIMIT, tss_rights),
         "ldtr": UNUSABLE,
     }
 
@@ -148,7 +142,7 @@ def long_mode_entry(
 ) -> EntryState:
     """64-bit mode, paging on with all of RAM identity-mapped (2 MiB pages), flat
     __BOOT_CS/__BOOT_DS, interrupts off: Linux's 64-bit boot protocol."""
-    segments = segments_64(layout)
+    segments = boot_segments(layout, long_mode=True)
     write_gdt(memory, layout, segments)
     tables = PageTableBuilder(memory, layout.page_tables, layout.page_tables_end)
     tables.identity_map(0, memory.size, PAGE_SIZE_2M)
@@ -176,7 +170,7 @@ def protected_mode_entry(
 ) -> EntryState:
     """32-bit protected mode, paging off, flat 4 GiB code and data, interrupts off: the
     32-bit Linux boot protocol and the PVH entry."""
-    segments = segments_32(layout)
+    segments = boot_segments(layout, long_mode=False)
     write_gdt(memory, layout, segments)
     return EntryState(
         protocol=protocol,

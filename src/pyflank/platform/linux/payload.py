@@ -24,34 +24,32 @@ LZ4_LEGACY_BLOCK: Final = 8 << 20
 ELF_MAGIC: Final = b"\x7fELF"
 
 
+def _length(block: bytes, i: int, nibble: int) -> tuple[int, int]:
+    """A sequence's literal or match length: the token's nibble, and while it is at its
+    maximum, the bytes after it added up until one is not 255."""
+    length = nibble
+    if nibble == 15:
+        while True:
+            extra = block[i]
+            i += 1
+            length += extra
+            if extra != 255:
+                break
+    return length, i
+
+
 def _lz4_block_python(block: bytes, capacity: int) -> bytes:
     out = bytearray()
     i, end = 0, len(block)
     while i < end:
         token = block[i]
-        i += 1
-        literals = token >> 4
-        if literals == 15:
-            while True:
-                extra = block[i]
-                i += 1
-                literals += extra
-                if extra != 255:
-                    break
+        literals, i = _length(block, i + 1, token >> 4)
         out += block[i : i + literals]
         i += literals
         if i >= end:
             break  # the last sequence has literals only
         offset = block[i] | block[i + 1] << 8
-        i += 2
-        length = token & 15
-        if length == 15:
-            while True:
-                extra = block[i]
-                i += 1
-                length += extra
-                if extra != 255:
-                    break
+        length, i = _length(block, i + 2, token & 15)
         length += 4
         if not 0 < offset <= len(out):
             raise BootProtocolError("corrupt LZ4 block: a match reaches before the output")
