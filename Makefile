@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench lint clean venv linux-assets
+.PHONY: run test soak bench bench-reference docs lint clean venv linux-assets
 
 venv: $(STAMP)
 
@@ -27,6 +27,21 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# Keep this run's figures as the tracked reference (benchmarks/results/reference.json).
+bench-reference: $(STAMP)
+	$(BIN)/python -m benchmarks.run --reference
+
+# The API reference (pdoc).  Packages that define __all__ list their own submodules only, so
+# every top-level part is named here.
+DOCS_OUT     ?= build/docs
+DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank.abi \
+                pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
+                pyflank.platform pyflank.backends pyflank.cli
+
+docs: $(STAMP)
+	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)
+	@echo "API reference: $(DOCS_OUT)/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyflank.cli import manager
-from pyflank.cli.errors import ExtensionError
-from pyflank.cli.protocol import ProtocolError
-from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
-from pyflank.vmcall import (
+from pyflank.abi import (
+    ARGUMENT_SLOTS,
     BF_VMCALL_FAILURE,
+    DATA,
+    MAGIC_SLOT,
+    OPCODE_SLOT,
+    SIGNATURES,
     VMCALL_IN_BUFFER_SIZE,
     VMCALL_MAGIC_NUMBER,
     VMCALL_OUT_BUFFER_SIZE,
@@ -24,6 +25,10 @@ from pyflank.vmcall import (
     VmcallOpcode,
     VmcallVersionIndex,
 )
+from pyflank.cli import manager
+from pyflank.cli.errors import ExtensionError
+from pyflank.cli.protocol import ProtocolError
+from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 
 USAGE = """\
 Usage: bfm [OPTION]... load <extension>
@@ -63,6 +68,9 @@ VERSION_NAMES = {
     VmcallVersionIndex.BAREFLANK: "VMCALL_VERSION_PYFLANK",
     VmcallVersionIndex.USER: "VMCALL_VERSION_USER",
 }
+
+
+_VERSIONS = SIGNATURES[VmcallOpcode.VERSIONS]
 
 
 class UsageError(Exception):
@@ -148,17 +156,17 @@ def _vmcall_request(args: list[str]) -> tuple[dict[str, Any], Callable[[dict[str
         opcode = {"versions": VmcallOpcode.VERSIONS, "event": VmcallOpcode.EVENT}.get(
             kind, VmcallOpcode.UNITTEST
         )
-        request = {"regs": {"r00": int(opcode), "r02": index}}
+        request = {"regs": {OPCODE_SLOT: int(opcode), SIGNATURES[opcode].slot("index"): index}}
         if kind == "versions":
             return request, lambda r: _print_version(index, r)
         if kind == "event":
             return request, lambda r: "success"
         return request, lambda r: f"vmm unittest {index}: passed"
     if kind == "registers":
-        if not 1 <= len(rest) <= 11:
+        if not 1 <= len(rest) <= len(ARGUMENT_SLOTS):
             raise UsageError("vmcall registers takes 1 to 11 hex values (r2 ... r12)")
-        regs = {f"r{i + 2:02d}": _hex(v) for i, v in enumerate(rest)}
-        return {"regs": {"r00": int(VmcallOpcode.REGISTERS), **regs}}, _print_registers
+        regs = {slot: _hex(v) for slot, v in zip(ARGUMENT_SLOTS, rest, strict=False)}
+        return {"regs": {OPCODE_SLOT: int(VmcallOpcode.REGISTERS), **regs}}, _print_registers
     if kind == "string":
         if len(rest) != 2 or rest[0] not in ("unformatted", "json"):
             raise UsageError("usage: vmcall string unformatted|json <text>")
@@ -185,7 +193,7 @@ def _data(kind: VmcallDataType, data: bytes) -> dict[str, Any]:
     if len(data) > VMCALL_IN_BUFFER_SIZE:
         raise UsageError(f"vmcall data: {len(data)} bytes exceeds the 32-page limit")
     return {
-        "regs": {"r00": int(VmcallOpcode.DATA), "r04": int(kind)},
+        "regs": {OPCODE_SLOT: int(VmcallOpcode.DATA), DATA.slot("in_type"): int(kind)},
         "in": base64.b64encode(data).decode(),
         "out_size": VMCALL_OUT_BUFFER_SIZE,
     }
@@ -208,13 +216,13 @@ def _reply_bytes(reply: dict[str, Any]) -> bytes:
 def _print_version(index: int, reply: dict[str, Any]) -> str:
     regs = reply["regs"]
     name = VERSION_NAMES.get(VmcallVersionIndex(index), f"index {index}")
-    return f"{name}: {regs['r03']}.{regs['r04']}.{regs['r05']}"
+    return f"{name}: " + ".".join(str(regs[slot]) for _, slot in _VERSIONS.outputs)
 
 
 def _print_registers(reply: dict[str, Any]) -> str:
     regs = reply["regs"]
     lines = ["received from vmm:"]
-    lines += [f"  r{i:02d}: {regs[f'r{i:02d}']:#018x}" for i in range(2, 13)]
+    lines += [f"  {slot}: {regs[slot]:#018x}" for slot in ARGUMENT_SLOTS]
     return "\n".join(lines)
 
 
@@ -240,7 +248,7 @@ def _write_output(path: Path, reply: dict[str, Any]) -> str:
 
 def _vmcall(rt: RuntimeDir, cpuid: int, args: list[str]) -> str:
     request, show = _vmcall_request(args)
-    request["regs"]["r01"] = VMCALL_MAGIC_NUMBER
+    request["regs"][MAGIC_SLOT] = VMCALL_MAGIC_NUMBER
     reply = manager.vmcall(rt, cpuid, request)
     if reply["ret"] == BF_VMCALL_FAILURE:
         raise manager.ManagerError("the vmcall failed: BF_VMCALL_FAILURE (see bfm dump)")

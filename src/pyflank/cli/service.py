@@ -19,16 +19,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pyflank import guests
+from pyflank.abi import (
+    BF_VMCALL_FAILURE,
+    DATA,
+    OPCODE_SLOT,
+    SLOTS,
+    STATUS_SLOT,
+    VMCALL_OUT_BUFFER_SIZE,
+    VmcallOpcode,
+)
 from pyflank.backends.base import BackendUnavailable
 from pyflank.backends.factory import NAMES, resolve
 from pyflank.cli import protocol
 from pyflank.cli.extension import load_handler
 from pyflank.cli.runtime import RuntimeDir
 from pyflank.platform.mailbox import BASE_PORT, IN_OFFSET, OUT_OFFSET, SLOT_SIZE, Mailbox
-from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_OUT_BUFFER_SIZE, VmcallOpcode
 from pyflank.vmm import Vm
 
-AGENT = Path(__file__).resolve().parents[3] / "guests" / "agent.s"
 MAILBOX_BASE = 0x400000
 VMCALL_TIMEOUT = 30.0
 _TWO_MIB = 0x200000
@@ -45,7 +53,7 @@ def agent_source() -> str:
         f".equ MAILBOX_SLOT, {SLOT_SIZE:#x}\n"
         f".equ MAILBOX_PORT, {BASE_PORT:#x}\n"
     )
-    return constants + AGENT.read_text()
+    return constants + guests.read("agent.s")
 
 
 class VmmService:
@@ -93,28 +101,32 @@ class VmmService:
         cpuid, given = request.get("cpuid", 0), request.get("regs", {})
         if not isinstance(cpuid, int) or not isinstance(given, dict):
             return {"ok": False, "error": "malformed vmcall request"}
-        registers = [0] * 16
+        registers = [0] * len(SLOTS)
         for name, value in given.items():
             index = int(name[1:]) if name[:1] == "r" and name[1:].isdigit() else -1
-            if not 0 <= index < 16 or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            valid = isinstance(value, int) and 0 <= value < 1 << 64
+            if not 0 <= index < len(SLOTS) or not valid:
                 return {"ok": False, "error": f"bad register {name}={value!r}"}
             registers[index] = value
         data = base64.b64decode(request.get("in", "")) if request.get("in") else b""
-        is_data = registers[0] == VmcallOpcode.DATA
+        is_data = registers[SLOTS.index(OPCODE_SLOT)] == VmcallOpcode.DATA
         if is_data:
             slot = self.mailbox.slot_address(cpuid) if 0 <= cpuid < len(self.vm.vcpus) else 0
             out_size = min(int(request.get("out_size", VMCALL_OUT_BUFFER_SIZE)),
                            VMCALL_OUT_BUFFER_SIZE)  # fmt: skip
-            registers[5], registers[6] = slot + IN_OFFSET, len(data)
-            registers[8], registers[9] = slot + OUT_OFFSET, out_size
+            registers[DATA.index("in_addr")] = slot + IN_OFFSET
+            registers[DATA.index("in_size")] = len(data)
+            registers[DATA.index("out_addr")] = slot + OUT_OFFSET
+            registers[DATA.index("out_size")] = out_size
         try:
             reply = self.mailbox.vmcall(cpuid, registers, data, timeout=VMCALL_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - the client's failure, never the service's
             return {"ok": False, "error": str(exc)}
-        regs = {f"r{i:02d}": v for i, v in enumerate(reply.registers)}
-        result: dict[str, Any] = {"ok": True, "ret": reply.registers[1], "regs": regs}
-        if is_data and reply.registers[1] != BF_VMCALL_FAILURE:
-            length = min(reply.registers[9], len(reply.out))
+        regs = dict(zip(SLOTS, reply.registers, strict=True))
+        status = regs[STATUS_SLOT]
+        result: dict[str, Any] = {"ok": True, "ret": status, "regs": regs}
+        if is_data and status != BF_VMCALL_FAILURE:
+            length = min(reply.registers[DATA.index("reply_size")], len(reply.out))
             result["out"] = base64.b64encode(reply.out[:length]).decode()
         return result
 

@@ -17,8 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
+from pyflank.abi import SLOTS, VMCALL_IN_BUFFER_SIZE, VMCALL_OUT_BUFFER_SIZE
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.vmcall import VMCALL_IN_BUFFER_SIZE, VMCALL_OUT_BUFFER_SIZE
 
 BASE_PORT: Final = 0x0510
 COMMAND_STOP: Final = 0
@@ -28,7 +28,7 @@ REGISTERS_OFFSET: Final = 0x0
 IN_OFFSET: Final = 0x1000
 OUT_OFFSET: Final = IN_OFFSET + VMCALL_IN_BUFFER_SIZE
 SLOT_SIZE: Final = OUT_OFFSET + VMCALL_OUT_BUFFER_SIZE
-_REGISTERS = struct.Struct("<16Q")
+_REGISTERS = struct.Struct(f"<{len(SLOTS)}Q")  # slot i at 8 i, as VMCALL_LOAD_SLOTS reads it
 
 
 class MailboxError(Exception):
@@ -69,7 +69,7 @@ class Mailbox:
         """Have vCPU ``vcpuid``'s agent execute a vmcall; DATA buffers are the slot's."""
         if not 0 <= vcpuid < len(self._slots):
             raise MailboxError(f"no vCPU {vcpuid} (the VMM runs {len(self._slots)})")
-        if len(registers) != 16 or len(data) > VMCALL_IN_BUFFER_SIZE:
+        if len(registers) != len(SLOTS) or len(data) > VMCALL_IN_BUFFER_SIZE:
             raise MailboxError("a vmcall carries 16 registers and at most 32 pages of data")
         slot, address = self._slots[vcpuid], self.slot_address(vcpuid)
         with slot.lock:

@@ -13,24 +13,25 @@ from pyflank.intel_x64.controls import (
     PinBasedControls,
     PrimaryProcessorBasedControls,
     SecondaryProcessorBasedControls,
+    SecondaryVmExitControls,
+    TertiaryProcessorBasedControls,
     VmEntryControls,
     VmExitControls,
 )
+from pyflank.intel_x64.msrs import EFER_LMA as EFER_LMA
+from pyflank.intel_x64.msrs import EFER_LME as EFER_LME
+from pyflank.intel_x64.msrs import EFER_NXE as EFER_NXE
+from pyflank.intel_x64.msrs import EFER_SCE as EFER_SCE
 
 # -- control registers, EFER, RFLAGS (SDM Vol. 3A, "Control Registers") --------
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
 CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
-CR4_PAE, CR4_VMXE, CR4_PCIDE, CR4_CET = 1 << 5, 1 << 13, 1 << 17, 1 << 23
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 17
+CR4_PAE, CR4_VMXE, CR4_PCIDE, CR4_CET, CR4_FRED = 1 << 5, 1 << 13, 1 << 17, 1 << 23, 1 << 32
+RFLAGS_TF, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM = 1 << 8, 1 << 9, 3 << 12, 1 << 17
 RFLAGS_FIXED1 = 1 << 1
 # 63:22, 15, 5 and 3 are reserved and must be 0 (SDM 26.3.1.4).
 RFLAGS_RESERVED0: Final[int] = ~((1 << 22) - 1) & ((1 << 64) - 1) | 1 << 15 | 1 << 5 | 1 << 3
 DEBUGCTL_BTF = 1 << 1
-# LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR, the freeze bits, uncore PMI, RTM_DEBUG.
-DEBUGCTL_DEFINED: Final[int] = 0xFFC3
-EFER_DEFINED: Final[int] = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
-PAT_MEMORY_TYPES: Final[frozenset[int]] = frozenset({0, 1, 4, 5, 6, 7})
 
 NAMES_CR0: Final[dict[int, str]] = {
     0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM",
@@ -97,6 +98,9 @@ PROC2_PML = int(_P2.ENABLE_PML)
 PROC2_EPT_VE = int(_P2.EPT_VIOLATION_VE)
 PROC2_MODE_BASED_EPT = int(_P2.MODE_BASED_EXECUTE_CONTROL_FOR_EPT)
 PROC2_SUB_PAGE = int(_P2.SUB_PAGE_WRITE_PERMISSIONS_FOR_EPT)
+PROC2_PT_GUEST_PHYSICAL = int(_P2.INTEL_PT_USES_GUEST_PHYSICAL_ADDRESSES)
+
+PROC3_IPI_VIRTUALIZATION = int(TertiaryProcessorBasedControls.IPI_VIRTUALIZATION)
 
 EXIT_HOST_64 = int(VmExitControls.HOST_ADDRESS_SPACE_SIZE)
 EXIT_LOAD_PERF_GLOBAL = int(VmExitControls.LOAD_IA32_PERF_GLOBAL_CTRL)
@@ -107,6 +111,8 @@ EXIT_SAVE_PREEMPTION = int(VmExitControls.SAVE_VMX_PREEMPTION_TIMER_VALUE)
 EXIT_LOAD_CET = int(VmExitControls.LOAD_CET_STATE)
 EXIT_LOAD_PKRS = int(VmExitControls.LOAD_PKRS)
 EXIT_SECONDARY = int(VmExitControls.ACTIVATE_SECONDARY_CONTROLS)
+EXIT_CLEAR_RTIT = int(VmExitControls.CLEAR_IA32_RTIT_CTL)
+EXIT2_LOAD_FRED = int(SecondaryVmExitControls.LOAD_IA32_FRED)
 
 ENTRY_LOAD_DEBUG = int(VmEntryControls.LOAD_DEBUG_CONTROLS)
 ENTRY_IA32E = int(VmEntryControls.IA_32E_MODE_GUEST)
@@ -118,15 +124,21 @@ ENTRY_LOAD_EFER = int(VmEntryControls.LOAD_IA32_EFER)
 ENTRY_LOAD_BNDCFGS = int(VmEntryControls.LOAD_IA32_BNDCFGS)
 ENTRY_LOAD_CET = int(VmEntryControls.LOAD_CET_STATE)
 ENTRY_LOAD_PKRS = int(VmEntryControls.LOAD_PKRS)
+ENTRY_LOAD_RTIT = int(VmEntryControls.LOAD_IA32_RTIT_CTL)
+ENTRY_LOAD_UINV = int(VmEntryControls.LOAD_UINV)
+ENTRY_LOAD_LBR_CTL = int(VmEntryControls.LOAD_GUEST_IA32_LBR_CTL)
+ENTRY_LOAD_FRED = int(VmEntryControls.LOAD_IA32_FRED)
 
 BLOCKING_BY_STI = int(InterruptibilityState.BLOCKING_BY_STI)
 BLOCKING_BY_MOV_SS = int(InterruptibilityState.BLOCKING_BY_MOV_SS)
 BLOCKING_BY_SMI = int(InterruptibilityState.BLOCKING_BY_SMI)
 BLOCKING_BY_NMI = int(InterruptibilityState.BLOCKING_BY_NMI)
+ENCLAVE_INTERRUPTION = int(InterruptibilityState.ENCLAVE_INTERRUPTION)
 
 # -- event injection (VM-entry interruption-information field) -----------------
 EVENT_VALID = 1 << 31
 EVENT_DELIVER_ERROR_CODE = 1 << 11
+EVENT_NESTED_EXCEPTION = 1 << 13  # FRED: the injected exception is nested
 EVENT_RESERVED_30_12: Final[int] = 0x7FFF_F000
 TYPE_EXTERNAL_INTERRUPT, TYPE_RESERVED, TYPE_NMI, TYPE_HARDWARE_EXCEPTION = 0, 1, 2, 3
 TYPE_SOFTWARE_INTERRUPT, TYPE_PRIVILEGED_SOFTWARE_EXCEPTION = 4, 5
