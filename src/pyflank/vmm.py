@@ -57,7 +57,7 @@ from pyflank.platform.boot import (
 from pyflank.platform.bus import PortBus
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.platform.serial import Serial16550
-from pyflank.processor import EntryPlan, ExitRecord, Stop, VmxProcessor
+from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
@@ -101,6 +101,8 @@ def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
             step = decide(happened)
         elif isinstance(happened, Stop):
             return processor.stopped(happened)
+        elif isinstance(happened, Pause):
+            step = processor.pause(happened)
         else:
             step = happened
     return step
@@ -143,6 +145,13 @@ class Vcpu:
         self.processor = VmxProcessor(
             self.handler, backend.unsupported, engine=f"{backend.name} backend", trace=trace
         )
+
+    def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
+        """Ask the running vCPU to stop (any thread): its engine, and a halted processor."""
+        if self.engine is not None:
+            self.engine.request_stop(reason)
+        if self.processor is not None:
+            self.processor.request_stop(reason)
 
     def _run(self) -> None:
         engine, processor = self.engine, self.processor
@@ -301,8 +310,7 @@ class Vm:
         for vcpu, thread in zip(self.vcpus, threads, strict=True):
             # A stop request can race with the vCPU re-entering the guest: repeat it.
             while thread.is_alive():
-                assert vcpu.engine is not None
-                vcpu.engine.request_stop(StopReason.TIMEOUT)
+                vcpu.request_stop(StopReason.TIMEOUT)
                 thread.join(0.01)
         results = []
         for vcpu in self.vcpus:
