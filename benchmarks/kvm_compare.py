@@ -17,7 +17,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import keystone
 
@@ -39,7 +38,6 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
-from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import StopReason, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
@@ -86,12 +84,8 @@ class BenchResult:
 class IoExitHandler(ExitHandlerIntelX64):
     """The seed's handler plus the least an I/O exit needs: step over the instruction."""
 
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        **ExitHandlerIntelX64.EXIT_HANDLERS,
-        ExitReason.IO_INSTRUCTION: "handle_io",
-    }
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.advance_rip()
 
 

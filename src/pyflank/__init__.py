@@ -14,8 +14,9 @@ import importlib
 import logging as _logging
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = (int(p) for p in __version__.split("."))
+from pyflank.abi.version import VERSION, __version__
+
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = VERSION
 
 # A library stays quiet unless the application configures logging.
 _logging.getLogger("pyflank").addHandler(_logging.NullHandler())

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyflank
 from pyflank import guests
 from pyflank.abi import VMCALL_VERSION
+from pyflank.abi.version import VERSION
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls, long_mode_guest_state
@@ -36,8 +36,8 @@ def versions_loop(calls: int, counts: int = 0x280000) -> str:
         "CALLS": calls,
         "COUNTS": counts,
         "PROTOCOL_MAJOR": VMCALL_VERSION,
-        "PYFLANK_MAJOR": pyflank.VERSION_MAJOR,
-        "PYFLANK_MINOR": pyflank.VERSION_MINOR,
+        "PYFLANK_MAJOR": VERSION[0],
+        "PYFLANK_MINOR": VERSION[1],
     }
     head = "".join(f".equ {name}, {value:#x}\n" for name, value in constants.items())
     return head + guests.read("versions_loop.s")
@@ -76,6 +76,7 @@ class ExitHarness:
             gdt_base=HARNESS_GDT, gdt_limit=0x1F, tr_base=HARNESS_TSS,
         )  # fmt: skip
         self.state.rip, self.state.rsp = HARNESS_RIP, HARNESS_RSP
+        self.handler.setup(vmcs)  # the controls the handler chooses, as the VMM would
         vmcs.load()
         vmcs.launch()
         vmcs.dirty.clear()

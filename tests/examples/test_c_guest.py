@@ -76,8 +76,8 @@ def test_every_vcpu_enters_with_its_id_and_its_stack(backend: str, tmp_path: Pat
     for result in results:
         ring = result.debug_ring
         assert result.reason is StopReason.GUEST_HLT, result.message
-        assert f"r02: {0x100 + result.vcpuid:#018x}" in ring and "r12: 0x0000000000c0ffee" in ring
-        assert f"event: {0x600 + result.vcpuid:#x}" in ring
+        assert f"r02: {0x100 + result.vcpuid:#x}\n" in ring and "r12: 0xc0ffee\n" in ring
+        assert f"vmcall event:\nr02: {0x600 + result.vcpuid:#x}\n" in ring
         assert "vmm unittest 1 (unittest_state_save_matches_vmcs): passed" in ring
 
 

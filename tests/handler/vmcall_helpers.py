@@ -1,7 +1,10 @@
 """A harness with DATA buffers in a non-identity mapping that crosses pages."""
 
+from collections.abc import Callable
+
 from pyflank.abi import VMCALL_MAGIC_NUMBER, VmcallOpcode
 from pyflank.abi.registers import REGISTER_OF_SLOT
+from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.testing import ExitHarness
 
@@ -13,8 +16,10 @@ OUT_GVA = BUFFERS_GVA + 0x1F00  # crosses page 1 -> 2
 OUT_SIZE = 0x200
 
 
-def buffer_harness() -> ExitHarness:
-    h = ExitHarness()
+def buffer_harness(
+    handler: Callable[[], ExitHandlerIntelX64] = ExitHandlerIntelX64,
+) -> ExitHarness:
+    h = ExitHarness(handler)
     for i, gpa in enumerate(BACKING):
         h.page_tables.map(BUFFERS_GVA + i * 0x1000, gpa, 0x1000)
     return h

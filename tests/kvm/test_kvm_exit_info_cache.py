@@ -43,7 +43,6 @@ again:
 
 
 class Poker(ExitHandlerIntelX64):
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,7 +61,7 @@ class Poker(ExitHandlerIntelX64):
             vmcs.write(f.GUEST_RFLAGS, vmcs.read(f.GUEST_RFLAGS) ^ 0x1)  # CF flips in the guest
         super().handle_exit(reason)
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.advance_rip()
 
 
@@ -102,10 +101,9 @@ def test_io(monkeypatch) -> None:
 
 
 class StopsIoExiting(ExitHandlerIntelX64):
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
     n = 0
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.n += 1
         if self.n == 10:
             e = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
@@ -116,7 +114,6 @@ class StopsIoExiting(ExitHandlerIntelX64):
 class StartsIoExiting(ExitHandlerIntelX64):
     """Turns I/O exiting on at a doorbell: the next OUTs exit."""
 
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
     n = 0
 
     def handle_vmcall(self) -> None:
@@ -124,7 +121,7 @@ class StartsIoExiting(ExitHandlerIntelX64):
         self.m_vmcs.write(e, int(self.m_vmcs.read(e)) | int(Primary.UNCONDITIONAL_IO_EXITING))
         super().handle_vmcall()
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.n += 1
         self.advance_rip()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
 
 from kvm_guest_helpers import LAYOUT, Guest, assemble
 
@@ -48,16 +47,12 @@ def test_efer_round_trip_through_the_msr_filter() -> None:
 
 
 class IoRecorder(ExitHandlerIntelX64):
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        **ExitHandlerIntelX64.EXIT_HANDLERS,
-        ExitReason.IO_INSTRUCTION: "handle_io",
-    }
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[IoInstruction, int, int]] = []
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         vmcs = self.m_vmcs
         io = IoInstruction.decode(vmcs.read(f.EXIT_QUALIFICATION))
         self.seen.append((io, vmcs.read(f.GUEST_RIP), vmcs.read(f.VM_EXIT_INSTRUCTION_LENGTH)))
@@ -117,16 +112,12 @@ def test_mmio_write_is_an_ept_violation() -> None:
     assert qualification.data_write and not qualification.data_read
     assert vmcs.read(f.GUEST_RIP) == LAYOUT.code + 7  # at the faulting MOV, not past it
     assert vmcs.read(f.VM_EXIT_INSTRUCTION_LENGTH) == 6
-    assert "unimplemented exit reason" in guest.handler.m_debug_ring.read()
+    assert "- exit reason string: ept_violation\n" in guest.handler.m_debug_ring.read()
 
 
 class MmioDevice(ExitHandlerIntelX64):
     """Emulates 32-bit loads from one MMIO register: the handler moves RIP itself."""
 
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        **ExitHandlerIntelX64.EXIT_HANDLERS,
-        ExitReason.EPT_VIOLATION: "handle_ept_violation",
-    }
 
     def handle_ept_violation(self) -> None:
         self.m_state_save.rax = 0xFEEDF00D

@@ -33,9 +33,10 @@ ARGUMENT_SLOTS: Final = tuple(
     slot for slot, _ in INTEL_X64_REGISTER_MAP if slot not in (OPCODE_SLOT, MAGIC_SLOT)
 )
 
-# What a completed vmcall writes back into the guest besides the status: every slot that
-# travels (Bareflank 1.1's complete_vmcall), but only r02 for EVENT.
-RETURNED_SLOTS: Final = tuple(s for s, _ in INTEL_X64_REGISTER_MAP if s != STATUS_SLOT)
+# What a completed vmcall writes back into the guest besides the status, as Bareflank 1.1's
+# complete_vmcall did: the argument slots r02-r12 (never r00: RAX keeps the opcode), but
+# only r02 for EVENT.
+RETURNED_SLOTS: Final = ARGUMENT_SLOTS
 EVENT_RETURNED_SLOTS: Final = ("r02",)
 
 # The I/O-port doorbell (CPUID 0x40000001 bit 1): OUT needs the port in DX, so the slot that

@@ -15,6 +15,7 @@ Bochs is the model: many exit producers (engines), one sink.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 
 from pyflank.exit_handler import ExitHandlerIntelX64
@@ -24,7 +25,15 @@ from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
+from pyflank.processor.interrupts import (
+    INTERRUPT_WINDOW_EXIT,
+    GuestClock,
+    Interrupt,
+    external_interrupt_exit,
+    pending_event,
+)
 from pyflank.processor.launch import refused_launch
+from pyflank.processor.machine import Machine
 from pyflank.processor.policy import CONTROL_ENCODINGS, ExitPolicy, exit_policy
 from pyflank.processor.records import (
     EXIT_INFORMATION_FIELDS,
@@ -32,12 +41,15 @@ from pyflank.processor.records import (
     Event,
     ExitInformation,
     ExitRecord,
+    Pause,
     Stop,
     StopReason,
 )
 
 MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
 _LAUNCHED = VmcsState.LAUNCHED
+_GUEST_HLT = StopReason.GUEST_HLT
+_INTERRUPT_EXITS = 16  # interrupt exits in a row before the guest is let run
 _GUEST_RIP, _GUEST_RSP, _GUEST_RFLAGS = f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
 _ENTRY_FAILURE = int(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE) | VM_ENTRY_FAILURE
@@ -63,8 +75,9 @@ class VmxProcessor:
     engine cannot honour (empty when it can run them)."""
 
     __slots__ = (
-        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp",
-        "engine", "exits", "fields", "handler", "state", "trace", "unsupported", "vmcs",
+        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp", "_stop",
+        "_stop_reason", "clock", "engine", "exits", "fields", "handler", "machine", "policy",
+        "state", "trace", "unsupported", "vmcs",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +87,7 @@ class VmxProcessor:
         *,
         engine: str = "engine",
         trace: bool = False,
+        machine: Machine | None = None,
     ) -> None:
         self.handler = handler
         self.vmcs = handler.m_vmcs
@@ -88,6 +102,17 @@ class VmxProcessor:
         self._resume = EntryPlan((), 0)  # the plan of an exit that only resumes
         self._failures = 0
         self._reload_all = False  # a failed entry loaded nothing: the next loads it all
+        self.policy: ExitPolicy = exit_policy(self.vmcs)  # as of the last entry
+        # The machine's interrupts and time, where there is one (a PC for Linux).
+        self.machine = machine
+        self.clock = GuestClock(machine) if machine is not None else None
+        self._stop = threading.Event()
+        self._stop_reason = StopReason.STOPPED
+
+    def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
+        """Wake a vCPU idling in HLT so that it stops (any thread)."""
+        self._stop_reason = reason
+        self._stop.set()
 
     # -- VMLAUNCH ---------------------------------------------------------------------
     def launch(self) -> EntryPlan | Stop:
@@ -105,7 +130,7 @@ class VmxProcessor:
     # -- VM exit ------------------------------------------------------------------------
     def exit(self, record: ExitRecord) -> EntryPlan | Stop:
         """One VM exit: store it, ``dispatch()``, and the next entry (or why not)."""
-        info, regs, rip, rflags, guest, detail = record
+        info, regs, rip, rflags, guest, detail, instructions = record
         if info is not self._info:  # (the same object again: the same, ordinary exit)
             if info[0] == _ENTRY_FAILURE:  # the engine refused the entry: nothing loaded
                 if self._failures >= MAX_ENTRY_FAILURES:
@@ -140,6 +165,9 @@ class VmxProcessor:
         self.exits += 1
         if self.trace is not None:
             self.trace.append((info[0] & 0xFFFF, rip))
+        clock = self.clock
+        if clock is not None:
+            clock.retired(instructions)
         self.handler.dispatch()
         vmcs = self.vmcs
         if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
@@ -149,29 +177,102 @@ class VmxProcessor:
                 s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
             )  # fmt: skip
             plan.rip = s.rip
-            return plan
+            return plan if clock is None else self._with_machine(plan)
         return self._entry()
+
+    def pause(self, pause: Pause) -> EntryPlan | Stop:
+        """The engine paused between exits: time passes, and interrupts may be due."""
+        self._store_state(pause.state)
+        clock = self.clock
+        if clock is None:
+            if pause.halted:  # nothing could ever wake it: the run is over
+                return self.stopped(Stop(_GUEST_HLT, "HLT with interrupts enabled: nothing "
+                                         "would wake the vCPU"))  # fmt: skip
+            return self._next_entry()
+        clock.retired(pause.state.instructions)
+        if pause.halted:
+            while pending_event(clock.machine, self.policy, self.vmcs) is Interrupt.NONE:
+                if not clock.idle(self._stop):
+                    return Stop(self._stop_reason, "stopped while the guest was halted")
+        return self._next_entry()
 
     def stopped(self, stop: Stop) -> Stop:
         """The engine stopped between exits: its last state goes to StateSave and VMCS."""
-        record = stop.state
-        if record is not None:
-            s = self.state
-            (
-                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
-                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
-            ) = record.regs  # fmt: skip
-            s.rip = record.rip
-            self._store_flow(s.rip, s.rsp, record.rflags)
-            write = self.vmcs.processor_write
-            for encoding, value in (record.guest or {}).items():
-                write(encoding, value)
+        if stop.state is not None:
+            self._store_state(stop.state)
         if stop.reason not in (StopReason.HALTED, StopReason.PROMOTED, StopReason.SHUTDOWN):
             self.handler.log(f"vcpu stopped ({stop.reason.value}): {stop.message}")
         return stop
 
+    def _store_state(self, record: ExitRecord) -> None:
+        """Guest state the engine reports between exits (a stop, a pause)."""
+        s = self.state
+        (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
+        ) = record.regs  # fmt: skip
+        s.rip = record.rip
+        self._store_flow(s.rip, s.rsp, record.rflags)
+        write = self.vmcs.processor_write
+        for encoding, value in (record.guest or {}).items():
+            write(encoding, value)
+
+    # -- interrupts and time ------------------------------------------------------------
+    def _with_machine(self, plan: EntryPlan | Stop) -> EntryPlan | Stop:
+        """The entry as the machine's interrupts and timers make it (SDM 26.6.5)."""
+        clock = self.clock
+        assert clock is not None
+        for _ in range(_INTERRUPT_EXITS):  # a handler may resume without taking one
+            if not isinstance(plan, EntryPlan):
+                return plan
+            if plan.event is not None:
+                break  # an injected event goes first
+            decision = pending_event(clock.machine, self.policy, self.vmcs)
+            if decision is Interrupt.NONE:
+                break
+            if decision is Interrupt.DELIVER:
+                vector = clock.machine.interrupts.acknowledge()
+                event = Event(vector, InterruptionType.EXTERNAL_INTERRUPT, None, plan.rip)
+                plan = EntryPlan(plan.regs, plan.rip, plan.changed, plan.fields, plan.policy,
+                                 event, plan.launch)  # fmt: skip
+                break
+            if not plan.simple:
+                break  # the guest state of this plan is not loaded yet: at the next entry
+            if decision is Interrupt.EXIT:
+                plan = self._exit_now(external_interrupt_exit(clock.machine, self.policy))
+            else:
+                plan = self._exit_now(INTERRUPT_WINDOW_EXIT)
+        if isinstance(plan, EntryPlan):
+            plan.budget = clock.budget()
+            plan.idle_ns = clock.idle_ns
+        return plan
+
+    def _exit_now(self, info: ExitInformation) -> EntryPlan | Stop:
+        """An exit the processor makes itself, at the instruction the guest would run next."""
+        vmcs, s = self.vmcs, self.state
+        self._store_flow(s.rip, s.rsp, vmcs.read(_GUEST_RFLAGS))
+        self._store_information(info)
+        self.exits += 1
+        if self.trace is not None:
+            self.trace.append((info[0] & 0xFFFF, s.rip))
+        self.handler.dispatch()
+        return self._next_entry(machine=False)
+
+    def _next_entry(self, *, machine: bool = True) -> EntryPlan | Stop:
+        """The entry after the handler ran, or after a pause (StateSave holds the guest)."""
+        vmcs, s = self.vmcs, self.state
+        if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
+            regs = (
+                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+            )  # fmt: skip
+            plan: EntryPlan | Stop = EntryPlan(regs, s.rip)
+        else:
+            plan = self._entry(machine=False)
+        return self._with_machine(plan) if machine and self.clock is not None else plan
+
     # -- VM entry -----------------------------------------------------------------------
-    def _entry(self, *, launch: bool = False) -> EntryPlan | Stop:
+    def _entry(self, *, launch: bool = False, machine: bool = True) -> EntryPlan | Stop:
         """The entry after the handler ran (the verdict, then what it changed)."""
         vmcs = self.vmcs
         self._rip = self._rflags = -1  # the handler may have written them
@@ -185,7 +286,7 @@ class VmxProcessor:
                 if problems:
                     why = "; ".join(problems)
                     return Stop(StopReason.ERROR, f"unsupported on the {self.engine}: {why}")
-                policy = exit_policy(vmcs)
+                policy = self.policy = exit_policy(vmcs)
             changed = _CHECKED_GUEST_STATE if self._reload_all else dirty & _CHECKED_GUEST_STATE
             if changed:
                 violations = checks.check_guest_state(vmcs, self.handler.m_cpu)
@@ -198,7 +299,7 @@ class VmxProcessor:
             dirty.clear()
             self._reload_all = False
             s = self.state
-            return EntryPlan(
+            plan = EntryPlan(
                 (
                     s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
                     s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
@@ -210,6 +311,7 @@ class VmxProcessor:
                 event,
                 launch,
             )  # fmt: skip
+            return self._with_machine(plan) if machine and self.clock is not None else plan
 
     def _entry_failure(self, violations: list[checks.Violation]) -> None:
         """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""

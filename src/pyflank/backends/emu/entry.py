@@ -19,6 +19,9 @@ from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import IA32_FMASK, IA32_LSTAR, IA32_STAR
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.intel_x64.registers import AR_DB, AR_G, AR_L, AR_P, AR_S, RFLAGS_FIXED1, RFLAGS_RF
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
@@ -30,12 +33,10 @@ if TYPE_CHECKING:
 
 _EFER = 0xC000_0080
 _PAT, _DEBUGCTL = 0x277, 0x1D9
-_STAR, _LSTAR, _FMASK = 0xC000_0081, 0xC000_0082, 0xC000_0084
 _RCX, _R11 = 1, 11  # in the SDM's register numbering
-_RFLAGS_RF, _RFLAGS_FIXED = 1 << 16, 1 << 1
-# SYSCALL's CS and SS (SDM Vol. 2B): flat, ring 0, fixed attributes in VMX access rights.
-_SYSCALL_CS_RIGHTS = 0xA09B  # execute/read accessed, S, P, L, G
-_SYSCALL_SS_RIGHTS = 0xC093  # read/write accessed, S, P, B, G
+# SYSCALL's CS and SS (SDM Vol. 2B): flat, ring 0, fixed attributes.
+_SYSCALL_CS_RIGHTS = 0xB | AR_S | AR_P | AR_L | AR_G  # execute/read, accessed; 64-bit
+_SYSCALL_SS_RIGHTS = 0x3 | AR_S | AR_P | AR_DB | AR_G  # read/write, accessed
 _FLAT_LIMIT = 0xFFFF_FFFF
 _VALID = 1 << 31
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
@@ -121,11 +122,13 @@ class EntryLoader:
         """Carry out a SYSCALL (SDM Vol. 2B): RCX = the next RIP, R11 = RFLAGS, RFLAGS
         masked by SFMASK, CS/SS from STAR with fixed attributes, ring 0 at LSTAR."""
         e = self.engine
-        star, lstar, fmask = (cpu_msrs.read_msr(e, msr) for msr in (_STAR, _LSTAR, _FMASK))
+        star, lstar, fmask = (
+            cpu_msrs.read_msr(e, msr) for msr in (IA32_STAR, IA32_LSTAR, IA32_FMASK)
+        )
         values = self._current_state()
         rflags = values[f.GUEST_RFLAGS]
         gprs = list(e.resume_at.read()[:16])
-        gprs[_RCX], gprs[_R11] = pending.next_rip, rflags & ~_RFLAGS_RF
+        gprs[_RCX], gprs[_R11] = pending.next_rip, rflags & ~RFLAGS_RF
         selector = star >> 32 & 0xFFFF
         for fields, loaded, rights in (
             (SEGMENT_FIELDS[1], selector & ~3, _SYSCALL_CS_RIGHTS),
@@ -134,7 +137,7 @@ class EntryLoader:
             sel_field, base_field, limit_field, rights_field = fields
             values.update({sel_field: loaded, base_field: 0, limit_field: _FLAT_LIMIT})
             values[rights_field] = rights
-        rflags = rflags & ~(fmask | _RFLAGS_RF) | _RFLAGS_FIXED
+        rflags = rflags & ~(fmask | RFLAGS_RF) | RFLAGS_FIXED1
         self.start_rip = self._full_entry(values, tuple(gprs), lstar, gprs[4], rflags)
 
     def _current_state(self) -> dict[int, int]:
@@ -203,12 +206,17 @@ class EntryLoader:
         loaded: dict[int, int] = {}
         old = [values[fields[0]] for fields in SEGMENT_FIELDS]
         new = [old[0], landing.cs, landing.ss, *old[3:]]
+        linear = guest_linear(
+            self.memory,
+            cr0=values[f.GUEST_CR0],
+            cr3=values[f.GUEST_CR3],
+            efer=values[f.GUEST_IA32_EFER],
+        )
         save_segments(
             loaded.__setitem__,
-            self.memory,
+            linear,
             new,
             old,
-            cr3=values[f.GUEST_CR3],
             gdt_base=values[f.GUEST_GDTR_BASE],
             gdt_limit=values[f.GUEST_GDTR_LIMIT],
         )

@@ -36,14 +36,16 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import read_code
-from pyflank.backends.emu.guest_state import read_descriptor
+from pyflank.backends.emu.guest_state import descriptor_fields, read_descriptor
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import decode as dec
-from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.cpu import MsrFault
+from pyflank.intel_x64.cpu import MsrFault, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
+from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE
 from pyflank.processor import (
     EntryPlan,
     Event,
@@ -92,8 +94,7 @@ Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
 
 _GUEST_HLT = StopReason.GUEST_HLT
 _EFER = 0xC000_0080
-_EFER_SCE_LMA = 1 << 0 | 1 << 10
-_L_BIT = 1 << 53  # of a code-segment descriptor: 64-bit
+_EFER_SCE_LMA = EFER_SCE | EFER_LMA
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
@@ -118,17 +119,6 @@ _QUICK_LENGTH: Final = {
     b"\x0f\x30": 2,  # WRMSR
     b"\x0f\x08": 2,  # INVD
     b"\x0f\x09": 2,  # WBINVD
-}
-VMCS_BACKED_MSRS: Final = {
-    0x1D9: f.GUEST_IA32_DEBUGCTL,
-    0x277: f.GUEST_IA32_PAT,
-    0xC000_0080: f.GUEST_IA32_EFER,
-    0x38F: f.GUEST_IA32_PERF_GLOBAL_CTRL,
-    0x174: f.GUEST_IA32_SYSENTER_CS,
-    0x175: f.GUEST_IA32_SYSENTER_ESP,
-    0x176: f.GUEST_IA32_SYSENTER_EIP,
-    0xC000_0100: f.GUEST_FS_BASE,
-    0xC000_0101: f.GUEST_GS_BASE,
 }
 _IO_QUICK: Final = {  # unprefixed IN/OUT opcode -> (length, is IN, port is an immediate)
     0xE4: (2, True, True), 0xE5: (2, True, True), 0xE6: (2, False, True),
@@ -284,7 +274,7 @@ class ExitHooks:
                 info = ExitInformation(_CPUID, 0, length)
             # An ExitRecord's fields as a plain tuple: the processor unpacks it by
             # position, and building the named tuple would cost a tenth of this exit.
-            record: Any = (info, v, rip, c.rflags, guest, "")
+            record: Any = (info, v, rip, c.rflags, guest, "", -1)
             plan = self.decide(record)
             if plan.simple and plan.rip == rip + length and plan.regs[4] == rsp:  # type: ignore[union-attr]
                 self._write_gprs(*plan.regs)  # type: ignore[union-attr]
@@ -518,13 +508,15 @@ class ExitHooks:
     def _syscall_enabled(self) -> bool:
         """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
         e = self.engine
-        if cpu_msrs.read_msr(e, _EFER) & _EFER_SCE_LMA != _EFER_SCE_LMA:
+        efer = cpu_msrs.read_msr(e, _EFER)
+        if efer & _EFER_SCE_LMA != _EFER_SCE_LMA:
             return False
         values = e.saved.read()
         gdtr = e.saved.mmr_tuples()[0]
-        cr3, cs = values[19], values[23]
-        descriptor = read_descriptor(self.memory, cr3, gdtr[1], gdtr[2], cs)
-        return descriptor is not None and bool(descriptor & _L_BIT)
+        cr0, cr3, cs = values[18], values[19], values[23]
+        linear = guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer)
+        descriptor = read_descriptor(linear, gdtr[1], gdtr[2], cs)
+        return descriptor is not None and bool(descriptor_fields(descriptor)[2] & AR_L)
 
     # -- RDMSR / WRMSR ------------------------------------------------------------------
     def _msr_exits(self, msr: int, write: bool) -> bool:
@@ -550,18 +542,21 @@ class ExitHooks:
             return
         # Not an exit: the access reaches the processor's own MSR -- the guest's value of a
         # VMCS-backed one (the engine holds it), else what the handler's CPU has.
-        field = VMCS_BACKED_MSRS.get(msr)
+        backed = VMCS_BACKED_MSRS.get(msr)
         try:
             if write:
                 high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
                 value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
-                if field is None:
+                if backed is None:
                     self.cpu.wrmsr(msr, value)
                 else:
+                    fault = wrmsr_fault(self.cpu, msr, value)
+                    if fault is not None:
+                        raise fault
                     cpu_msrs.write_msr(e, msr, value)
-                    self.capture.noted[field] = value
+                    self.capture.noted[backed.field] = value
             else:
-                value = self.cpu.rdmsr(msr) if field is None else cpu_msrs.read_msr(e, msr)
+                value = self.cpu.rdmsr(msr) if backed is None else cpu_msrs.read_msr(e, msr)
                 e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
                 e.write(x86.UC_X86_REG_RDX, value >> 32)
         except MsrFault:

@@ -18,19 +18,18 @@ from typing import Final
 from pyflank.backends.emu import cpu_msrs
 from pyflank.backends.emu.engine import Engine
 from pyflank.intel_x64 import msrs
-from pyflank.intel_x64.cpu import ModelCpu, MsrFault
-from pyflank.memory import is_canonical
+from pyflank.intel_x64.cpu import ModelCpu
 
-_MASK64 = (1 << 64) - 1
-# SDM Vol. 4: WRMSR of a non-canonical address to these is #GP; TSC_AUX has 32 bits.
-_ADDRESS_MSRS: Final = frozenset({msrs.IA32_LSTAR, msrs.IA32_CSTAR, msrs.IA32_KERNEL_GS_BASE})
-ENGINE_MSRS: Final = _ADDRESS_MSRS | {msrs.IA32_STAR, msrs.IA32_FMASK, msrs.IA32_TSC_AUX}
-
-
-def _refused(msr: int, value: int) -> bool:
-    if msr in _ADDRESS_MSRS:
-        return not is_canonical(value)
-    return msr == msrs.IA32_TSC_AUX and value >> 32 != 0
+ENGINE_MSRS: Final = frozenset(
+    {
+        msrs.IA32_STAR,
+        msrs.IA32_LSTAR,
+        msrs.IA32_CSTAR,
+        msrs.IA32_FMASK,
+        msrs.IA32_KERNEL_GS_BASE,
+        msrs.IA32_TSC_AUX,
+    }
+)
 
 
 class EngineCpu(ModelCpu):
@@ -49,7 +48,4 @@ class EngineCpu(ModelCpu):
         if msr not in ENGINE_MSRS:
             super().wrmsr(msr, value)
             return
-        value &= _MASK64
-        if _refused(msr, value):
-            raise MsrFault(msr, write=True)
-        cpu_msrs.write_msr(self.engine, msr, value)
+        cpu_msrs.write_msr(self.engine, msr, self.accepted(msr, value))

@@ -14,14 +14,12 @@ from enum import IntFlag
 from typing import Final
 
 from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.controls import (
-    PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
-    PinBasedControls,
-    PrimaryProcessorBasedControls,
-    SecondaryProcessorBasedControls,
-    VmEntryControls,
-    VmExitControls,
-)
+from pyflank.intel_x64.controls import PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1
+from pyflank.intel_x64.controls import PinBasedControls as Pin
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.controls import VmExitControls as Exit
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.processor.policy import (
     PIN_BASED_SUPPORTED,
@@ -29,12 +27,6 @@ from pyflank.processor.policy import (
     VM_EXIT_SUPPORTED,
     unsupported_controls,
 )
-
-Pin = PinBasedControls
-Proc = PrimaryProcessorBasedControls
-Proc2 = SecondaryProcessorBasedControls
-Exit = VmExitControls
-Entry = VmEntryControls
 
 GAPS: Final[dict[str, str]] = {
     "cpuid": "CPUID never exits: the handler's answers are sampled into KVM_SET_CPUID2 at setup",
