@@ -8,17 +8,20 @@ enter_user`` goes to ring 3 at ``user`` through IRETQ (with RFLAGS ``user_rflags
 (TSS.RSP0).  ``user_pages(vm)`` makes all of RAM user-accessible (a ``setup`` step).
 
 GDT: 0x08 kernel code64, 0x10 kernel data, 0x18 user code32, 0x20 user data, 0x28 user
-code64, 0x30 a 64-bit TSS (available until LTR makes it busy).  ``STAR`` is what
-SYSCALL/SYSRET need for that layout.
+code64, 0x30 user data again, 0x38 a 64-bit TSS (available until LTR makes it busy).
+``STAR`` is what SYSCALL/SYSRET need for that layout; SYSENTER_CS = 0x08 suits SYSENTER
+and a 64-bit SYSEXIT (user code at +32, data at +40).
 """
 
 from __future__ import annotations
+
+from emu_helpers import INTERRUPT_GATE, SET_GATE
 
 from pyflank.vmm import Vm
 
 KERNEL_CS, KERNEL_SS = 0x08, 0x10
 USER_SS, USER_CS = 0x20 | 3, 0x28 | 3
-TSS_SELECTOR = 0x30
+TSS_SELECTOR = 0x38
 STAR = 0x18 << 48 | KERNEL_CS << 32
 Gate = tuple[str, int, int]  # handler label, DPL, IST
 
@@ -37,8 +40,8 @@ def kernel_source(
     user_rflags: int = 0x2,
 ) -> str:
     installs = "\n".join(
-        f"    lea rax, [rip + {label}]\n    mov ecx, {vector}\n    mov edx, {0x8E | dpl << 5}\n"
-        f"    mov r8d, {ist}\n    call set_gate"
+        f"    lea rax, [rip + {label}]\n    mov ecx, {vector}\n"
+        f"    mov edx, {INTERRUPT_GATE | dpl << 5}\n    mov r8d, {ist}\n    call set_gate"
         for vector, (label, dpl, ist) in sorted((gates or {}).items())
     )
     return f"""
@@ -78,21 +81,7 @@ enter_user:
     push rax
     iretq
 
-set_gate:
-    lea rdi, [rip + idt]
-    shl rcx, 4
-    add rdi, rcx
-    mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], {KERNEL_CS}
-    mov byte ptr [rdi + 4], r8b
-    mov byte ptr [rdi + 5], dl
-    shr rax, 16
-    mov word ptr [rdi + 6], ax
-    shr rax, 16
-    mov dword ptr [rdi + 8], eax
-    mov dword ptr [rdi + 12], 0
-    ret
-
+{SET_GATE}
 user_entry:
 {user}
 {extra}
@@ -107,6 +96,7 @@ gdt:
     .quad 0x00CFFB000000FFFF
     .quad 0x00CFF3000000FFFF
     .quad 0x00AFFB000000FFFF
+    .quad 0x00CFF3000000FFFF
     .quad 0x0000890000000067
     .quad 0
 gdt_end:

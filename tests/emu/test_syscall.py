@@ -1,6 +1,6 @@
 """SYSCALL/SYSRET between ring 3 and ring 0 as the hardware does them (STAR, LSTAR,
-SFMASK, EFER.SCE; RCX/R11), and SWAPGS with KERNEL_GS_BASE -- the MSRs written by the
-guest's WRMSRs, which the seed's handler carries out."""
+SFMASK, EFER.SCE; RCX/R11), SWAPGS with KERNEL_GS_BASE, and SYSENTER -- the MSRs written
+by the guest's WRMSRs, which the seed's handler carries out."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from pyflank.intel_x64.msrs import (
     IA32_KERNEL_GS_BASE,
     IA32_LSTAR,
     IA32_STAR,
+    IA32_SYSENTER_CS,
+    IA32_SYSENTER_EIP,
+    IA32_SYSENTER_ESP,
 )
 
 SFMASK = 0x47700  # TF, DF, IF, IOPL, NT, AC: what Linux masks
@@ -99,3 +102,62 @@ def test_syscall_without_efer_sce_is_an_invalid_opcode(backend: str) -> None:
     _, result = run1(_kernel(enable_sce=False), setup=user_pages)
     assert result.state.r12 == 6
     assert result.state.rsi == USER_CS  # the #UD came from the SYSCALL in ring 3
+
+
+def _sysenter_kernel(sysenter_cs: int) -> str:
+    body = (
+        _wrmsr(IA32_SYSENTER_CS, f"mov rax, {sysenter_cs:#x}")
+        + _wrmsr(IA32_SYSENTER_EIP, "lea rax, [rip + sysenter_entry]")
+        + _wrmsr(IA32_SYSENTER_ESP, "lea rax, [rip + kstack_top]")
+        + "    xor r9, r9\n    jmp enter_user\n"
+    )
+    extra = """
+sysenter_entry:
+    inc r9
+    cmp r9, 2
+    je finish
+    mov r14, cs
+    mov r15, ss
+    mov r13, rsp
+    pushfq
+    pop r10
+    lea rdx, [rip + back_in_user]
+    lea rcx, [rip + ustack_top]
+    sysexit
+finish:
+    hlt
+on_gp:
+    mov r12, 13
+    hlt
+"""
+    user = """
+    mov rsi, cs
+    sysenter
+back_in_user:
+    mov rdi, cs
+    mov rbx, rsp
+    lea r8, [rip + ustack_top]
+    sysenter
+"""
+    return kernel_source(
+        body, user=user, extra=extra, gates={13: ("on_gp", 0, 0)}, user_rflags=0x202
+    )
+
+
+def test_sysenter_and_sysexit_round_trip() -> None:
+    kvm_gap("emulator")  # IRETQ to ring 3, SYSENTER, SYSEXIT
+    _, result = run1(_sysenter_kernel(KERNEL_CS), setup=user_pages)
+    s = result.state
+    assert result.reason is StopReason.GUEST_HLT, result.debug_ring
+    assert (s.rsi, s.r12, s.r09) == (USER_CS, 0, 2)
+    assert (s.r14, s.r15) == (KERNEL_CS, KERNEL_SS)  # SYSENTER: from SYSENTER_CS
+    assert s.r13 == result.vmcs.read(f.GUEST_IA32_SYSENTER_ESP)
+    assert s.r10 & (_RFLAGS_IF | _RFLAGS_RF) == 0
+    assert s.rdi == KERNEL_CS + 32 | 3 == USER_CS  # SYSEXIT (REX.W): 64-bit ring 3 at RDX
+    assert s.rbx == s.r08  # RSP = RCX
+
+
+@pytest.mark.parametrize("backend", ["emu"], indirect=True)
+def test_sysenter_without_a_sysenter_cs_is_a_gp(backend: str) -> None:
+    _, result = run1(_sysenter_kernel(0), setup=user_pages)
+    assert (result.state.r12, result.state.rsi) == (13, USER_CS)

@@ -27,6 +27,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
 from iced_x86 import Mnemonic
@@ -83,11 +84,21 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
+class FastCall(Enum):
+    """The fast system-call instructions the engine carries out itself."""
+
+    SYSCALL = "syscall"  # unicorn's is a no-op
+    SYSENTER = "sysenter"  # a no-op too, and #UD in 64-bit mode (an AMD processor's rule)
+    SYSEXIT = "sysexit"  # #UD in 64-bit mode there: to 32-bit ring 3
+    SYSEXIT64 = "sysexit64"  # REX.W SYSEXIT: to 64-bit ring 3
+
+
 @dataclass(frozen=True, slots=True)
 class GuestSyscall:
-    """A SYSCALL, which unicorn executes as a no-op: carried out by the run loop."""
+    """A fast system call to carry out in the run loop; ``next_rip``: past it."""
 
     next_rip: int
+    kind: FastCall = FastCall.SYSCALL
 
 
 Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
@@ -95,6 +106,12 @@ Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
 _GUEST_HLT = StopReason.GUEST_HLT
 _EFER = 0xC000_0080
 _EFER_SCE_LMA = EFER_SCE | EFER_LMA
+_SYSENTER_CS = 0x174
+_UNKNOWN_FAST_CALLS: Final = {
+    Mnemonic.SYSENTER: FastCall.SYSENTER,
+    Mnemonic.SYSEXIT: FastCall.SYSEXIT,
+    Mnemonic.SYSEXITQ: FastCall.SYSEXIT64,
+}
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
@@ -181,14 +198,16 @@ class ExitHooks:
             eng.OUT_CB(self._on_out),
             eng.INTR_CB(self._on_interrupt),
             eng.SYSCALL_CB(self._on_syscall),
+            eng.SYSCALL_CB(self._on_sysenter),
         )
-        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall = self._callbacks
+        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall, sysenter = self._callbacks
         engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
         engine.hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
         engine.hook_instruction(x86.UC_X86_INS_IN, in_cb)
         engine.hook_instruction(x86.UC_X86_INS_OUT, out_cb)
         engine.hook(uc_const.UC_HOOK_INTR, intr)
         engine.hook_instruction(x86.UC_X86_INS_SYSCALL, syscall)
+        engine.hook_instruction(x86.UC_X86_INS_SYSENTER, sysenter)
         self._rdtsc_hook: int | None = None
 
     def set_policy(self, policy: ExitPolicy) -> None:
@@ -488,22 +507,42 @@ class ExitHooks:
         state = record._replace(rip=next_rip)
         self._leave_precise(Stop(_GUEST_HLT, "HLT without HLT exiting", state))
 
-    # -- SYSCALL ------------------------------------------------------------------------
+    # -- SYSCALL, SYSENTER, SYSEXIT -------------------------------------------------------
+    # The hooks run in a QEMU helper that then only steps RIP past the instruction and
+    # ends the block: a precise place to stop.  The #UD ones are intercepts, precise too.
     def _on_syscall(self, _uc: int, _data: int) -> None:
-        # Runs in QEMU's SYSCALL helper, which then only steps RIP past the instruction and
-        # ends the block: a precise place to stop.
         try:
-            if self.draining:
-                return
-            rip = self.engine.read(x86.UC_X86_REG_RIP)
-            fetched = self.engine.fetch(rip)
-            length = 2 if fetched[:2] == b"\x0f\x05" else int(dec.decode(fetched, rip).len)
-            if self._syscall_enabled():
-                self._leave_precise(GuestSyscall(rip + length))
-            else:
-                self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
+            if not self.draining:
+                self._fast_call(FastCall.SYSCALL, self.engine.read(x86.UC_X86_REG_RIP))
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
+
+    def _on_sysenter(self, _uc: int, _data: int) -> None:
+        try:
+            if not self.draining:
+                self._fast_call(FastCall.SYSENTER, self.engine.read(x86.UC_X86_REG_RIP))
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _fast_call(self, kind: FastCall, rip: int) -> None:
+        fault = self._fast_call_fault(kind)
+        if fault is not None:
+            error = 0 if fault == VECTOR_GP else None
+            self._guest_exception(fault, InterruptionType.HARDWARE_EXCEPTION, error, rip)
+            return
+        length = int(dec.decode(self.engine.fetch(rip), rip).len)
+        self._leave_precise(GuestSyscall(rip + length, kind))
+
+    def _fast_call_fault(self, kind: FastCall) -> int | None:
+        """The exception the SDM has the instruction raise instead, if any."""
+        if kind is FastCall.SYSCALL:
+            return None if self._syscall_enabled() else VECTOR_UD
+        # SYSENTER/SYSEXIT: #GP(0) if IA32_SYSENTER_CS[15:2] is 0; SYSEXIT also at CPL > 0.
+        if cpu_msrs.read_msr(self.engine, _SYSENTER_CS) & 0xFFFC == 0:
+            return VECTOR_GP
+        if kind is not FastCall.SYSENTER and self.engine.read(x86.UC_X86_REG_CS) & 3:
+            return VECTOR_GP
+        return None
 
     def _syscall_enabled(self) -> bool:
         """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
@@ -592,11 +631,16 @@ class ExitHooks:
         self._guest_exception(vector, kind, None, rip, ins.len)
 
     def _invalid_opcode(self, rip: int) -> None:
-        """#UD at ``rip``: a VMX instruction's exit, INT1 (QEMU does not know it), or #UD."""
+        """#UD at ``rip``: a VMX instruction's exit, what QEMU's AMD model refuses and the
+        Intel one has (INT1; SYSENTER/SYSEXIT in 64-bit mode), or a #UD."""
         ins = dec.decode(self.engine.fetch(rip), rip)
         if not ins.is_invalid and ins.mnemonic == Mnemonic.INT1:
             kind = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION
             self._guest_exception(VECTOR_DB, kind, None, rip, ins.len)
+            return
+        fast_call = _UNKNOWN_FAST_CALLS.get(ins.mnemonic)
+        if fast_call is not None and not ins.is_invalid:
+            self._fast_call(fast_call, rip)
             return
         reason = None if ins.is_invalid else dec.VMX_EXITS.get(ins.mnemonic)
         if reason is ExitReason.VMFUNC and not self.policy.vmfunc_enabled:  # type: ignore[union-attr]

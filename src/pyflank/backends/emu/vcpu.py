@@ -7,9 +7,9 @@ into exit records (deciding in place where leaving unicorn would cost more than 
 is the handler's physical CPU (``cpu``), whose SYSCALL and TSC_AUX MSRs are unicorn's.
 
 Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs,
-SYSCALL enters ring 0 (carried out here: unicorn's does nothing), and HLT stops the vCPU
-as "guest HLT" (with RFLAGS.IF=1 too: the platform has no interrupt source that could
-ever wake it).
+SYSCALL and SYSENTER enter ring 0 (carried out here: unicorn's do nothing), and HLT stops
+the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no interrupt source that
+could ever wake it).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class EmuVcpu:
         if isinstance(outcome, GuestEvent):
             return self.loader.deliver_guest(outcome)
         if isinstance(outcome, GuestSyscall):
-            self.loader.syscall(outcome)
+            self.loader.fast_system_call(outcome)
             return None
         if outcome is not None:
             return outcome
