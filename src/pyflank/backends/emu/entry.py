@@ -16,51 +16,23 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as x86
 
-from pyflank.backends.emu import cpu_msrs, svm
+from pyflank.backends.emu import cpu_msrs, fast_calls, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
-from pyflank.backends.emu.hooks import FastCall
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import (
-    IA32_FMASK,
-    IA32_LSTAR,
-    IA32_STAR,
-    IA32_SYSENTER_CS,
-    IA32_SYSENTER_EIP,
-    IA32_SYSENTER_ESP,
-)
 from pyflank.intel_x64.paging import guest_linear
-from pyflank.intel_x64.registers import (
-    AR_DB,
-    AR_DPL_SHIFT,
-    AR_G,
-    AR_L,
-    AR_P,
-    AR_S,
-    RFLAGS_FIXED1,
-    RFLAGS_IF,
-    RFLAGS_RF,
-    RFLAGS_VM,
-)
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
 if TYPE_CHECKING:
     from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
-    from pyflank.backends.emu.hooks import ExitHooks, GuestEvent, GuestSyscall
+    from pyflank.backends.emu.fast_calls import GuestSyscall
+    from pyflank.backends.emu.hooks import ExitHooks, GuestEvent
     from pyflank.memory import GuestPhysicalMemory
 
 _EFER = 0xC000_0080
 _PAT, _DEBUGCTL = 0x277, 0x1D9
-_RCX, _RDX, _R11 = 1, 2, 11  # in the SDM's register numbering
-# The fast system calls' CS and SS (SDM Vol. 2B): flat, with fixed attributes.
-_FLAT_CODE = 0xB | AR_S | AR_P | AR_G  # execute/read, accessed
-_RING0_CODE64 = _FLAT_CODE | AR_L
-_RING3_CODE64 = _FLAT_CODE | AR_L | 3 << AR_DPL_SHIFT
-_RING3_CODE32 = _FLAT_CODE | AR_DB | 3 << AR_DPL_SHIFT
-_FLAT_DATA = 0x3 | AR_S | AR_P | AR_DB | AR_G  # read/write, accessed
-_FLAT_LIMIT = 0xFFFF_FFFF
 _VALID = 1 << 31
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
@@ -141,52 +113,16 @@ class EntryLoader:
         self.start_rip = self._full_entry(values, gprs, outcome.rip, outcome.rsp, outcome.rflags)
         return None
 
-    def fast_system_call(self, pending: GuestSyscall) -> None:
-        """Carry out SYSCALL, SYSENTER or SYSEXIT (SDM Vol. 2B), as in IA-32e mode: flat
-        CS and SS of fixed attributes from the MSRs, no descriptor read.
-
-        SYSCALL: ring 0 at LSTAR with CS/SS from STAR, RCX = the next RIP, R11 = RFLAGS,
-        RFLAGS masked by SFMASK.  SYSENTER: ring 0 at SYSENTER_EIP/ESP with CS/SS from
-        SYSENTER_CS; IF, VM and RF cleared.  SYSEXIT: ring 3 at RDX/RCX with CS/SS above
-        SYSENTER_CS (64-bit code with REX.W, else 32-bit code and EDX/ECX).
-        """
-        e = self.engine
-        read = functools.partial(cpu_msrs.read_msr, e)
+    def fast_system_call(self, call: GuestSyscall) -> None:
+        """Carry out SYSCALL, SYSENTER or SYSEXIT (``fast_calls``): a full entry."""
         values = self._current_state()
-        rflags = values[f.GUEST_RFLAGS]
-        gprs = list(e.resume_at.read()[:16])
-        kind = pending.kind
-        masked = 0
-        if kind is FastCall.SYSCALL:
-            selector = read(IA32_STAR) >> 32 & 0xFFFF
-            cs, ss, rip, rsp = selector & 0xFFFC, selector + 8, read(IA32_LSTAR), gprs[4]
-            masked = read(IA32_FMASK) | RFLAGS_RF
-            gprs[_RCX], gprs[_R11] = pending.next_rip, rflags & ~RFLAGS_RF
-            code = _RING0_CODE64
-        elif kind is FastCall.SYSENTER:
-            cs = read(IA32_SYSENTER_CS) & 0xFFFC
-            ss, rip, rsp = cs + 8, read(IA32_SYSENTER_EIP), read(IA32_SYSENTER_ESP)
-            masked = RFLAGS_IF | RFLAGS_VM | RFLAGS_RF
-            code = _RING0_CODE64
-        else:
-            base = read(IA32_SYSENTER_CS) & 0xFFFC
-            if kind is FastCall.SYSEXIT64:
-                cs, ss, rip, rsp = base + 32 | 3, base + 40 | 3, gprs[_RDX], gprs[_RCX]
-                code = _RING3_CODE64
-            else:
-                cs, ss = base + 16 | 3, base + 24 | 3
-                rip, rsp = gprs[_RDX] & 0xFFFF_FFFF, gprs[_RCX] & 0xFFFF_FFFF
-                code = _RING3_CODE32
-        stack = _FLAT_DATA | (ss & 3) << AR_DPL_SHIFT
-        for fields, loaded, rights in (
-            (SEGMENT_FIELDS[1], cs, code),
-            (SEGMENT_FIELDS[2], ss, stack),
-        ):
-            sel_field, base_field, limit_field, rights_field = fields
-            values.update({sel_field: loaded, base_field: 0, limit_field: _FLAT_LIMIT})
-            values[rights_field] = rights
-        rflags = rflags & ~masked | RFLAGS_FIXED1
-        self.start_rip = self._full_entry(values, tuple(gprs), rip, rsp, rflags)
+        read = functools.partial(cpu_msrs.read_msr, self.engine)
+        gprs = self.engine.resume_at.read()[:16]
+        landing = fast_calls.land(call, read, gprs, values[f.GUEST_RFLAGS])
+        values.update(landing.segments)
+        self.start_rip = self._full_entry(
+            values, landing.gprs, landing.rip, landing.rsp, landing.rflags
+        )
 
     def _current_state(self) -> dict[int, int]:
         """The guest state now, in VMCS fields: the last exit's, with what moved since."""

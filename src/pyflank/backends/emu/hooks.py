@@ -23,11 +23,11 @@ What the run loop must do next is left in ``outcome``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
 from iced_x86 import Mnemonic
@@ -37,6 +37,7 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import read_code
+from pyflank.backends.emu.fast_calls import UNKNOWN_TO_QEMU, FastCall, GuestSyscall, sysenter_fault
 from pyflank.backends.emu.guest_state import descriptor_fields, read_descriptor
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
@@ -84,34 +85,11 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
-class FastCall(Enum):
-    """The fast system-call instructions the engine carries out itself."""
-
-    SYSCALL = "syscall"  # unicorn's is a no-op
-    SYSENTER = "sysenter"  # a no-op too, and #UD in 64-bit mode (an AMD processor's rule)
-    SYSEXIT = "sysexit"  # #UD in 64-bit mode there: to 32-bit ring 3
-    SYSEXIT64 = "sysexit64"  # REX.W SYSEXIT: to 64-bit ring 3
-
-
-@dataclass(frozen=True, slots=True)
-class GuestSyscall:
-    """A fast system call to carry out in the run loop; ``next_rip``: past it."""
-
-    next_rip: int
-    kind: FastCall = FastCall.SYSCALL
-
-
 Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
 
 _GUEST_HLT = StopReason.GUEST_HLT
 _EFER = 0xC000_0080
 _EFER_SCE_LMA = EFER_SCE | EFER_LMA
-_SYSENTER_CS = 0x174
-_UNKNOWN_FAST_CALLS: Final = {
-    Mnemonic.SYSENTER: FastCall.SYSENTER,
-    Mnemonic.SYSEXIT: FastCall.SYSEXIT,
-    Mnemonic.SYSEXITQ: FastCall.SYSEXIT64,
-}
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
@@ -537,12 +515,9 @@ class ExitHooks:
         """The exception the SDM has the instruction raise instead, if any."""
         if kind is FastCall.SYSCALL:
             return None if self._syscall_enabled() else VECTOR_UD
-        # SYSENTER/SYSEXIT: #GP(0) if IA32_SYSENTER_CS[15:2] is 0; SYSEXIT also at CPL > 0.
-        if cpu_msrs.read_msr(self.engine, _SYSENTER_CS) & 0xFFFC == 0:
-            return VECTOR_GP
-        if kind is not FastCall.SYSENTER and self.engine.read(x86.UC_X86_REG_CS) & 3:
-            return VECTOR_GP
-        return None
+        read = functools.partial(cpu_msrs.read_msr, self.engine)
+        cpl = self.engine.read(x86.UC_X86_REG_CS) & 3
+        return VECTOR_GP if sysenter_fault(read, kind, cpl) else None
 
     def _syscall_enabled(self) -> bool:
         """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
@@ -638,7 +613,7 @@ class ExitHooks:
             kind = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION
             self._guest_exception(VECTOR_DB, kind, None, rip, ins.len)
             return
-        fast_call = _UNKNOWN_FAST_CALLS.get(ins.mnemonic)
+        fast_call = UNKNOWN_TO_QEMU.get(ins.mnemonic)
         if fast_call is not None and not ins.is_invalid:
             self._fast_call(fast_call, rip)
             return

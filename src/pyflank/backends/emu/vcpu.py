@@ -25,7 +25,8 @@ from pyflank.backends.emu import svm
 from pyflank.backends.emu.capture import StateCapture
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
-from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent, GuestSyscall
+from pyflank.backends.emu.fast_calls import GuestSyscall
+from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
 from pyflank.backends.emu.physical_cpu import EngineCpu
 from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
