@@ -175,8 +175,8 @@ class ExitHooks:
             eng.IN_CB(self._on_in),
             eng.OUT_CB(self._on_out),
             eng.INTR_CB(self._on_interrupt),
-            eng.SYSCALL_CB(self._on_syscall),
-            eng.SYSCALL_CB(self._on_sysenter),
+            eng.SYSCALL_CB(functools.partial(self._on_fast_call, FastCall.SYSCALL)),
+            eng.SYSCALL_CB(functools.partial(self._on_fast_call, FastCall.SYSENTER)),
         )
         cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall, sysenter = self._callbacks
         engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
@@ -488,17 +488,10 @@ class ExitHooks:
     # -- SYSCALL, SYSENTER, SYSEXIT -------------------------------------------------------
     # The hooks run in a QEMU helper that then only steps RIP past the instruction and
     # ends the block: a precise place to stop.  The #UD ones are intercepts, precise too.
-    def _on_syscall(self, _uc: int, _data: int) -> None:
+    def _on_fast_call(self, kind: FastCall, _uc: int, _data: int) -> None:
         try:
             if not self.draining:
-                self._fast_call(FastCall.SYSCALL, self.engine.read(x86.UC_X86_REG_RIP))
-        except BaseException as exc:  # noqa: BLE001
-            self._fail(exc)
-
-    def _on_sysenter(self, _uc: int, _data: int) -> None:
-        try:
-            if not self.draining:
-                self._fast_call(FastCall.SYSENTER, self.engine.read(x86.UC_X86_REG_RIP))
+                self._fast_call(kind, self.engine.read(x86.UC_X86_REG_RIP))
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
 
