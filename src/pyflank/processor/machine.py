@@ -15,6 +15,7 @@ from typing import Protocol
 
 from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.irq import InterruptController
+from pyflank.platform.devices.power import MachineControl
 
 
 class Machine(Protocol):
@@ -23,6 +24,7 @@ class Machine(Protocol):
 
     clock: VirtualClock
     wakeup: threading.Event  # set when host input arrives for a halted vCPU
+    machine: MachineControl  # a power-off or reset the guest asked for
 
     def next_deadline_ns(self) -> int | None: ...  # the earliest device deadline, if any
     def service(self) -> None: ...  # act on everything that fell due by the clock's now

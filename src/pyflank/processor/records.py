@@ -29,6 +29,8 @@ class StopReason(Enum):
     PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
     GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest
+    POWER_OFF = "power off"  # the guest powered the machine off (a platform device)
+    RESET = "reset"  # the guest reset the machine (the keyboard controller's reset line)
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
     # KVM only: its instruction emulator met a guest instruction it cannot run (and that

@@ -25,6 +25,7 @@ from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
+from pyflank.platform.devices.power import MachineEvent
 from pyflank.processor.interrupts import (
     INTERRUPT_WINDOW_EXIT,
     GuestClock,
@@ -48,7 +49,7 @@ from pyflank.processor.records import (
 
 MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
 _LAUNCHED = VmcsState.LAUNCHED
-_GUEST_HLT = StopReason.GUEST_HLT
+_GUEST_HLT, _POWER_OFF, _RESET = StopReason.GUEST_HLT, StopReason.POWER_OFF, StopReason.RESET
 _INTERRUPT_EXITS = 16  # interrupt exits in a row before the guest is let run
 _GUEST_RIP, _GUEST_RSP, _GUEST_RFLAGS = f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
@@ -168,6 +169,8 @@ class VmxProcessor:
         clock = self.clock
         if clock is not None:
             clock.retired(instructions)
+            if clock.machine.machine.request is not None:
+                return self._machine_request()
         self.handler.dispatch()
         vmcs = self.vmcs
         if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
@@ -190,6 +193,8 @@ class VmxProcessor:
                                          "would wake the vCPU"))  # fmt: skip
             return self._next_entry()
         clock.retired(pause.state.instructions)
+        if clock.machine.machine.request is not None:
+            return self._machine_request()
         if pause.halted:
             while pending_event(clock.machine, self.policy, self.vmcs) is Interrupt.NONE:
                 if not clock.idle(self._stop):
@@ -197,9 +202,12 @@ class VmxProcessor:
         return self._next_entry()
 
     def stopped(self, stop: Stop) -> Stop:
-        """The engine stopped between exits: its last state goes to StateSave and VMCS."""
+        """The engine stopped between exits: its last state goes to StateSave and VMCS.
+        A guest that asked the machine to power off (or reset) before it stopped did."""
         if stop.state is not None:
             self._store_state(stop.state)
+        if self.clock is not None and self.clock.machine.machine.request is not None:
+            return self._machine_request()
         if stop.reason not in (StopReason.HALTED, StopReason.PROMOTED, StopReason.SHUTDOWN):
             self.handler.log(f"vcpu stopped ({stop.reason.value}): {stop.message}")
         return stop
@@ -246,6 +254,15 @@ class VmxProcessor:
             plan.budget = clock.budget()
             plan.idle_ns = clock.idle_ns
         return plan
+
+    def _machine_request(self) -> Stop:
+        """The guest powered the machine off or reset it (a device recorded it)."""
+        assert self.clock is not None
+        request = self.clock.machine.machine.request
+        assert request is not None
+        reason = _POWER_OFF if request.event is MachineEvent.POWER_OFF else _RESET
+        status = "" if request.exit_status is None else f", exit status {request.exit_status}"
+        return Stop(reason, f"{request.event.value} through {request.source}{status}")
 
     def _exit_now(self, info: ExitInformation) -> EntryPlan | Stop:
         """An exit the processor makes itself, at the instruction the guest would run next."""
