@@ -27,7 +27,7 @@ from pyflank.processor import (
     StopReason,
     VmxProcessor,
 )
-from pyflank.processor.time import instructions_for
+from pyflank.processor.time import UNITS_PER_NS, units_for
 
 IF = 1 << 9
 TIMER_VECTOR = 0x20
@@ -68,17 +68,19 @@ def machine(handler: ExitHandlerIntelX64, *, tick: bool = True) -> tuple[VmxProc
     return processor, pc
 
 
-def at(reason: int, instructions: int, *, rflags: int = 0x2, length: int = 2) -> ExitRecord:
-    return record(reason, length=length)._replace(rflags=rflags, instructions=instructions)
+def at(reason: int, ns: int, *, rflags: int = 0x2, length: int = 2) -> ExitRecord:
+    """An exit after ``ns`` of guest time."""
+    executed = ns * UNITS_PER_NS
+    return record(reason, length=length)._replace(rflags=rflags, executed=executed)
 
 
-def test_time_follows_instructions_and_plans_bound_the_slice() -> None:
+def test_time_follows_the_guest_and_plans_bound_the_slice() -> None:
     processor, pc = machine(ExitHandlerIntelX64())
     plan = processor.exit(at(ExitReason.CPUID, 1000))
     assert isinstance(plan, EntryPlan)
     assert pc.clock.now_ns() == 1000
     first_tick = pc.next_deadline_ns()
-    assert first_tick is not None and plan.budget == instructions_for(first_tick - 1000)
+    assert first_tick is not None and plan.budget == units_for(first_tick - 1000)
 
 
 def test_an_interrupt_is_delivered_when_rflags_if_allows() -> None:
@@ -152,8 +154,8 @@ def test_interrupt_window_exiting_exits_when_the_guest_can_take_one() -> None:
     assert isinstance(plan, EntryPlan) and handler.windows == 1
 
 
-def halted_at(instructions: int) -> Pause:
-    state = ExitRecord(ExitInformation(-1), regs(), RIP + 1, 0x2 | IF, None, "", instructions)
+def halted_at(ns: int) -> Pause:
+    state = ExitRecord(ExitInformation(-1), regs(), RIP + 1, 0x2 | IF, None, "", ns * UNITS_PER_NS)
     return Pause(state, halted=True)
 
 

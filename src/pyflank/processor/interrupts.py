@@ -2,7 +2,7 @@
 
 ``GuestClock`` keeps virtual time (``time``): it moves the machine's clock to the
 instruction count of each exit, services the devices when a deadline passes, tells an
-engine how many instructions it may run before the next deadline, and lets an idle vCPU
+engine how much guest code it may run before the next deadline, and lets an idle vCPU
 (HLT with interrupts enabled) sleep to the next deadline.  ``pending_event`` is the VMX
 decision at a VM entry (SDM 26.6.5, 27.2.2): what an asserted INTR becomes.
 """
@@ -69,25 +69,26 @@ class GuestClock:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self.instructions = 0  # retired, as of the last record
+        self.executed = 0  # guest code run, as of the last record (the engine's units)
         self.idle_ns = 0  # spent halted
 
     @property
     def now_ns(self) -> int:
-        return time.guest_ns(self.instructions, self.idle_ns)
+        return time.guest_ns(self.executed, self.idle_ns)
 
-    def retired(self, instructions: int) -> None:
-        """The guest has retired ``instructions``: the machine's time catches up."""
-        if instructions > self.instructions:
-            self.instructions = instructions
+    def ran(self, executed: int) -> None:
+        """The guest has run ``executed`` units: the machine's time catches up."""
+        if executed > self.executed:
+            self.executed = executed
         self._catch_up()
 
     def budget(self) -> int:
-        """Instructions the engine may run before it must pause (the next deadline)."""
+        """Guest code (the engine's units) it may run before it must pause (the next
+        deadline)."""
         deadline = self.machine.next_deadline_ns()
         now = self.now_ns
         ahead = MAX_SLICE_NS if deadline is None else min(deadline - now, MAX_SLICE_NS)
-        return time.instructions_for(ahead)
+        return time.units_for(ahead)
 
     def idle(self, stop: threading.Event) -> bool:
         """The vCPU is halted: sleep to the next deadline, or wait for host input.  False

@@ -124,6 +124,7 @@ class ExitPolicy:
     pfec_match: int
     cr3_targets: tuple[int, ...]
     mov_dr: bool
+    tsc_offset: int  # added to the TSC the guest reads ("use TSC offsetting")
 
     @property
     def io_exits(self) -> bool:
@@ -162,4 +163,5 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
         mov_dr=bool(proc & Proc.MOV_DR_EXITING),
+        tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
     )

@@ -82,8 +82,9 @@ class ExitRecord(NamedTuple):
     is; ``rflags``: RFLAGS, exact.  ``guest``: other guest-state fields (VMCS encoding ->
     value) that changed since the engine's last record, or None when nothing did.
     ``detail``: why, for an exit the engine made up itself (a VM entry its hardware
-    refused), written to the debug ring.  ``instructions``: how many the guest has
-    retired, for an engine that counts them (guest time follows it), else -1.
+    refused), written to the debug ring.  ``executed``: how much guest code has run, in
+    the engine's deterministic units (guest time follows it, ``processor.time``), or -1
+    for an engine that does not measure it.
     """
 
     info: ExitInformation
@@ -92,7 +93,7 @@ class ExitRecord(NamedTuple):
     rflags: int
     guest: Mapping[int, int] | None = None
     detail: str = ""
-    instructions: int = -1
+    executed: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,7 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """The engine stopped between exits and the guest can go on: it ran the instructions
+    """The engine stopped between exits and the guest can go on: it ran the guest code
     the plan allowed (``EntryPlan.budget``), or it executed HLT with interrupts enabled
     (``halted``: activity state HLT, RIP past the HLT).  ``state``: the guest state then."""
 
@@ -137,8 +138,9 @@ class EntryPlan:
     ``launch``: the first entry, which loads the whole guest state.  ``simple``: only
     registers to load, so an engine can resume in place.
 
-    An engine that counts instructions runs at most ``budget`` of them (None: no limit)
-    before it pauses, and keeps guest time as ``time.guest_ns(instructions, idle_ns)``.
+    An engine that measures guest progress runs at most ``budget`` units of guest code
+    (None: no limit) before it pauses, and keeps guest time as ``time.guest_ns(executed,
+    idle_ns)`` (its RDTSC answers from it).
 
     An engine consumes a plan before it reports the next exit, so the processor reuses
     the plan of an exit that only resumes (a plan is a message, not a record to keep).

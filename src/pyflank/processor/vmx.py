@@ -131,7 +131,7 @@ class VmxProcessor:
     # -- VM exit ------------------------------------------------------------------------
     def exit(self, record: ExitRecord) -> EntryPlan | Stop:
         """One VM exit: store it, ``dispatch()``, and the next entry (or why not)."""
-        info, regs, rip, rflags, guest, detail, instructions = record
+        info, regs, rip, rflags, guest, detail, executed = record
         if info is not self._info:  # (the same object again: the same, ordinary exit)
             if info[0] == _ENTRY_FAILURE:  # the engine refused the entry: nothing loaded
                 if self._failures >= MAX_ENTRY_FAILURES:
@@ -168,7 +168,7 @@ class VmxProcessor:
             self.trace.append((info[0] & 0xFFFF, rip))
         clock = self.clock
         if clock is not None:
-            clock.retired(instructions)
+            clock.ran(executed)
             if clock.machine.machine.request is not None:
                 return self._machine_request()
         self.handler.dispatch()
@@ -192,7 +192,7 @@ class VmxProcessor:
                 return self.stopped(Stop(_GUEST_HLT, "HLT with interrupts enabled: nothing "
                                          "would wake the vCPU"))  # fmt: skip
             return self._next_entry()
-        clock.retired(pause.state.instructions)
+        clock.ran(pause.state.executed)
         if clock.machine.machine.request is not None:
             return self._machine_request()
         if pause.halted:

@@ -47,15 +47,17 @@ from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
-from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE
+from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE, RFLAGS_IF
 from pyflank.processor import (
     EntryPlan,
     Event,
     ExitInformation,
     ExitPolicy,
     ExitRecord,
+    Pause,
     Stop,
     StopReason,
+    time,
 )
 from pyflank.processor.delivery import (
     ERROR_CODE_VECTORS,
@@ -85,9 +87,11 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
-Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | GuestSyscall
+Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall
 
 _GUEST_HLT = StopReason.GUEST_HLT
+_TSC_AUX = 0xC000_0103
+_MASK64 = (1 << 64) - 1
 _EFER = 0xC000_0080
 _EFER_SCE_LMA = EFER_SCE | EFER_LMA
 _CPUID = int(ExitReason.CPUID)
@@ -138,8 +142,8 @@ class ExitHooks:
 
     __slots__ = (
         "_callbacks", "_code2", "_code2_args", "_code_at", "_dr7", "_drain_context", "_head",
-        "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "cpu", "decide", "draining",
-        "engine", "memory", "outcome", "policy", "ports",
+        "_progress", "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "cpu", "decide",
+        "draining", "engine", "idle_ns", "memory", "outcome", "policy", "ports", "timed",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +166,10 @@ class ExitHooks:
         self._drain_context: Any = None
         self._head = capture.head
         self._dr7 = capture.dr7
+        self._progress = capture.progress  # the block gate's count of guest code run
+        # With a machine (plans carry a budget), guest time is virtual: RDTSC answers it.
+        self.timed = False
+        self.idle_ns = 0
         self._write_gprs = capture.write_gprs
         self._code_at, self._code2, self._code2_args = (
             engine.code_at,
@@ -190,11 +198,33 @@ class ExitHooks:
 
     def set_policy(self, policy: ExitPolicy) -> None:
         self.policy = policy
-        if policy.rdtsc and self._rdtsc_hook is None:
+        self._sync_rdtsc_hook()
+
+    def set_timing(self, timed: bool, idle_ns: int) -> None:
+        """Whether guest time is virtual (a machine's), and the time spent idle so far."""
+        self.idle_ns = idle_ns
+        if timed is not self.timed:
+            self.timed = timed
+            self._sync_rdtsc_hook()
+
+    def _sync_rdtsc_hook(self) -> None:
+        wanted = self.timed or (self.policy is not None and self.policy.rdtsc)
+        if wanted and self._rdtsc_hook is None:
             self._rdtsc_hook = self.engine.hook_instruction(x86.UC_X86_INS_RDTSC, self._rdtsc_cb)
-        elif not policy.rdtsc and self._rdtsc_hook is not None:
+        elif not wanted and self._rdtsc_hook is not None:
             self.engine.unhook(self._rdtsc_hook)
             self._rdtsc_hook = None
+
+    def _virtual_tsc(self, *, rdtscp: bool) -> None:
+        """Carry out RDTSC (RDTSCP) from virtual time, in place, as the hardware would."""
+        assert self.policy is not None
+        now = time.guest_ns(self._progress.executed, self.idle_ns)
+        value = time.tsc(now) + self.policy.tsc_offset & _MASK64
+        regs = list(_unpack_head(self._head.raw)[:16])
+        regs[0], regs[2] = value & 0xFFFF_FFFF, value >> 32  # EDX:EAX
+        if rdtscp:
+            regs[1] = cpu_msrs.read_msr(self.engine, _TSC_AUX) & 0xFFFF_FFFF  # ECX
+        self._write_gprs(*regs)
 
     # -- leaving a hook ---------------------------------------------------------------
     def take(self) -> Outcome | None:
@@ -271,7 +301,7 @@ class ExitHooks:
                 info = ExitInformation(_CPUID, 0, length)
             # An ExitRecord's fields as a plain tuple: the processor unpacks it by
             # position, and building the named tuple would cost a tenth of this exit.
-            record: Any = (info, v, rip, c.rflags, guest, "", -1)
+            record: Any = (info, v, rip, c.rflags, guest, "", self._progress.executed)
             plan = self.decide(record)
             if plan.simple and plan.rip == rip + length and plan.regs[4] == rsp:  # type: ignore[union-attr]
                 self._write_gprs(*plan.regs)  # type: ignore[union-attr]
@@ -284,6 +314,10 @@ class ExitHooks:
     def _on_rdtsc(self, _uc: int, _data: int) -> int:
         try:
             if self.draining:
+                return _SKIP
+            assert self.policy is not None
+            if not self.policy.rdtsc:  # hooked for the virtual TSC only
+                self._virtual_tsc(rdtscp=False)
                 return _SKIP
             record = self._record(ExitInformation(_RDTSC))
             rip = record.rip
@@ -301,7 +335,10 @@ class ExitHooks:
             policy = self.policy
             assert policy is not None
             if policy.rdtscp_enabled and not policy.rdtsc:
-                return 0  # runs natively
+                if not self.timed:
+                    return 0  # runs natively
+                self._virtual_tsc(rdtscp=True)
+                return _SKIP
             rip = self.engine.read(x86.UC_X86_REG_RIP)
             length = int(dec.decode(self.engine.fetch(rip), rip).len)
             if not policy.rdtscp_enabled:
@@ -481,9 +518,13 @@ class ExitHooks:
         self.engine.write(x86.UC_X86_REG_RIP, next_rip)
 
     def _guest_hlt(self, next_rip: int) -> None:
-        record = self.capture.snapshot()
-        state = record._replace(rip=next_rip)
-        self._leave_precise(Stop(_GUEST_HLT, "HLT without HLT exiting", state))
+        """HLT that does not exit: the vCPU waits for an interrupt (activity state HLT),
+        or, with interrupts disabled, for nothing that can ever come."""
+        state = self.capture.pause_state(next_rip)
+        if state.rflags & RFLAGS_IF:
+            self._leave_precise(Pause(state, halted=True))
+        else:
+            self._leave_precise(Stop(_GUEST_HLT, "HLT with interrupts disabled", state))
 
     # -- SYSCALL, SYSENTER, SYSEXIT -------------------------------------------------------
     # The hooks run in a QEMU helper that then only steps RIP past the instruction and

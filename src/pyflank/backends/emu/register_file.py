@@ -45,6 +45,7 @@ SEGMENTS_AT: Final = 184  # ES CS SS DS FS GS, then LDTR TR GDTR IDTR
 CR_AT: Final = SEGMENTS_AT + 10 * SEGMENT_SIZE
 DF_MASK: Final = 0x400
 ZF_PF: Final = 0x44
+HF_INHIBIT_IRQ: Final = 1 << 3  # in hflags (SYSTEM_AT): STI/MOV SS shadow
 
 # The general registers in QEMU's order, then RIP: the first 136 bytes of a head.
 QEMU_GPR_IDS: Final = (
@@ -89,6 +90,8 @@ class RegisterFile(Protocol):
 
     def rflags(self, raw: bytes) -> int | None: ...
 
+    def interrupt_shadow(self, raw: bytes) -> bool: ...  # blocking by STI or MOV SS
+
 
 class InPlace:
     """The register file read and written where unicorn keeps it (``env``)."""
@@ -119,6 +122,10 @@ class InPlace:
         # XOR r,r leaves no condition-code value live: a loop's counter left in cc_dst
         # would otherwise look like an RFLAGS change at every exit.
         return CC_OP_AT if _U32.unpack_from(raw, CC_OP_AT)[0] == self._clr else CC_AT
+
+    def interrupt_shadow(self, raw: bytes) -> bool:
+        """QEMU's HF_INHIBIT_IRQ: the instruction after STI or MOV SS takes no interrupt."""
+        return bool(_U32.unpack_from(raw, SYSTEM_AT)[0] & HF_INHIBIT_IRQ)
 
     def rflags(self, raw: bytes) -> int | None:
         """QEMU's ``cpu_compute_eflags`` for the two states whose flags need no helper:
@@ -153,6 +160,9 @@ class ThroughApi:
 
     def compared_from(self, raw: bytes) -> int:
         return self.system_at
+
+    def interrupt_shadow(self, raw: bytes) -> bool:
+        return False  # not reachable through the API: taken as no shadow
 
     def rflags(self, raw: bytes) -> int | None:
         return int(_U64.unpack_from(raw, FLAGS_AT)[0])

@@ -6,10 +6,10 @@ into exit records (deciding in place where leaving unicorn would cost more than 
 ``EntryLoader`` loads plans and delivers events through the guest IDT, and ``EngineCpu``
 is the handler's physical CPU (``cpu``), whose SYSCALL and TSC_AUX MSRs are unicorn's.
 
-Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs,
-SYSCALL and SYSENTER enter ring 0 (carried out here: unicorn's do nothing), and HLT stops
-the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no interrupt source that
-could ever wake it).
+Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs
+(from virtual time where a machine keeps it), SYSCALL and SYSENTER enter ring 0 (carried
+out here: unicorn's do nothing), and HLT with interrupts enabled pauses the vCPU until an
+interrupt comes (the processor's business); with interrupts disabled it ends the run.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pyflank.backends.emu.physical_cpu import EngineCpu
 from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.processor import EntryPlan, ExitRecord, Stop, StopReason
+from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, StopReason
 
 log = logging.getLogger("pyflank.backends.emu")
 
@@ -48,9 +48,10 @@ class EmuVcpu:
         e.write_physical(svm.HOST_BASE, svm.host_region())
         self.cpu = EngineCpu(e)
         """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
+        self.stop_gate = StopGate(e)
+        self.capture.progress = self.stop_gate.state
         self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
-        self.stop_gate = StopGate(e)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
 
@@ -60,16 +61,19 @@ class EmuVcpu:
     def set_cpuid(self, answers: dict[tuple[int, int], CpuidRegisters | None]) -> None:
         raise NotImplementedError("the software CPU traps CPUID")
 
-    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop:
+    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop | Pause:
         """Enter the guest with ``plan``; the next exit, a plan decided in place that needs
-        a VM entry of its own, or a stop.
+        a VM entry of its own, a pause (the plan's budget spent, or HLT with interrupts
+        enabled), or a stop.
 
         Every stop is precise: at an exit, or (``request_stop``) at the start of a block,
         between two instructions (``stop_gate``).
         """
         self.hooks.decide = decide
+        self.hooks.set_timing(plan.budget is not None, plan.idle_ns)
+        self.stop_gate.allow(plan.budget)
         try:
-            outcome: ExitRecord | EntryPlan | Stop | None = self.loader.enter(plan)
+            outcome: ExitRecord | EntryPlan | Stop | Pause | None = self.loader.enter(plan)
             while outcome is None:
                 outcome = self._execute()
             return outcome
@@ -77,7 +81,7 @@ class EmuVcpu:
             log.exception("software CPU failed")
             return Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}", self._state())
 
-    def _execute(self) -> ExitRecord | EntryPlan | Stop | None:
+    def _execute(self) -> ExitRecord | EntryPlan | Stop | Pause | None:
         """Emulate until something stops it; None to go on."""
         if self._stop_request is not None:
             return Stop(self._stop_request, "", self._state())
@@ -94,6 +98,8 @@ class EmuVcpu:
             return Stop(self._stop_request, "", self._state())
         if status:
             return Stop(StopReason.ERROR, f"emulator: {eng.UcError(status)}", self._state())
+        if self.stop_gate.spent:  # at a block start: the time slice is over
+            return Pause(self.capture.pause_state())
         self.loader.start_rip = self.engine.read(x86.UC_X86_REG_RIP)
         return None
 
