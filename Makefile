@@ -37,7 +37,7 @@ bench-reference: $(STAMP)
 DOCS_OUT     ?= build/docs
 DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank.abi \
                 pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
-                pyflank.platform pyflank.backends pyflank.cli
+                pyflank.platform pyflank.backends pyflank.cli pyflank.observe
 
 docs: $(STAMP)
 	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)

@@ -65,6 +65,9 @@ class ScriptedEngine:
             return Stop(StopReason.GUEST_HLT, "the script ended")
         return self.script.pop(0)(plan.regs, plan.rip)
 
+    def count_instructions(self) -> None:
+        return None  # a script has no instructions
+
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         self.script.clear()
 

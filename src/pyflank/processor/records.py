@@ -31,6 +31,7 @@ class StopReason(Enum):
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
+    BREAK = "break"  # an observer broke on an exit, before the handler saw it
     # KVM only: its instruction emulator met a guest instruction it cannot run (and that
     # stands for no VM exit); on hardware VMX the instruction would simply have executed.
     EMULATION_FAILURE = "emulation failure"

@@ -16,6 +16,7 @@ Bochs is the model: many exit producers (engines), one sink.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import checks, exit_reasons
@@ -25,6 +26,7 @@ from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.processor.launch import refused_launch
+from pyflank.processor.observer import ReasonTrace, VcpuObserver, compose
 from pyflank.processor.policy import CONTROL_ENCODINGS, ExitPolicy, exit_policy
 from pyflank.processor.records import (
     EXIT_INFORMATION_FIELDS,
@@ -60,11 +62,13 @@ Unsupported = Callable[[Vmcs], list[str]]
 
 class VmxProcessor:
     """VM exits and entries of ``handler``'s vCPU; ``unsupported`` names the controls the
-    engine cannot honour (empty when it can run them)."""
+    engine cannot honour (empty when it can run them).  ``observer`` watches every exit
+    (``processor.observer``); ``trace`` keeps (reason, RIP) of each in ``trace``."""
 
     __slots__ = (
         "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp",
-        "engine", "exits", "fields", "handler", "state", "trace", "unsupported", "vmcs",
+        "engine", "exits", "fields", "handler", "observer", "state", "trace", "unsupported",
+        "vmcs",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +78,7 @@ class VmxProcessor:
         *,
         engine: str = "engine",
         trace: bool = False,
+        observer: VcpuObserver | None = None,
     ) -> None:
         self.handler = handler
         self.vmcs = handler.m_vmcs
@@ -81,7 +86,10 @@ class VmxProcessor:
         self.unsupported = unsupported
         self.engine = engine
         self.exits = 0  # VM exits dispatched to the handler
-        self.trace: list[tuple[int, int]] | None = [] if trace else None
+        reasons = ReasonTrace() if trace else None
+        self.trace: list[tuple[int, int]] | None = reasons.exits if reasons else None
+        watching = [o for o in (observer, reasons) if o is not None]
+        self.observer = compose(watching)  # None: the exit path calls nothing
         self.fields: Mapping[int, int] = self.vmcs.view()
         self._info = _UNSET_INFO  # what the VMCS holds of the exit-information fields
         self._rip = self._rsp = self._rflags = -1  # GUEST_RIP, RSP, RFLAGS as last stored
@@ -137,10 +145,13 @@ class VmxProcessor:
             write = self.vmcs.processor_write
             for encoding, value in guest.items():
                 write(encoding, value)
-        self.exits += 1
-        if self.trace is not None:
-            self.trace.append((info[0] & 0xFFFF, rip))
-        self.handler.dispatch()
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+        else:
+            stop = self._observed(ExitRecord._make(record))
+            if stop is not None:
+                return stop
         vmcs = self.vmcs
         if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
             plan = self._resume  # consumed by the engine before its next exit: reused
@@ -192,7 +203,9 @@ class VmxProcessor:
                 if violations:
                     if self._failures >= MAX_ENTRY_FAILURES:
                         return self._give_up(str(violations[0]))
-                    self._entry_failure(violations)
+                    stop = self._entry_failure(violations)
+                    if stop is not None:
+                        return stop
                     continue
             event = self._event(dirty)
             dirty.clear()
@@ -211,18 +224,38 @@ class VmxProcessor:
                 launch,
             )  # fmt: skip
 
-    def _entry_failure(self, violations: list[checks.Violation]) -> None:
+    def _entry_failure(self, violations: list[checks.Violation]) -> Stop | None:
         """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""
         findings = "; ".join(map(str, violations))
         self.handler.log(f"VM entry failed: guest state fails the VM-entry checks: {findings}")
         self._failures += 1
         self._reload_all = True
         self.vmcs.dirty.clear()  # what the handler writes now is its fix
-        self._store_information(ExitInformation(_ENTRY_FAILURE))
+        info = ExitInformation(_ENTRY_FAILURE)
+        self._store_information(info)
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+            return None
+        s = self.state
+        regs = (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+        )  # fmt: skip
+        return self._observed(ExitRecord(info, regs, s.rip, self.vmcs.read(_GUEST_RFLAGS)))
+
+    def _observed(self, record: ExitRecord) -> Stop | None:
+        """``dispatch()`` between the observer's two calls; its stop, if it breaks."""
+        observer = self.observer
+        assert observer is not None
+        stop = observer.exiting(record)
+        if stop is not None:
+            return stop
         self.exits += 1
-        if self.trace is not None:
-            self.trace.append((_ENTRY_FAILURE & 0xFFFF, self.state.rip))
+        start = perf_counter_ns()
         self.handler.dispatch()
+        observer.exited(record, perf_counter_ns() - start)
+        return None
 
     def _event(self, dirty: set[int]) -> Event | None:
         """The event of the VM-entry interruption-information field, if valid.

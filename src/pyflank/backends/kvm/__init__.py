@@ -36,6 +36,8 @@ filtered MSR accesses, shutdowns and emulation failures, nothing else:
 - io_strings: a string I/O exit (INS/OUTS) comes from KVM's emulator after its first
   iteration (RSI/RDI, RCX have moved) and reports no linear address or instruction
   information.
+- instruction_count: KVM runs the guest at full speed and counts none of its
+  instructions, so exit observers (``pyflank.observe``) get no instruction count.
 
 KVM does not check guest state as VMX does; the VM-entry checks run in software
 before changed guest state is loaded, as on the software CPU.

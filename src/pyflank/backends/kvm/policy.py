@@ -50,6 +50,7 @@ GAPS: Final[dict[str, str]] = {
     "vmcall": "VMCALL/VMMCALL are KVM hypercalls that may never return: guests use the doorbell",
     "emulator": "KVM's ring-0 instruction emulator (kvm_pvm) lacks some instructions (INT n, ...)",
     "io_strings": "string I/O exits come mid-instruction from KVM's emulator, no linear address",
+    "instruction_count": "KVM does not count guest instructions: exit traces hold no count",
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING
