@@ -12,7 +12,7 @@ import pytest
 
 from pyflank import observe, testing, vmm
 from pyflank.exit_handler import debug_ring, exit_handler_intel_x64, state_save
-from pyflank.observe import breaks, statistics, trace, tracefile
+from pyflank.observe import breaks, replay, statistics, trace, tracefile
 from pyflank.processor import observer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +32,13 @@ DOCUMENTED = (
     observe.BreakHit,
     observe.Trace,
     observe.TracedExit,
+    observe.ReplayResult,
+    observe.Divergence,
     observer.VcpuObserver,
     observer.VmObserver,
     observer.ObservedVcpu,
 )
-OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks)
+OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay)
 
 
 def _undocumented() -> list[str]:
