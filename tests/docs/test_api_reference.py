@@ -12,7 +12,7 @@ import pytest
 
 from pyflank import observe, testing, vmm
 from pyflank.exit_handler import debug_ring, exit_handler_intel_x64, state_save
-from pyflank.observe import breaks, replay, statistics, trace, tracefile
+from pyflank.observe import base, breaks, plot, replay, statistics, trace, tracefile
 from pyflank.processor import observer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +34,12 @@ DOCUMENTED = (
     observe.TracedExit,
     observe.ReplayResult,
     observe.Divergence,
+    observe.Observer,
     observer.VcpuObserver,
     observer.VmObserver,
     observer.ObservedVcpu,
 )
-OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay)
+OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay, base, plot)
 
 
 def _undocumented() -> list[str]:

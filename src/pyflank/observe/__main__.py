@@ -1,6 +1,7 @@
 """``python -m pyflank.observe``: a recorded exit trace, read without any CPU.
 
     python -m pyflank.observe stats TRACE [--json]          the statistics table
+    python -m pyflank.observe plot TRACE -o FILE.png        the picture (pyflank[plot])
     python -m pyflank.observe replay TRACE --handler EXT    re-run a handler over it
 
 ``EXT`` names a handler as ``bfm`` does (``file.py``, ``file.py:Class``, ``pkg.mod:Class``).
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -27,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="exits per vCPU and reason")
     stats.add_argument("trace")
     stats.add_argument("--json", action="store_true", help="the figures as JSON")
+    plot = commands.add_parser("plot", help="draw exits per reason and over time")
+    plot.add_argument("trace")
+    plot.add_argument("-o", "--output", required=True, help="the image file (.png, .svg)")
+    plot.add_argument("--title")
     again = commands.add_parser("replay", help="replay the trace into a handler")
     again.add_argument("trace")
     again.add_argument("--handler", required=True, help="file.py[:Class] or module:Class")
@@ -41,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             stats = ExitStatistics.from_trace(trace)
             print(json.dumps(stats.as_dict(), indent=2) if args.json else stats.table())
             return 0
+        if args.command == "plot":
+            plot = importlib.import_module("pyflank.observe.plot")  # needs pyflank[plot]
+            print(plot.plot_exits(trace, args.output, title=args.title))
+            return 0
         result = replay(trace, load_handler(args.handler))
-    except (OSError, TraceError, ExtensionError, ValueError) as exc:
+    except (OSError, TraceError, ExtensionError, ImportError, ValueError) as exc:
         print(f"pyflank.observe: {exc}", file=sys.stderr)
         return 2
     for note in result.notes:

@@ -45,9 +45,8 @@ FIELD_NAMES: Final = {f.encoding: f.name for f in ALL_FIELDS if not f.is_high}
 FIELD_ENCODINGS: Final = {name: encoding for encoding, name in FIELD_NAMES.items()}
 
 
-def hexed(value: int) -> str:
-    """A value as the format writes it."""
-    return f"{value:#x}"
+hexed: Final = hex
+"""A value as the format writes it: ``hex`` ("0x1f"; the values are never negative)."""
 
 
 def number(text: object, what: str) -> int:

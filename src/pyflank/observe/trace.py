@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pyflank.abi.version import __version__
 from pyflank.intel_x64 import exit_reasons
+from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.vmcs import VmcsState
 from pyflank.observe.format import (
     FIELD_NAMES,
@@ -34,13 +35,16 @@ from pyflank.observe.format import (
     hexed,
 )
 from pyflank.observe.recording import CpuRecorder, MemoryRecorder
+from pyflank.processor.records import EXIT_INFORMATION_FIELDS
 
 if TYPE_CHECKING:
     from pyflank.processor.observer import ObservedVcpu
     from pyflank.processor.records import ExitRecord, Stop
 
 _registers = attrgetter(*REGISTERS)
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _LAUNCHED = VmcsState.LAUNCHED
+_STORED = (*EXIT_INFORMATION_FIELDS, f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS)
 _BASIC = exit_reasons.BASIC_EXIT_REASON_MASK
 
 
@@ -86,15 +90,27 @@ class _VcpuTrace:
         self.instructions: int | None = None
         self.delta: dict[int, int] = {}
 
-    def _changed(self) -> dict[int, int]:
-        """The VMCS fields whose values differ from ``last``, now ``last`` too."""
-        last = self.last
-        changed = {k: v for k, v in self.values.items() if last[k] != v}
+    def _changed(self, candidates: Iterable[int]) -> dict[int, int]:
+        """The VMCS fields whose values differ from ``last``, now ``last`` too.
+
+        Only ``candidates`` are compared one by one; if the VMCS still differs from
+        ``last`` (one C-level comparison), something else moved too and all are.
+        """
+        values, last = self.values, self.last
+        changed = {k: values[k] for k in candidates if last[k] != values[k]}
         last.update(changed)
+        if values != last:
+            more = {k: v for k, v in values.items() if last[k] != v}
+            last.update(more)
+            changed.update(more)
         return changed
 
     def exiting(self, record: ExitRecord) -> Stop | None:
-        self.delta = self._changed()  # what the processor stored for this exit
+        # What the processor stored for this exit: its information, RIP/RSP/RFLAGS, the
+        # guest state that moved (anything else is found by ``_changed``).
+        self.delta = self._changed(_STORED)
+        if record.guest:
+            self.delta.update(self._changed(record.guest))
         self.before = _registers(self.state)
         self.rip = self.state.rip
         self.instructions = self.count() if self.count is not None else None
@@ -145,7 +161,7 @@ class _VcpuTrace:
                 for name, old, new in zip(REGISTERS, self.before, after, strict=True)
                 if old != new
             }
-        written = self._changed()
+        written = self._changed(self.vmcs.dirty)  # what it VMWRITE'd, if its value changed
         if written:
             decided["vmcs"] = _fields(written)
         if writes:
@@ -237,7 +253,7 @@ class ExitTrace:
 
     def write(self, line: dict[str, Any]) -> None:
         """Write one line (any vCPU's thread)."""
-        text = json.dumps(line, separators=(",", ":")) + "\n"
+        text = _encode(line) + "\n"
         with self._lock:
             if self._file is None:
                 raise RuntimeError("the exit trace is not attached to a run")
