@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from counting import CountingExits
 from pyflank.backends.kvm.policy import GAPS
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
@@ -56,16 +57,8 @@ class PortExits(ExitHandlerIntelX64):
         self.advance_rip()
 
 
-class CountingPortExits(PortExits):
+class CountingPortExits(CountingExits, PortExits):
     """A user's handler that counts its own exits (observers must not change it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[int, int] = {}
-
-    def handle_exit(self, reason: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        super().handle_exit(reason)
 
 
 EXPECTED = {ExitReason.RDMSR: rdmsrs, ExitReason.IO_INSTRUCTION: outs}
