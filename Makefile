@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench bench-reference docs picture lint clean venv
+.PHONY: run test soak bench bench-reference docs picture lint clean venv linux-assets
 
 venv: $(STAMP)
 
@@ -55,3 +55,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Debian's kernels and busybox (apt-get download), the initramfs, cached with versions.
+linux-assets: $(STAMP)
+	$(BIN)/python -m pyflank.platform.linux.assets --flavour all

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pyflank.backends.kvm.policy import GAPS
 from pyflank.exit_handler.differences import differences_table
 from pyflank.intel_x64.checks import CHECKS
 from pyflank.intel_x64.checks.summary import checks_table
@@ -21,6 +22,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS: dict[str, Callable[[], str]] = {
     "checks-table": lambda: checks_table(CHECKS),
     "bareflank-differences": differences_table,
+    "kvm-gaps": lambda: "\n".join(
+        ["| gap | what differs from the software CPU |", "|---|---|"]
+        + [f"| `{name}` | {text} |" for name, text in GAPS.items()]
+    ),
 }
 
 

@@ -1,6 +1,6 @@
 """``make run``: the demo guest under the seed's exit handler, then a bfm session.
 
-    python -m pyflank.demo [--backend emu|kvm|auto] [--guest-only | --bfm-only]
+python -m pyflank.demo [--backend emu|kvm|auto] [--guest-only | --bfm-only]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyflank import guests
 from pyflank.abi import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
+from pyflank.backends.factory import NAMES, resolve
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import exit_reasons
 from pyflank.intel_x64 import fields as f
@@ -145,11 +146,11 @@ def run_bfm_session(backend: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyflank.demo")
-    parser.add_argument("--backend", choices=("emu", "kvm", "auto"), default="auto")
+    parser.add_argument("--backend", choices=NAMES, default="auto")
     parser.add_argument("--guest-only", action="store_true")
     parser.add_argument("--bfm-only", action="store_true")
     args = parser.parse_args(argv)
-    backend = "emu" if args.backend == "auto" else args.backend
+    backend = resolve(args.backend)
     status = 0
     if not args.bfm_only:
         status |= run_guest(backend)

@@ -7,11 +7,19 @@ import io
 import json
 from pathlib import Path
 
-from observe_helpers import FIRST_OUT, FIRST_RDMSR, INSTRUCTIONS_PER_ROUND, rdmsrs, rounds_vm
+from observe_helpers import (
+    FIRST_OUT,
+    FIRST_RDMSR,
+    INSTRUCTIONS_PER_ROUND,
+    rdmsrs,
+    rounds_vm,
+)
 
+from pyflank.backends.base import StopReason
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.observe import ExitStatistics, ExitTrace, read_trace
 from pyflank.observe.format import REGISTERS
+from pyflank.vmm import Vm
 
 PAT = 0x0007_0406_0007_0406  # the boot state's IA32_PAT
 
@@ -91,3 +99,14 @@ def test_a_light_trace_and_an_open_file(backend: str) -> None:
         assert [e.exit for e in parsed.exits if e.vcpu == vcpu] == list(range(5 * (vcpu + 1)))
     reasons = [e.reason for e in parsed.exits if e.vcpu == 1]
     assert reasons.count(ExitReason.RDMSR) == rdmsrs(1)
+
+
+def test_the_pc_platform_run_is_traced_to_its_power_off(backend: str, tmp_path: Path) -> None:
+    path, stats = tmp_path / "pc.jsonl", ExitStatistics()
+    vm = Vm(platform="pc", backend=backend, observers=[ExitTrace(path), stats])
+    vm.load_asm("mov ecx, 0x277\nrdmsr\nmov al, 3\nout 0xf4, al\nhlt")
+    [result] = vm.run(timeout=10)
+    assert result.reason is StopReason.POWER_OFF, result.message
+    trace = read_trace(path)
+    assert [e.reason for e in trace.exits] == [ExitReason.RDMSR]  # the OUT is the device's
+    assert trace.vcpus[0].stop == "power off" and stats.exits() == 1

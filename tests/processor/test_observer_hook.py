@@ -16,7 +16,7 @@ from pyflank.processor import (
     StopReason,
     VmxProcessor,
 )
-from pyflank.processor.observer import ReasonTrace, VcpuObservers, compose
+from pyflank.processor.observer import ReasonTrace, VcpuObservers, compose_observers
 
 
 class Watching:
@@ -64,7 +64,7 @@ def test_the_observer_sees_the_exit_stored_then_the_handlers_changes() -> None:
 
 def test_an_engines_plain_tuple_reaches_observers_as_a_record() -> None:
     processor, _, watching = observed()
-    plain = (ExitInformation(ExitReason.CPUID, 0, 2), regs(), RIP, RFLAGS, None, "")
+    plain = (ExitInformation(ExitReason.CPUID, 0, 2), regs(), RIP, RFLAGS, None, "", -1)
     processor.exit(plain)  # type: ignore[arg-type] - the software CPU's CPUID exit does this
     assert [call for call, _, _ in watching.seen] == ["exiting", "exited"]
 
@@ -106,7 +106,7 @@ def test_observers_compose_in_order_and_a_break_ends_the_round() -> None:
     assert [c for c, _, _ in second.seen] == ["exiting"]  # after the break: not asked
     both.stopped(stop)
     assert first.seen[-1][0] == second.seen[-1][0] == "stopped"
-    assert compose([]) is None and compose([first]) is first
+    assert compose_observers([]) is None and compose_observers([first]) is first
 
 
 def test_the_reason_trace_is_an_observer_of_dispatched_exits() -> None:
@@ -117,3 +117,24 @@ def test_the_reason_trace_is_an_observer_of_dispatched_exits() -> None:
     assert processor.trace == [(ExitReason.CPUID, RIP)]
     plain, _ = make(trace=False)
     assert plain.observer is None and plain.trace is None
+
+
+def test_exits_the_processor_makes_itself_are_observed() -> None:
+    from test_interrupts import TIMER_VECTOR, TakesExternalInterrupts, at, machine
+
+    handler = TakesExternalInterrupts()
+    processor, _ = machine(handler)
+    watching = Watching(handler)
+    processor.observer = watching
+    processor.exit(at(ExitReason.CPUID, 5_000_000))  # a timer tick is due: exit 1 follows
+    assert handler.vectors == [TIMER_VECTOR]
+    assert [(call, reason) for call, reason, _ in watching.seen] == [
+        ("exiting", ExitReason.CPUID), ("exited", ExitReason.CPUID),
+        ("exiting", ExitReason.EXTERNAL_INTERRUPT), ("exited", ExitReason.EXTERNAL_INTERRUPT),
+    ]  # fmt: skip
+    breaking = TakesExternalInterrupts()
+    processor, _ = machine(breaking)
+    processor.observer = Watching(breaking, breaks_on=ExitReason.EXTERNAL_INTERRUPT)
+    stop = processor.exit(at(ExitReason.CPUID, 5_000_000))
+    assert isinstance(stop, Stop) and stop.reason is StopReason.BREAK
+    assert breaking.vectors == [] and processor.exits == 1

@@ -64,7 +64,7 @@ class VmmService:
         size = memory_size(vcpus)
         self.vm = Vm(self.handler, vcpus=vcpus, backend=self.backend, memory_size=size)
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
-        self.vm.bus.attach(self.mailbox)
+        self.vm.bus.insert(self.mailbox, BASE_PORT, self.mailbox.port_count, "bfm-mailbox")
         self.vm.load_asm(agent_source())
         self.stopped = threading.Event()
         self._vm_thread = threading.Thread(target=self._run_vm, name="vm", daemon=True)

@@ -34,13 +34,13 @@ from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
-from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
+from pyflank.intel_x64 import checks, dump, exit_reasons, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
-from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
+from pyflank.memory import GuestLinear, GuestPhysicalMemory, GuestVirtualRange
 
 log = logging.getLogger("pyflank.exit_handler")
 
@@ -75,9 +75,6 @@ _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NON
 _load_vmcall_registers = compile_loader()
 _store_vmcall_registers = compile_storer(RETURNED_SLOTS)
 _store_event_registers = compile_storer(EVENT_RETURNED_SLOTS)
-_CR0_WP = 1 << 16
-_CR0_PG = 1 << 31
-_EFER_NXE = 1 << 11
 
 UnittestFn = Callable[["ExitHandlerIntelX64", VmcallRegisters], None]
 F = TypeVar("F", bound=Callable[..., None])
@@ -513,23 +510,25 @@ class ExitHandlerIntelX64:
         regs.r09 = len(data)
 
     # -- services for handlers ----------------------------------------------------
-    def map_guest_buffer(self, gva: int, size: int, *, writable: bool) -> GuestVirtualRange:
-        """Map a guest-virtual buffer through the guest's CR3, as the guest sees it."""
+    def guest_linear(self) -> GuestLinear:
+        """Guest memory as the guest's paging maps it at this exit (its CR0, CR3, EFER):
+        ``read``, ``write``, ``map`` guest-linear addresses, ``physical`` to translate."""
         if self.m_memory is None:
             raise VmcallError("no guest memory attached to this vCPU")
-        vmcs = self.m_vmcs
-        cr0 = vmcs.read(vmcs_fields.GUEST_CR0)
-        if not cr0 & _CR0_PG:
-            raise VmcallError("guest paging is off: buffers must be guest-virtual")
-        return map_guest_virtual(
+        read = self.m_vmcs.read
+        return paging.guest_linear(
             self.m_memory,
-            vmcs.read(vmcs_fields.GUEST_CR3),
-            gva,
-            size,
-            writable=writable,
-            wp=bool(cr0 & _CR0_WP),
-            nxe=bool(vmcs.read(vmcs_fields.GUEST_IA32_EFER) & _EFER_NXE),
+            cr0=read(vmcs_fields.GUEST_CR0),
+            cr3=read(vmcs_fields.GUEST_CR3),
+            efer=read(vmcs_fields.GUEST_IA32_EFER),
         )
+
+    def map_guest_buffer(self, gva: int, size: int, *, writable: bool) -> GuestVirtualRange:
+        """Map a guest-virtual buffer through the guest's CR3, as the guest sees it."""
+        linear = self.guest_linear()
+        if not linear.paging:
+            raise VmcallError("guest paging is off: buffers must be guest-virtual")
+        return linear.map(gva, size, writable=writable)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver a hardware exception to the guest at the next VM entry."""

@@ -113,7 +113,10 @@ class _VcpuTrace:
             self.delta.update(self._changed(record.guest))
         self.before = _registers(self.state)
         self.rip = self.state.rip
-        self.instructions = self.count() if self.count is not None else None
+        if record.instructions >= 0:  # an engine that counts for guest time says so
+            self.instructions = record.instructions
+        else:
+            self.instructions = self.count() if self.count is not None else None
         if self.memory is not None:
             self.memory.recording = True
         if self.cpu is not None:

@@ -34,11 +34,14 @@ def load_elf(
     memory: GuestPhysicalMemory,
     image: bytes | str | Path,
     page_tables: PageTableBuilder | None = None,
+    *,
+    physical: bool = False,
 ) -> LoadedImage:
     """Load PT_LOAD segments at their physical addresses, zero-filling to p_memsz.
 
     A segment whose virtual address differs from its physical one is mapped there with
-    4 KiB pages (rights from its flags) when ``page_tables`` is given.
+    4 KiB pages (rights from its flags) when ``page_tables`` is given; ``physical`` loads
+    without mapping anything (a kernel entered with paging off maps itself).
     """
     data = image if isinstance(image, bytes) else Path(image).read_bytes()
     try:
@@ -59,7 +62,7 @@ def load_elf(
             raise LoadError(f"segment at gpa {gpa:#x} (+{memsz:#x}) does not fit in RAM")
         memory.write(gpa, segment.data()[:filesz])
         memory.fill(gpa + filesz, memsz - filesz)
-        if vaddr != gpa:
+        if vaddr != gpa and not physical:
             if page_tables is None:
                 raise LoadError(f"segment at {vaddr:#x} needs page tables to map gpa {gpa:#x}")
             _map_segment(page_tables, vaddr, gpa, memsz, segment["p_flags"])

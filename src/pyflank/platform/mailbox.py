@@ -1,8 +1,9 @@
 """The mailbox device between the VMM service and the guest agent.
 
 Each vCPU has a slot in guest memory: the vmcall registers r00-r15, then a
-32-page input buffer and a 32-page output buffer, and a pair of ports
-(``WAIT`` = BASE_PORT + 2 * vcpuid, ``DONE`` = WAIT + 1).  The agent reads its
+32-page input buffer and a 32-page output buffer, and a pair of ports (offsets
+``WAIT`` = 2 * vcpuid, ``DONE`` = WAIT + 1 on the bus; the service places them
+at ``BASE_PORT``).  The agent reads its
 ``WAIT`` port, which blocks (on the vCPU's own thread) until the service
 posts a request, runs the vmcall with the slot's registers and buffers, stores
 the registers back and writes its ``DONE`` port.  A read of ``WAIT`` that
@@ -92,11 +93,13 @@ class Mailbox:
             slot.request.set()
 
     # -- the guest side (port I/O on the vCPU's thread) -------------------------
-    def handles(self, port: int) -> bool:
-        return 0 <= port - BASE_PORT < 2 * len(self._slots)
+    @property
+    def port_count(self) -> int:
+        """Ports the device manager places from ``BASE_PORT``: WAIT and DONE per vCPU."""
+        return 2 * len(self._slots)
 
-    def io_read(self, port: int, size: int) -> int:
-        vcpuid, done = divmod(port - BASE_PORT, 2)
+    def read(self, offset: int, size: int) -> int:
+        vcpuid, done = divmod(offset, 2)
         if done:
             return (1 << (8 * size)) - 1
         slot = self._slots[vcpuid]
@@ -105,7 +108,7 @@ class Mailbox:
             slot.request.clear()
         return COMMAND_STOP if slot.stopping else COMMAND_VMCALL
 
-    def io_write(self, port: int, size: int, value: int) -> None:
-        vcpuid, done = divmod(port - BASE_PORT, 2)
+    def write(self, offset: int, size: int, value: int) -> None:
+        vcpuid, done = divmod(offset, 2)
         if done:
             self._slots[vcpuid].done.set()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
-from pyflank.memory import GuestPhysicalMemory, PageFault, PageFaultReason, translate
+from pyflank.intel_x64.registers import RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM
+from pyflank.memory import GuestLinear, GuestPhysicalMemory, PageFault, PageFaultReason
 from pyflank.processor.records import Event
 
 VECTOR_DE, VECTOR_DB, VECTOR_BP, VECTOR_UD, VECTOR_DF = 0, 1, 3, 6, 8
@@ -29,15 +31,6 @@ SOFTWARE_TYPES = frozenset(
     }
 )
 
-_RFLAGS_TF, _RFLAGS_IF, _RFLAGS_NT, _RFLAGS_RF, _RFLAGS_VM = (
-    1 << 8,
-    1 << 9,
-    1 << 14,
-    1 << 16,
-    1 << 17,
-)
-_CR0_WP = 1 << 16
-_EFER_NXE = 1 << 11
 _GATE = struct.Struct("<HHBBHIxxxx")
 _Q = struct.Struct("<Q")
 _MASK64 = (1 << 64) - 1
@@ -110,43 +103,36 @@ def page_fault_error(reason: PageFaultReason, *, write: bool, fetch: bool, user:
     return code
 
 
+def _linear(memory: GuestPhysicalMemory, cpu: CpuView) -> GuestLinear:
+    return guest_linear(memory, cr0=cpu.cr0, cr3=cpu.cr3, efer=cpu.efer)
+
+
+def _page_fault(fault: PageFault, *, write: bool) -> DeliveryFault:
+    """The #PF a supervisor access of the delivery raises (SDM 6.15)."""
+    error = page_fault_error(fault.reason, write=write, fetch=False, user=False)
+    return DeliveryFault(VECTOR_PF, error, cr2=fault.gva)
+
+
 class Delivery:
     """One CPU's event delivery over guest RAM."""
 
     def __init__(self, memory: GuestPhysicalMemory) -> None:
         self.memory = memory
 
-    def _linear(self, cpu: CpuView, address: int, size: int, *, write: bool) -> int:
-        """Guest-physical address of ``size`` bytes at linear ``address`` (one page)."""
-        try:
-            t = translate(
-                self.memory,
-                cpu.cr3,
-                address & _MASK64,
-                write=write,
-                wp=bool(cpu.cr0 & _CR0_WP),
-                nxe=bool(cpu.efer & _EFER_NXE),
-            )
-        except PageFault as fault:
-            error = page_fault_error(fault.reason, write=write, fetch=False, user=False)
-            raise DeliveryFault(VECTOR_PF, error, cr2=address & _MASK64) from None
-        if not self.memory.contains(t.gpa, size):
-            raise DeliveryFault(VECTOR_PF, 0, cr2=address & _MASK64)
-        return t.gpa
-
     def _read(self, cpu: CpuView, address: int, size: int) -> bytes:
-        out = b""
-        while size:
-            chunk = min(size, 0x1000 - (address & 0xFFF))
-            out += self.memory.read(self._linear(cpu, address, chunk, write=False), chunk)
-            address += chunk
-            size -= chunk
-        return out
+        try:
+            return _linear(self.memory, cpu).read(address, size)
+        except PageFault as fault:
+            raise _page_fault(fault, write=False) from None
 
     def _push(self, cpu: CpuView, rsp: int, values: list[int]) -> int:
+        linear = _linear(self.memory, cpu)
         for value in values:
             rsp = (rsp - 8) & _MASK64
-            self.memory.write(self._linear(cpu, rsp, 8, write=True), _Q.pack(value & _MASK64))
+            try:
+                linear.write(rsp, _Q.pack(value & _MASK64))
+            except PageFault as fault:
+                raise _page_fault(fault, write=True) from None
         return rsp
 
     def deliver(self, cpu: CpuView, event: Event) -> Landing:
@@ -183,9 +169,9 @@ class Delivery:
         if event.error_code is not None:
             frame.append(event.error_code)
         rsp = self._push(cpu, rsp, frame)
-        rflags = cpu.rflags & ~(_RFLAGS_TF | _RFLAGS_NT | _RFLAGS_RF | _RFLAGS_VM)
+        rflags = cpu.rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM)
         if gate_type == 0xE:
-            rflags &= ~_RFLAGS_IF
+            rflags &= ~RFLAGS_IF
         rip = low | mid << 16 | high << 32
         return Landing(rip=rip, rsp=rsp, rflags=rflags, cs=(selector & ~3) | new_cpl, ss=ss)
 

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from pyflank.intel_x64.vmcs import Vmcs
     from pyflank.processor.records import ExitRecord, Stop
 
-__all__ = ["ObservedVcpu", "ReasonTrace", "VcpuObserver", "VcpuObservers", "VmObserver", "compose"]
+__all__ = [
+    "ObservedVcpu",
+    "ReasonTrace",
+    "VcpuObserver",
+    "VcpuObservers",
+    "VmObserver",
+    "compose_observers",
+]
 
 
 class ObservedVcpu(Protocol):
@@ -101,7 +108,7 @@ class VcpuObservers:
             observer.stopped(stop)
 
 
-def compose(observers: Sequence[VcpuObserver]) -> VcpuObserver | None:
+def compose_observers(observers: Sequence[VcpuObserver]) -> VcpuObserver | None:
     """One observer for ``observers``: None for none, the observer itself for one."""
     if not observers:
         return None

@@ -29,6 +29,8 @@ class StopReason(Enum):
     PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
     GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest
+    POWER_OFF = "power off"  # the guest powered the machine off (a platform device)
+    RESET = "reset"  # the guest reset the machine (the keyboard controller's reset line)
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
     BREAK = "break"  # an observer broke on an exit, before the handler saw it
@@ -81,7 +83,8 @@ class ExitRecord(NamedTuple):
     is; ``rflags``: RFLAGS, exact.  ``guest``: other guest-state fields (VMCS encoding ->
     value) that changed since the engine's last record, or None when nothing did.
     ``detail``: why, for an exit the engine made up itself (a VM entry its hardware
-    refused), written to the debug ring.
+    refused), written to the debug ring.  ``instructions``: how many the guest has
+    retired, for an engine that counts them (guest time follows it), else -1.
     """
 
     info: ExitInformation
@@ -90,6 +93,7 @@ class ExitRecord(NamedTuple):
     rflags: int
     guest: Mapping[int, int] | None = None
     detail: str = ""
+    instructions: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,16 @@ class Stop:
     message: str = ""
     state: ExitRecord | None = None
     simple: ClassVar[bool] = False  # as ``EntryPlan.simple``: nothing to resume in place
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The engine stopped between exits and the guest can go on: it ran the instructions
+    the plan allowed (``EntryPlan.budget``), or it executed HLT with interrupts enabled
+    (``halted``: activity state HLT, RIP past the HLT).  ``state``: the guest state then."""
+
+    state: ExitRecord
+    halted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +138,17 @@ class EntryPlan:
     ``launch``: the first entry, which loads the whole guest state.  ``simple``: only
     registers to load, so an engine can resume in place.
 
+    An engine that counts instructions runs at most ``budget`` of them (None: no limit)
+    before it pauses, and keeps guest time as ``time.guest_ns(instructions, idle_ns)``.
+
     An engine consumes a plan before it reports the next exit, so the processor reuses
     the plan of an exit that only resumes (a plan is a message, not a record to keep).
     """
 
-    __slots__ = ("changed", "event", "fields", "launch", "policy", "regs", "rip", "simple")
+    __slots__ = (
+        "budget", "changed", "event", "fields", "idle_ns", "launch", "policy", "regs", "rip",
+        "simple",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -148,6 +168,8 @@ class EntryPlan:
         self.event = event
         self.launch = launch
         self.simple = not changed and event is None and policy is None
+        self.budget: int | None = None
+        self.idle_ns = 0
 
     def __repr__(self) -> str:
         parts = [f"rip={self.rip:#x}"]

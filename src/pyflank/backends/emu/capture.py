@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as x86
 
+from pyflank.backends.emu import cpu_msrs
 from pyflank.backends.emu.engine import RegisterBatch
-from pyflank.backends.emu.guest_state import CR4_VMXE, save_segments, save_system_segment
+from pyflank.backends.emu.guest_state import save_segments, save_system_segment
 from pyflank.backends.emu.register_file import CC_AT, HEAD_VALUES, NEVER_SEEN
 from pyflank.backends.emu.register_probe import register_file
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.intel_x64.registers import CR4_VMXE
 from pyflank.processor import ExitInformation, ExitRecord
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from pyflank.memory import GuestPhysicalMemory
 
 _unpack_head = HEAD_VALUES.unpack_from
+_EFER = 0xC000_0080
 Captured = tuple[tuple[int, ...], int, "dict[int, int] | None"]  # regs, RFLAGS, moved fields
 NO_EXIT = ExitInformation(-1)  # the information of a record that stands for no exit
 
@@ -163,12 +167,12 @@ class StateCapture:
         write(f.GUEST_IDTR_LIMIT, idtr[2])
         save_system_segment(write, "LDTR", ldtr)
         save_system_segment(write, "TR", tr)
+        efer = cpu_msrs.read_msr(self.engine, _EFER)
         save_segments(
             write,
-            self.memory,
+            guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer),
             selectors,
             known[0][4:10] if known else None,
-            cr3=cr3,
             gdt_base=gdtr[1],
             gdt_limit=gdtr[2],
         )

@@ -19,6 +19,7 @@ from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
@@ -173,12 +174,17 @@ class EntryLoader:
         loaded: dict[int, int] = {}
         old = [values[fields[0]] for fields in SEGMENT_FIELDS]
         new = [old[0], landing.cs, landing.ss, *old[3:]]
+        linear = guest_linear(
+            self.memory,
+            cr0=values[f.GUEST_CR0],
+            cr3=values[f.GUEST_CR3],
+            efer=values[f.GUEST_IA32_EFER],
+        )
         save_segments(
             loaded.__setitem__,
-            self.memory,
+            linear,
             new,
             old,
-            cr3=values[f.GUEST_CR3],
             gdt_base=values[f.GUEST_GDTR_BASE],
             gdt_limit=values[f.GUEST_GDTR_LIMIT],
         )

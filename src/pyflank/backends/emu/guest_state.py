@@ -12,10 +12,10 @@ import struct
 from collections.abc import Callable, Sequence
 
 from pyflank.intel_x64 import fields as f
-from pyflank.memory import GuestMemoryError, GuestPhysicalMemory, PageFault, translate
+from pyflank.intel_x64.registers import AR_UNUSABLE
+from pyflank.memory import GuestLinear, GuestMemoryError, PageFault
 
-UNUSABLE = 1 << 16
-CR4_VMXE = 1 << 13
+UNUSABLE = AR_UNUSABLE
 _Q = struct.Struct("<Q")
 SEGMENT_NAMES = ("ES", "CS", "SS", "DS", "FS", "GS")
 SEGMENT_FIELDS = tuple(
@@ -59,15 +59,14 @@ def qemu_flags_rights(flags: int, selector: int) -> int:
 
 
 def read_descriptor(
-    memory: GuestPhysicalMemory, cr3: int, gdt_base: int, gdt_limit: int, selector: int
+    linear: GuestLinear, gdt_base: int, gdt_limit: int, selector: int
 ) -> int | None:
     """The GDT descriptor ``selector`` names, or None (null, LDT, outside the GDT)."""
     index = selector & ~7
     if index == 0 or selector & 4 or index + 7 > gdt_limit:
         return None
     try:
-        gpa = translate(memory, cr3, gdt_base + index).gpa
-        (value,) = _Q.unpack(memory.read(gpa, 8))
+        (value,) = _Q.unpack(linear.read(gdt_base + index, 8))
     except (PageFault, GuestMemoryError, ValueError):
         return None
     return int(value)
@@ -78,11 +77,10 @@ FieldWrite = Callable[[int, int], None]  # (VMCS encoding, value)
 
 def save_segments(
     write: FieldWrite,
-    memory: GuestPhysicalMemory,
+    linear: GuestLinear,
     selectors: Sequence[int],
     previous: Sequence[int] | None,
     *,
-    cr3: int,
     gdt_base: int,
     gdt_limit: int,
 ) -> None:
@@ -92,7 +90,7 @@ def save_segments(
             continue
         sel_field, base_field, limit_field, rights_field = fields
         write(sel_field, selector)
-        descriptor = read_descriptor(memory, cr3, gdt_base, gdt_limit, selector)
+        descriptor = read_descriptor(linear, gdt_base, gdt_limit, selector)
         if descriptor is None:
             if selector & ~3 == 0 and SEGMENT_NAMES[i] != "CS":
                 write(rights_field, UNUSABLE)

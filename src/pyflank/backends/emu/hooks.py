@@ -251,7 +251,7 @@ class ExitHooks:
                 info = ExitInformation(_CPUID, 0, length)
             # An ExitRecord's fields as a plain tuple: the processor unpacks it by
             # position, and building the named tuple would cost a tenth of this exit.
-            record: Any = (info, v, rip, c.rflags, guest, "")
+            record: Any = (info, v, rip, c.rflags, guest, "", -1)
             plan = self.decide(record)
             if plan.simple and plan.rip == rip + length and plan.regs[4] == rsp:  # type: ignore[union-attr]
                 self._write_gprs(*plan.regs)  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from iced_x86 import InstructionInfoFactory, OpAccess
 from unicorn import x86_const as x86
 
 from pyflank.intel_x64.decode import decode
+from pyflank.intel_x64.registers import CR0_WP, EFER_NXE
 from pyflank.memory import PageFault, PageFaultReason, translate
 from pyflank.processor.delivery import page_fault_error
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from pyflank.backends.emu.engine import Engine
     from pyflank.memory import GuestPhysicalMemory
 
-_CR0_WP, _EFER_NXE = 1 << 16, 1 << 11
 _MAX_INSTRUCTION = 15
 _INFO = InstructionInfoFactory()
 _READS = frozenset(
@@ -40,8 +40,8 @@ def page_fault_error_code(
     cr2 = engine.read(x86.UC_X86_REG_CR2)
     cr0, cr3, cs = system[0], system[1], system[5]
     user = cs & 3 == 3
-    wp = bool(cr0 & _CR0_WP)
-    nxe = bool(efer & _EFER_NXE)
+    wp = bool(cr0 & CR0_WP)
+    nxe = bool(efer & EFER_NXE)
     fetch = rip <= cr2 < rip + _MAX_INSTRUCTION
     attempts: tuple[tuple[bool, bool], ...]
     if fetch:

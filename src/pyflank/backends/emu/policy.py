@@ -9,14 +9,12 @@ from __future__ import annotations
 from enum import IntFlag
 
 from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.controls import (
-    PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
-    PinBasedControls,
-    PrimaryProcessorBasedControls,
-    SecondaryProcessorBasedControls,
-    VmEntryControls,
-    VmExitControls,
-)
+from pyflank.intel_x64.controls import PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1
+from pyflank.intel_x64.controls import PinBasedControls as Pin
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.controls import VmExitControls as Exit
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.processor.policy import (
     PIN_BASED_SUPPORTED,
@@ -24,12 +22,6 @@ from pyflank.processor.policy import (
     VM_EXIT_SUPPORTED,
     unsupported_controls,
 )
-
-Pin = PinBasedControls
-Proc = PrimaryProcessorBasedControls
-Proc2 = SecondaryProcessorBasedControls
-Exit = VmExitControls
-Entry = VmEntryControls
 
 # Pin-based, exit and entry rows: see control_policy.
 SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {

@@ -9,7 +9,7 @@ from iced_x86 import Instruction
 
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm import owed as debt
-from pyflank.backends.kvm.decode import GuestCode, instruction_length_at, memory_access_ending_at
+from pyflank.backends.kvm.decode import guest_code, instruction_length_at, memory_access_ending_at
 from pyflank.backends.kvm.exit_record import ExitRecords
 from pyflank.backends.kvm.io_exits import IoExits
 from pyflank.backends.kvm.owed import Owed
@@ -53,7 +53,7 @@ class ExitTranslator:
         self.records = records
         self.owed = owed
         self.io = io
-        self.code = GuestCode(memory)
+        self.memory = memory
         self.hlt_exits = False  # what the exit controls say about HLT
         self._run = run
         # Views into the shared kvm_run page, made once: each access would build new ones.
@@ -93,15 +93,15 @@ class ExitTranslator:
         mmio = self._mmio_exit
         regs, sregs = self.registers.regs, self.registers.sregs
         rip, write, gpa = regs.rip, bool(mmio.is_write), mmio.phys_addr
-        paging = {"cr0": sregs.cr0, "cr3": sregs.cr3, "efer": sregs.efer}
+        code = guest_code(self.memory, sregs)
         if write:  # KVM's emulator has written back RIP already
-            before = self.code.read_before(rip, _MAX_INSN, **paging)
+            before = code.read_before(rip, _MAX_INSN)
             length = memory_access_ending_at(before, rip, mmio.len)
             start = rip - length
         else:
             start, length = (
                 rip,
-                instruction_length_at(self.code.read(rip, _MAX_INSN, **paging), rip),
+                instruction_length_at(code.read_available(rip, _MAX_INSN), rip),
             )
             ctypes.memset(ctypes.addressof(mmio.data), 0xFF, 8)  # an empty bus reads all ones
         qualification = EptViolation(data_read=not write, data_write=write).encode()
@@ -151,8 +151,7 @@ class ExitTranslator:
             if failure.flags & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
                 code = bytes(failure.insn_bytes[: failure.insn_size])
             else:
-                sregs = self.registers.sregs
-                code = self.code.read(rip, _MAX_INSN, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+                code = guest_code(self.memory, self.registers.sregs).read_available(rip, _MAX_INSN)
             ins = vmx_decode.decode(code, rip)
             text = f"KVM could not emulate the instruction at {rip:#x}: " + (
                 f"{ins} (bytes {code[: ins.len].hex(' ')})"
@@ -168,8 +167,7 @@ class ExitTranslator:
         In VMX non-root operation these exit unconditionally, before any fault, so
         the exit is exact.  VMFUNC is left out: without VM functions it is #UD.
         """
-        sregs = self.registers.sregs
-        code = self.code.read(rip, _MAX_INSN, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+        code = guest_code(self.memory, self.registers.sregs).read_available(rip, _MAX_INSN)
         ins = vmx_decode.decode(code, rip)
         reason = None if ins.is_invalid else vmx_decode.VMX_EXITS.get(ins.mnemonic)
         return None if reason is None or reason == ExitReason.VMFUNC else ins
@@ -191,8 +189,7 @@ class ExitTranslator:
         try:
             regs = self.registers
             regs.fetch_by_ioctl()
-            sregs = regs.sregs
-            code = self.code.read(regs.regs.rip, 3, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)
+            code = guest_code(self.memory, regs.sregs).read_available(regs.regs.rip, 3)
         except OSError:
             return ""
         if code in (b"\x0f\x01\xc1", b"\x0f\x01\xd9"):

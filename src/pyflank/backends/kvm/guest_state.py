@@ -13,6 +13,7 @@ from typing import Final
 
 from pyflank.backends.kvm.structs import KvmSegment, KvmSregs
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.registers import AR_UNUSABLE, CR4_VMXE, RFLAGS_FIXED1
 from pyflank.intel_x64.vmcs import Vmcs
 
 # kvm_sregs member -> (selector, limit, access rights, base) encodings.
@@ -44,11 +45,9 @@ SREGS_FIELDS: Final[frozenset[int]] = frozenset(
     | set(CONTROL_FIELDS.values())
 )
 
-_AR_UNUSABLE = 1 << 16
-RFLAGS_FIXED = 1 << 1  # RFLAGS bit 1 reads as 1
+RFLAGS_FIXED = RFLAGS_FIXED1  # RFLAGS bit 1 reads as 1
 # VMX operation keeps CR4.VMXE set (a VM-entry check); the guest reads 0, as with a
 # guest/host mask on that bit, and KVM refuses it in a vCPU without VMX in its CPUID.
-CR4_VMXE = 1 << 13
 
 
 def access_rights(seg: KvmSegment) -> int:
@@ -61,7 +60,7 @@ def access_rights(seg: KvmSegment) -> int:
         | seg.l << 13
         | seg.db << 14
         | seg.g << 15
-        | (_AR_UNUSABLE if seg.unusable else 0)
+        | (AR_UNUSABLE if seg.unusable else 0)
     )
 
 

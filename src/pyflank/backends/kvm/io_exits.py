@@ -16,7 +16,6 @@ from typing import Any
 from pyflank.backends.base import PortIo
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm import owed as debt
-from pyflank.backends.kvm.decode import GuestCode
 from pyflank.backends.kvm.device import KvmVcpuFd
 from pyflank.backends.kvm.exit_record import ExitRecords
 from pyflank.backends.kvm.io_sites import IoSite, IoSites, access_of
@@ -59,7 +58,7 @@ class IoExits:
         self.memory = memory
         self._complete = complete
         self._io_write = ports.io_write
-        self.sites = IoSites(GuestCode(memory))
+        self.sites = IoSites(memory)
         self._lookup = self.sites.lookup
         # The ctypes views of the registers never change: bound once, read per exit.
         self._regs, self._sregs = registers.regs, registers.sregs
@@ -113,7 +112,7 @@ class IoExits:
         if image != registers.sregs_seen:
             guest = self.records.moved(image)
         # An ExitRecord's fields as a plain tuple: the processor unpacks it by position.
-        record: Any = (info, order(values), site.start, values[17], guest, "")
+        record: Any = (info, order(values), site.start, values[17], guest, "", -1)
         return record  # type: ignore[no-any-return]
 
     def _site(self, access: int, count: int) -> IoSite:

@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyflank.backends.kvm.decode import GuestCode, IoMatch, io_ending_at, parse_io
+from pyflank.backends.kvm.decode import IoMatch, guest_code, io_ending_at, parse_io
 from pyflank.backends.kvm.structs import KvmRegs, KvmSregs
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import IoDirection, IoInstruction, IoOperandEncoding
+from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import ExitInformation
 
 _MAX_INSN = 15
@@ -71,8 +72,8 @@ def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> I
 
 
 class IoSites:
-    def __init__(self, code: GuestCode) -> None:
-        self._code = code
+    def __init__(self, memory: GuestPhysicalMemory) -> None:
+        self._memory = memory
         self._cache: dict[SiteKey, IoSite] = {}
         # The exit path's first try: ``lookup((rip, cr3, access))``, no Python frame.
         self.lookup: Callable[[SiteKey], IoSite | None] = self._cache.get
@@ -95,14 +96,12 @@ class IoSites:
         if site is not None:
             return site
         port, size, out = access >> 16 & 0xFFFF, access >> 8 & 0xFF, bool(access & 1)
-        paging = {"cr0": sregs.cr0, "cr3": sregs.cr3, "efer": sregs.efer}
+        code = guest_code(self._memory, sregs)
         facts = {"port": port, "size": size, "is_in": not out, "dx": regs.rdx}
-        here = parse_io(self._code.read(rip, _MAX_INSN, **paging), **facts)
+        here = parse_io(code.read_available(rip, _MAX_INSN), **facts)
         if not out:
             return self._remember(key, _site(rip, here, access, pending=True))
-        before = io_ending_at(
-            self._code.read_before(rip, _MAX_INSN, **paging), count=count, **facts
-        )
+        before = io_ending_at(code.read_before(rip, _MAX_INSN), count=count, **facts)
         if before is None:
             if here is None:
                 return _site(rip, None, access, pending=False)  # not an I/O instruction we know

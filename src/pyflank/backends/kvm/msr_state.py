@@ -11,15 +11,16 @@ from collections.abc import Collection, Mapping
 from typing import Final
 
 from pyflank.backends.kvm.device import KvmVcpuFd
+from pyflank.backends.kvm.guest_state import SREGS_FIELDS
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64 import msrs
 
+# The VMCS-backed MSRs (``intel_x64.msrs``) outside kvm_sregs (EFER, FS/GS base are in
+# it); IA32_PERF_GLOBAL_CTRL stays the VMCS's: KVM's vCPU need not have a PMU.
 MSR_FIELDS: Final[dict[int, int]] = {
-    f.GUEST_IA32_PAT: msrs.IA32_PAT,
-    f.GUEST_IA32_SYSENTER_CS: msrs.IA32_SYSENTER_CS,
-    f.GUEST_IA32_SYSENTER_ESP: msrs.IA32_SYSENTER_ESP,
-    f.GUEST_IA32_SYSENTER_EIP: msrs.IA32_SYSENTER_EIP,
-    f.GUEST_IA32_DEBUGCTL: msrs.IA32_DEBUGCTL,
+    backed.field: msr
+    for msr, backed in msrs.VMCS_BACKED_MSRS.items()
+    if backed.field not in SREGS_FIELDS and msr != msrs.IA32_PERF_GLOBAL_CTRL
 }
 
 
