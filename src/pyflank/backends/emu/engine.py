@@ -49,6 +49,7 @@ _emu_start.restype = ctypes.c_int
 _emu_stop = _lib.uc_emu_stop
 _emu_stop.argtypes = [ctypes.c_void_p]
 _emu_stop.restype = ctypes.c_int
+emu_stop: Any = _emu_stop  # for ``stop_gate``'s hook
 _hook_add = _lib.uc_hook_add
 _hook_add.restype = ctypes.c_int
 _hook_del = _lib.uc_hook_del
@@ -64,7 +65,10 @@ OUT_CB = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
 )
 INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
-INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+BLOCK_CB = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
 
 # Ignored (the exit list is used instead): emulation runs until something stops it.
 NO_END = 0

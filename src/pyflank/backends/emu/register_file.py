@@ -75,13 +75,15 @@ class RegisterFile(Protocol):
     bytes that change whenever a system register does; ``dr7.value`` changes with DR7
     where the head does not cover it.  ``compared_from(raw)``: where the bytes compared
     between exits start.  ``rflags(raw)``: RFLAGS where the head alone gives it, else
-    None.  ``write_gprs`` takes the 16 GPRs in QEMU's order.
+    None.  ``write_gprs`` takes the 16 GPRs in QEMU's order.  ``error_code``: the error
+    code of the exception being raised (an intercept's), where it can be read.
     """
 
     head: RawHead
     dr7: ctypes.c_uint64
     system_at: int
     write_gprs: Callable[..., None]
+    error_code: ctypes.c_uint32 | None
 
     def compared_from(self, raw: bytes) -> int: ...
 
@@ -93,8 +95,18 @@ class InPlace:
 
     system_at = SYSTEM_AT
 
-    def __init__(self, env: int, dr7_at: int, cc_op_clr: int, cc_op_eflags: int) -> None:
+    def __init__(
+        self,
+        env: int,
+        dr7_at: int,
+        cc_op_clr: int,
+        cc_op_eflags: int,
+        error_code_at: int | None = None,
+    ) -> None:
         array = (ctypes.c_char * HEAD_SIZE).from_address(env)
+        self.error_code = (
+            None if error_code_at is None else ctypes.c_uint32.from_address(env + error_code_at)
+        )
         self.head: RawHead = array
         self.dr7 = ctypes.c_uint64.from_address(env + dr7_at)
         # A memoryview exports its buffer faster than a ctypes array; a partial of a C
@@ -131,6 +143,7 @@ class ThroughApi:
         self._gprs = RegisterBatch(handle, QEMU_GPR_IDS)
         self.head: RawHead = self
         self.dr7 = ctypes.c_uint64(0)  # DR7 is in the batch
+        self.error_code: ctypes.c_uint32 | None = None  # no API reports it
         self.write_gprs: Callable[..., None] = self._write
 
     @property

@@ -3,11 +3,13 @@ at the next exit the processor must see, or at a stop.
 
 The parts: ``StateCapture`` reads what an exit saves, ``ExitHooks`` turn unicorn's hooks
 into exit records (deciding in place where leaving unicorn would cost more than the exit),
-``EntryLoader`` loads plans and delivers events through the guest IDT.
+``EntryLoader`` loads plans and delivers events through the guest IDT, and ``EngineCpu``
+is the handler's physical CPU (``cpu``), whose SYSCALL and TSC_AUX MSRs are unicorn's.
 
 Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs,
-and HLT stops the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no
-interrupt source that could ever wake it).
+SYSCALL and SYSENTER enter ring 0 (carried out here: unicorn's do nothing), and HLT stops
+the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no interrupt source that
+could ever wake it).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pyflank.backends.emu import svm
 from pyflank.backends.emu.capture import StateCapture
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
+from pyflank.backends.emu.fast_calls import GuestSyscall
 from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
 from pyflank.backends.emu.icount import InstructionCounter
+from pyflank.backends.emu.physical_cpu import EngineCpu
+from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import EntryPlan, ExitRecord, Stop, StopReason
@@ -43,13 +48,14 @@ class EmuVcpu:
         e.map_host_memory(0, memory.size, memory.address)
         e.map_private(svm.HOST_BASE, svm.HOST_SIZE)
         e.write_physical(svm.HOST_BASE, svm.host_region())
-        self.hooks = ExitHooks(e, self.capture, memory, ports)
+        self.cpu = EngineCpu(e)
+        """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
+        self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
+        self.stop_gate = StopGate(e)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
         self.instructions: InstructionCounter | None = None  # made when someone asks
-
-    cpu = None  # the handler keeps its CPU model
 
     def cpuid_leaves(self) -> None:
         return None  # CPUID exits: nothing to sample
@@ -61,9 +67,8 @@ class EmuVcpu:
         """Enter the guest with ``plan``; the next exit, a plan decided in place that needs
         a VM entry of its own, or a stop.
 
-        After ``request_stop`` (a timeout) the saved RIP can point at a read-modify-write
-        instruction that already completed: unicorn 2.1.4 does not resynchronise RIP when
-        emulation stops asynchronously.  Every other stop is at an exit, and precise.
+        Every stop is precise: at an exit, or (``request_stop``) at the start of a block,
+        between two instructions (``stop_gate``).
         """
         self.hooks.decide = decide
         try:
@@ -83,6 +88,9 @@ class EmuVcpu:
         outcome = self.hooks.take()
         if isinstance(outcome, GuestEvent):
             return self.loader.deliver_guest(outcome)
+        if isinstance(outcome, GuestSyscall):
+            self.loader.fast_system_call(outcome)
+            return None
         if outcome is not None:
             return outcome
         if self._stop_request is not None:
@@ -107,7 +115,7 @@ class EmuVcpu:
         with self._stop_lock:
             if self._stop_request is None:
                 self._stop_request = reason
-        self.engine.stop()
+        self.stop_gate.request()
 
     def close(self) -> None:
         pass  # the engine is freed with the vCPU
