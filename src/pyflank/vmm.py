@@ -67,7 +67,7 @@ from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
-from pyflank.processor.observer import VmObserver, compose_observers
+from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
@@ -238,7 +238,7 @@ class Vm:
         self.layout = layout or BootLayout()
         """Where the boot structures, stacks and program live in guest-physical memory."""
         self.trace = trace
-        self.observers = tuple(observers)
+        self.observers = checked_observers(observers)
         """What watches the run's exits (``pyflank.observe``: statistics, traces, breaks)."""
         self.memory = GuestPhysicalMemory(memory_size)
         """Guest RAM, shared by every vCPU (and readable after the run)."""

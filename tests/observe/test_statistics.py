@@ -3,11 +3,13 @@ user's handler left as it is; the table reaches the debug ring at the stop."""
 
 from __future__ import annotations
 
+import pytest
 from observe_helpers import EXPECTED, CountingPortExits, rounds_vm
 
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.observe import ExitStatistics
+from pyflank.vmm import Vm
 
 
 def test_counts_per_vcpu_and_reason_are_the_guests(backend: str) -> None:
@@ -78,3 +80,10 @@ def test_no_observer_means_nothing_on_the_exit_path(backend: str) -> None:
     traced = rounds_vm(backend, trace=True)
     [result] = traced.run(timeout=10)
     assert result.trace is not None and len(result.trace) == 5
+
+
+def test_what_is_not_an_observer_is_refused_at_once() -> None:
+    with pytest.raises(TypeError, match=r"observers\[0\] is the class ExitStatistics: pass one"):
+        Vm(observers=[ExitStatistics])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"observers\[1\] \(str\) is no observer"):
+        Vm(observers=[ExitStatistics(), "stats"])  # type: ignore[list-item]

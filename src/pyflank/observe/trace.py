@@ -194,8 +194,8 @@ class _VcpuTrace:
 
 
 class ExitTrace:
-    """Writes every exit of a run to ``target`` (a path, or an open text file, which is
-    flushed but left open), one JSON line each.
+    """Writes every exit of a run to ``target`` (a path, rewritten by each run; or an open
+    text file, flushed but left open), one JSON line each.
 
     ``replayable``: also what the handler was given (``observe.replay`` needs it).
     ``instructions``: ask the engine for the guest's instruction count at each exit.

@@ -33,6 +33,7 @@ __all__ = [
     "VcpuObserver",
     "VcpuObservers",
     "VmObserver",
+    "checked_observers",
     "compose_observers",
 ]
 
@@ -106,6 +107,23 @@ class VcpuObservers:
     def stopped(self, stop: Stop) -> None:
         for observer in self.observers:
             observer.stopped(stop)
+
+
+def checked_observers(observers: Sequence[object]) -> tuple[VmObserver, ...]:
+    """``observers`` if each is a ``VmObserver`` (an instance with ``attach`` and
+    ``finished``), else a ``TypeError`` naming the first that is not."""
+    for index, observer in enumerate(observers):
+        if isinstance(observer, type):
+            name = observer.__name__
+            raise TypeError(f"observers[{index}] is the class {name}: pass one ({name}())")
+        if not (
+            callable(getattr(observer, "attach", None))
+            and callable(getattr(observer, "finished", None))
+        ):
+            what = type(observer).__name__
+            raise TypeError(f"observers[{index}] ({what}) is no observer: it needs attach() "
+                            "and finished() (pyflank.processor.observer.VmObserver)")  # fmt: skip
+    return tuple(observers)  # type: ignore[arg-type]
 
 
 def compose_observers(observers: Sequence[VcpuObserver]) -> VcpuObserver | None:
