@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,7 @@ from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
+from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
@@ -134,6 +135,8 @@ class Vcpu:
         """Its guest registers (RIP, RSP, RDI set at boot)."""
         self.debug_ring: DebugRing = handler.m_debug_ring
         """Its handler's log."""
+        self.backend = vm.backend.name
+        """The backend's name ("emu", "kvm", ...)."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
@@ -145,7 +148,20 @@ class Vcpu:
         self.result: VcpuResult | None = None
         """Why and how it stopped, once it has."""
 
-    def _attach(self, backend: Backend, *, trace: bool, machine: Machine | None = None) -> None:
+    def count_instructions(self) -> Callable[[], int] | None:
+        """Start counting guest instructions (observers ask, before the run); a reader of
+        the count, or None where the engine cannot count them."""
+        assert self.engine is not None, "the engine exists while the Vm runs"
+        return self.engine.count_instructions()
+
+    def _attach(
+        self,
+        backend: Backend,
+        *,
+        trace: bool,
+        machine: Machine | None = None,
+        observers: Sequence[VmObserver] = (),
+    ) -> None:
         """Make this vCPU's engine and processor (after the guest is loaded)."""
         engine = self.engine = backend.create_vcpu(self.vcpuid)
         if engine.cpu is not None:
@@ -153,12 +169,14 @@ class Vcpu:
         leaves = engine.cpuid_leaves()
         if leaves is not None:
             engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
+        watching = [w for w in (o.attach(self) for o in observers) if w is not None]
         self.processor = VmxProcessor(
             self.handler,
             backend.unsupported,
             engine=f"{backend.name} backend",
             trace=trace,
             machine=machine,
+            observer=compose_observers(watching),
         )
 
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
@@ -176,6 +194,11 @@ class Vcpu:
         except Exception as exc:  # an engine failure stops this vCPU, not the VMM
             log.exception("vCPU %d failed", self.vcpuid)
             stop = Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}")
+        if processor.observer is not None:
+            try:
+                processor.observer.stopped(stop)
+            except Exception:  # an observer's failure loses no result
+                log.exception("vCPU %d: an observer failed at the stop", self.vcpuid)
         self.result = VcpuResult(
             vcpuid=self.vcpuid,
             reason=stop.reason,
@@ -207,6 +230,7 @@ class Vm:
         backend: str | BackendFactory = "emu",
         layout: BootLayout | None = None,
         trace: bool = False,
+        observers: Sequence[VmObserver] = (),
         platform: str = "minimal",
         console: Callable[[int], None] | None = None,
         _setup: bool = True,
@@ -214,6 +238,8 @@ class Vm:
         self.layout = layout or BootLayout()
         """Where the boot structures, stacks and program live in guest-physical memory."""
         self.trace = trace
+        self.observers = checked_observers(observers)
+        """What watches the run's exits (``pyflank.observe``: statistics, traces, breaks)."""
         self.memory = GuestPhysicalMemory(memory_size)
         """Guest RAM, shared by every vCPU (and readable after the run)."""
         write_descriptor_tables(self.memory, self.layout, vcpus)
@@ -388,7 +414,7 @@ class Vm:
     def _run(self, timeout: float) -> list[VcpuResult]:
         for vcpu in self.vcpus:  # without local APICs only the boot vCPU takes interrupts
             machine = self.platform if vcpu.vcpuid == 0 else None
-            vcpu._attach(self.backend, trace=self.trace, machine=machine)
+            vcpu._attach(self.backend, trace=self.trace, machine=machine, observers=self.observers)
         threads = [
             threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
         ]
@@ -402,6 +428,11 @@ class Vm:
             while thread.is_alive():
                 vcpu.request_stop(StopReason.TIMEOUT)
                 thread.join(0.01)
+        for observer in self.observers:
+            try:
+                observer.finished()
+            except Exception:  # an observer's failure loses no result
+                log.exception("an observer failed at the end of the run")
         results = []
         for vcpu in self.vcpus:
             assert vcpu.result is not None

@@ -33,6 +33,7 @@ class StopReason(Enum):
     RESET = "reset"  # the guest reset the machine (the keyboard controller's reset line)
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
+    BREAK = "break"  # an observer broke on an exit, before the handler saw it
     # KVM only: its instruction emulator met a guest instruction it cannot run (and that
     # stands for no VM exit); on hardware VMX the instruction would simply have executed.
     EMULATION_FAILURE = "emulation failure"

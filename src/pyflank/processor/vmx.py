@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import checks, exit_reasons
@@ -35,6 +36,7 @@ from pyflank.processor.interrupts import (
 )
 from pyflank.processor.launch import refused_launch
 from pyflank.processor.machine import Machine
+from pyflank.processor.observer import ReasonTrace, VcpuObserver, compose_observers
 from pyflank.processor.policy import CONTROL_ENCODINGS, ExitPolicy, exit_policy
 from pyflank.processor.records import (
     EXIT_INFORMATION_FIELDS,
@@ -73,12 +75,13 @@ Unsupported = Callable[[Vmcs], list[str]]
 
 class VmxProcessor:
     """VM exits and entries of ``handler``'s vCPU; ``unsupported`` names the controls the
-    engine cannot honour (empty when it can run them)."""
+    engine cannot honour (empty when it can run them).  ``observer`` watches every exit
+    (``processor.observer``); ``trace`` keeps (reason, RIP) of each in ``trace``."""
 
     __slots__ = (
         "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp", "_stop",
-        "_stop_reason", "clock", "engine", "exits", "fields", "handler", "machine", "policy",
-        "state", "trace", "unsupported", "vmcs",
+        "_stop_reason", "clock", "engine", "exits", "fields", "handler", "machine", "observer",
+        "policy", "state", "trace", "unsupported", "vmcs",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +92,7 @@ class VmxProcessor:
         engine: str = "engine",
         trace: bool = False,
         machine: Machine | None = None,
+        observer: VcpuObserver | None = None,
     ) -> None:
         self.handler = handler
         self.vmcs = handler.m_vmcs
@@ -96,7 +100,10 @@ class VmxProcessor:
         self.unsupported = unsupported
         self.engine = engine
         self.exits = 0  # VM exits dispatched to the handler
-        self.trace: list[tuple[int, int]] | None = [] if trace else None
+        reasons = ReasonTrace() if trace else None
+        self.trace: list[tuple[int, int]] | None = reasons.exits if reasons else None
+        watching = [o for o in (observer, reasons) if o is not None]
+        self.observer = compose_observers(watching)  # None: the exit path calls nothing
         self.fields: Mapping[int, int] = self.vmcs.view()
         self._info = _UNSET_INFO  # what the VMCS holds of the exit-information fields
         self._rip = self._rsp = self._rflags = -1  # GUEST_RIP, RSP, RFLAGS as last stored
@@ -163,15 +170,18 @@ class VmxProcessor:
             write = self.vmcs.processor_write
             for encoding, value in guest.items():
                 write(encoding, value)
-        self.exits += 1
-        if self.trace is not None:
-            self.trace.append((info[0] & 0xFFFF, rip))
         clock = self.clock
         if clock is not None:
             clock.ran(executed)
             if clock.machine.machine.request is not None:
                 return self._machine_request()
-        self.handler.dispatch()
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+        else:
+            stop = self._observed(ExitRecord._make(record))
+            if stop is not None:
+                return stop
         vmcs = self.vmcs
         if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
             plan = self._resume  # consumed by the engine before its next exit: reused
@@ -269,10 +279,9 @@ class VmxProcessor:
         vmcs, s = self.vmcs, self.state
         self._store_flow(s.rip, s.rsp, vmcs.read(_GUEST_RFLAGS))
         self._store_information(info)
-        self.exits += 1
-        if self.trace is not None:
-            self.trace.append((info[0] & 0xFFFF, s.rip))
-        self.handler.dispatch()
+        stop = self._dispatch_made(info)
+        if stop is not None:
+            return stop
         return self._next_entry(machine=False)
 
     def _next_entry(self, *, machine: bool = True) -> EntryPlan | Stop:
@@ -310,7 +319,9 @@ class VmxProcessor:
                 if violations:
                     if self._failures >= MAX_ENTRY_FAILURES:
                         return self._give_up(str(violations[0]))
-                    self._entry_failure(violations)
+                    stop = self._entry_failure(violations)
+                    if stop is not None:
+                        return stop
                     continue
             event = self._event(dirty)
             dirty.clear()
@@ -330,18 +341,43 @@ class VmxProcessor:
             )  # fmt: skip
             return self._with_machine(plan) if machine and self.clock is not None else plan
 
-    def _entry_failure(self, violations: list[checks.Violation]) -> None:
+    def _entry_failure(self, violations: list[checks.Violation]) -> Stop | None:
         """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""
         findings = "; ".join(map(str, violations))
         self.handler.log(f"VM entry failed: guest state fails the VM-entry checks: {findings}")
         self._failures += 1
         self._reload_all = True
         self.vmcs.dirty.clear()  # what the handler writes now is its fix
-        self._store_information(ExitInformation(_ENTRY_FAILURE))
+        info = ExitInformation(_ENTRY_FAILURE)
+        self._store_information(info)
+        return self._dispatch_made(info)
+
+    def _dispatch_made(self, info: ExitInformation) -> Stop | None:
+        """``dispatch()`` an exit the processor made itself (StateSave holds the guest),
+        observed as any other; a stop if an observer breaks on it."""
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+            return None
+        s = self.state
+        regs = (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+        )  # fmt: skip
+        return self._observed(ExitRecord(info, regs, s.rip, self.vmcs.read(_GUEST_RFLAGS)))
+
+    def _observed(self, record: ExitRecord) -> Stop | None:
+        """``dispatch()`` between the observer's two calls; its stop, if it breaks."""
+        observer = self.observer
+        assert observer is not None
+        stop = observer.exiting(record)
+        if stop is not None:
+            return stop
         self.exits += 1
-        if self.trace is not None:
-            self.trace.append((_ENTRY_FAILURE & 0xFFFF, self.state.rip))
+        start = perf_counter_ns()
         self.handler.dispatch()
+        observer.exited(record, perf_counter_ns() - start)
+        return None
 
     def _event(self, dirty: set[int]) -> Event | None:
         """The event of the VM-entry interruption-information field, if valid.

@@ -265,7 +265,16 @@ class Engine:
         self.uc.context_restore(context)
 
     # -- hooks --------------------------------------------------------------------------
-    def hook(self, kind: int, callback: Any, *extra: ctypes.c_int, user_data: int = 0) -> int:
+    def hook(
+        self,
+        kind: int,
+        callback: Any,
+        *extra: ctypes.c_int,
+        begin: int = 1,
+        end: int = 0,
+        user_data: int = 0,
+    ) -> int:
+        """Add a hook; it fires for addresses in [begin, end] (every address: begin > end)."""
         handle = _binding.uc_hook_h()
         status = _hook_add(
             self.handle,
@@ -273,8 +282,8 @@ class Engine:
             ctypes.c_int(kind),
             callback,
             ctypes.c_void_p(user_data),
-            ctypes.c_uint64(1),
-            ctypes.c_uint64(0),
+            ctypes.c_uint64(begin),
+            ctypes.c_uint64(end),
             *extra,
         )
         _check(status, f"hook_add({kind})")

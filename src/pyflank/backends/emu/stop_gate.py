@@ -25,17 +25,14 @@ much slower.
 from __future__ import annotations
 
 import ctypes
-import mmap
-import platform
-import sys
 import threading
 from typing import Any
 
-from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
 from unicorn import unicorn_const as uc_const
 
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import Engine
+from pyflank.backends.emu.native import native_code
 
 # void hook(uc_engine *uc, uint64_t address, uint32_t size, void *user_data): System V
 # passes uc in RDI, the block's size in EDX and user_data -- a GateState -- in RCX;
@@ -64,35 +61,16 @@ class GateState(ctypes.Structure):
     )
 
 
-_PAGE = mmap.PAGESIZE
 _built = False
 _native: Any = None  # the hook as a ctypes function, or None where it cannot be built
-_pages: list[mmap.mmap] = []  # its page, kept for the life of the process
 _lock = threading.Lock()
-
-
-def _system_v_x86_64() -> bool:
-    return sys.platform != "win32" and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _build_native() -> Any:
     """The hook as native code in an executable page, or None."""
-    if not _system_v_x86_64():
-        return None
     stop = ctypes.cast(eng.emu_stop, ctypes.c_void_p).value
-    try:
-        code, _ = Ks(KS_ARCH_X86, KS_MODE_64).asm(_HOOK_SOURCE.format(uc_emu_stop=stop), 0)
-        page = mmap.mmap(-1, _PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    except (KsError, OSError, ValueError):
-        return None
-    page.write(bytes(code))
-    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    if libc.mprotect(address, _PAGE, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
-        return None  # W^X policy: no executable page for us
-    _pages.append(page)
-    return ctypes.cast(address, eng.BLOCK_CB)
+    address = native_code(_HOOK_SOURCE.format(uc_emu_stop=stop))
+    return None if address is None else ctypes.cast(address, eng.BLOCK_CB)
 
 
 def native_hook() -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from unicorn import x86_const as x86
 
@@ -27,6 +28,7 @@ from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
 from pyflank.backends.emu.fast_calls import GuestSyscall
 from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
+from pyflank.backends.emu.icount import InstructionCounter
 from pyflank.backends.emu.physical_cpu import EngineCpu
 from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
@@ -54,6 +56,7 @@ class EmuVcpu:
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
+        self.instructions: InstructionCounter | None = None  # made when someone asks
 
     def cpuid_leaves(self) -> None:
         return None  # CPUID exits: nothing to sample
@@ -106,6 +109,12 @@ class EmuVcpu:
     def _state(self) -> ExitRecord | None:
         """The guest's state now, when it is in the guest (a stop between exits)."""
         return self.capture.snapshot() if self.loader.in_guest_mode else None
+
+    def count_instructions(self) -> Callable[[], int]:
+        """Count guest instructions from now on (``icount``); the count's reader."""
+        if self.instructions is None:
+            self.instructions = InstructionCounter(self.engine)
+        return self.instructions.count
 
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Ask the vCPU to stop (any thread); it stops at the next block boundary."""

@@ -45,6 +45,7 @@ GAPS: Final[dict[str, str]] = {
     "linux": "Linux needs guest time and timer interrupts, which the KVM engine does not "
     "drive (no in-kernel irqchip and PIT); on kvm_pvm the kernel stops first at the "
     "emulator's missing LOCK CMPXCHG16B",
+    "instruction_count": "KVM does not count guest instructions: exit traces hold no count",
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING
