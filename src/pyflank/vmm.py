@@ -303,6 +303,7 @@ class Vm:
         backend: str | BackendFactory = "emu",
         trace: bool = False,
         console: Callable[[int], None] | None = None,
+        observers: Sequence[VmObserver] = (),
     ) -> Vm:
         """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
 
@@ -313,7 +314,7 @@ class Vm:
         """
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
-            console=console, _setup=False,
+            console=console, observers=observers, _setup=False,
         )  # fmt: skip
         boot = load_bzimage(
             vm.memory,
