@@ -13,8 +13,9 @@ from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
 from pyflank.vmm import Vm
 
 
-def boot_to_marker(assets: LinuxAssets) -> tuple[float, int]:
-    """Seconds from the start of the run to the marker on the console, and the exits."""
+def boot_to_marker(assets: LinuxAssets, *, decompress_in_guest: bool = False) -> tuple[float, int]:
+    """Seconds from loading the kernel (``Vm.boot_linux``: decompressing, placing) to the
+    marker on the console, and the exits; QEMU's figure likewise starts at its launch."""
     seen: list[float] = []
     console = bytearray()
     marker = MARKER.encode()
@@ -24,11 +25,12 @@ def boot_to_marker(assets: LinuxAssets) -> tuple[float, int]:
         if not seen and console.endswith(marker):
             seen.append(time.perf_counter())
 
+    start = time.perf_counter()
     vm = Vm.boot_linux(
         assets.kernel.bzimage, initrd=assets.initramfs,
         append=f"console=ttyS0 {POWEROFF_FLAG}", console=receive,
+        decompress_in_guest=decompress_in_guest,
     )  # fmt: skip
-    start = time.perf_counter()
     [result] = vm.run(timeout=300)
     if not seen:
         raise RuntimeError(f"the boot did not reach the marker: {result.message}")
@@ -46,7 +48,12 @@ def bench_linux(runs: int = 3) -> dict[str, float | str]:
     print(f"  kernel: {assets.kernel.package} {assets.kernel.version}")
     print(f"  pyflank (software CPU) to the /init marker: {pyflank:5.2f} s "
           f"(median of {runs}; {boots[0][1]} exits through the handler)")  # fmt: skip
-    results: dict[str, float | str] = {"linux_pyflank_to_marker_s": pyflank}
+    in_guest, _ = boot_to_marker(assets, decompress_in_guest=True)
+    print(f"  pyflank, the bzImage decompressing itself in the guest: {in_guest:5.2f} s (one run)")
+    results: dict[str, float | str] = {
+        "linux_pyflank_to_marker_s": pyflank,
+        "linux_pyflank_decompressing_in_guest_s": in_guest,
+    }
     reference = qemu_boot.measure(runs)
     results.update(reference)
     for machine in ("pc", "microvm"):

@@ -61,7 +61,7 @@ from pyflank.platform.devices.bus import PortBus
 from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
 from pyflank.platform.devices.uart import Uart16550
-from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage
+from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage, load_vmlinux
 from pyflank.platform.linux.cmdline import compose
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
@@ -304,19 +304,24 @@ class Vm:
         trace: bool = False,
         console: Callable[[int], None] | None = None,
         observers: Sequence[VmObserver] = (),
+        decompress_in_guest: bool = False,
     ) -> Vm:
         """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
 
         ``append`` is the command line as QEMU takes it; the platform adds what its
         hardware needs (``platform.linux.cmdline``: no ACPI, APICs or PCI, the TSC rate).
-        The one vCPU starts at the 64-bit entry with RSI at the zero page.  ``console``
-        receives COM1's output as it is sent; ``serial.feed`` types into the guest.
+        The one vCPU starts at a 64-bit entry with RSI at the zero page: the kernel's own,
+        decompressed here (``load_vmlinux``), or with ``decompress_in_guest`` the bzImage's,
+        whose decompressor then runs in the guest (seconds on the software CPU).
+        ``console`` receives COM1's output as it is sent; ``serial.feed`` types into the
+        guest.
         """
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
             console=console, observers=observers, _setup=False,
         )  # fmt: skip
-        boot = load_bzimage(
+        load = load_bzimage if decompress_in_guest else load_vmlinux
+        boot = load(
             vm.memory,
             _read(kernel),
             cmdline=compose(append, tsc_khz=TSC_HZ // 1000),

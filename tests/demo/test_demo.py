@@ -9,7 +9,7 @@ def test_demo_guest(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--guest-only"]) == 0
     out = capsys.readouterr().out
     for expected in (
-        "leaf 0x0: eax=0x7",
+        "leaf 0x0: eax=0x16",
         "(GenuineIntel)",
         "(PyFlank)",
         "IA32_EFER <- 0xd01",
