@@ -25,7 +25,10 @@ it cheaply: unicorn resumes imprecisely after an asynchronous stop (see ``EmuVcp
 
 from __future__ import annotations
 
+import atexit
 import copy
+import logging
+import math
 import threading
 import time
 import weakref
@@ -42,6 +45,7 @@ from pyflank.backends.base import (
 )
 from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
+from pyflank.exit_handler.fault import capture, handler_fault
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
@@ -58,7 +62,10 @@ from pyflank.platform.serial import Serial16550
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm"]
 
+log = logging.getLogger("pyflank.vmm")
+
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
+STOP_PATIENCE = 5.0  # seconds an interrupted run waits for its vCPUs to stop
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
 
 
@@ -76,6 +83,9 @@ class VcpuResult:
     trace: list[tuple[int, int]] | None = field(default=None, repr=False)
 
 
+StopCallback = Callable[[VcpuResult], None]
+
+
 class Vcpu:
     """A vCPU's handler, VMCS, StateSave and debug ring; the backend exists while running."""
 
@@ -91,20 +101,49 @@ class Vcpu:
         handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
         self.backend: VcpuBackend | None = None
         self.result: VcpuResult | None = None
+        self.finished = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _run(self) -> None:
-        backend = self.backend
-        assert backend is not None
-        backend.run()
-        self._collect()
+    def start(self, on_stop: StopCallback | None) -> None:
+        """Run the backend on a thread of its own; ``finished`` is set when it is done."""
+        self._thread = threading.Thread(
+            target=self._run, args=(on_stop,), name=f"vcpu{self.vcpuid}", daemon=True
+        )
+        self._thread.start()
 
-    def _collect(self) -> None:
-        backend = self.backend
-        assert backend is not None
-        self.result = VcpuResult(
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(1.0)  # it has set ``finished``: only its return is left
+
+    def _run(self, on_stop: StopCallback | None) -> None:
+        try:
+            backend = self.backend
+            assert backend is not None
+            failure: BaseException | None = None
+            try:
+                backend.run()
+            except BaseException as exc:  # noqa: BLE001 - a backend failure stops this vCPU only
+                failure = exc
+            self.result = self._collect(backend, failure)
+            if on_stop is not None:
+                try:
+                    on_stop(self.result)
+                except Exception:  # the caller's callback must not kill the vCPU thread
+                    log.exception("on_stop callback failed for vCPU %d", self.vcpuid)
+        finally:
+            self.finished.set()
+
+    def _collect(self, backend: VcpuBackend, failure: BaseException | None) -> VcpuResult:
+        reason, message = backend.stop_reason or StopReason.ERROR, backend.message
+        fault = handler_fault(self.handler)
+        if fault is not None:  # the guard halted the vCPU: say why, not just "halted"
+            reason, message = StopReason.HANDLER_ERROR, fault.describe()
+        elif failure is not None:
+            reason, message = StopReason.ERROR, f"the backend raised {capture(failure).exception}"
+        return VcpuResult(
             vcpuid=self.vcpuid,
-            reason=backend.stop_reason or StopReason.ERROR,
-            message=backend.message,
+            reason=reason,
+            message=message,
             state=copy.copy(self.state),
             vmcs=self.vmcs,
             debug_ring=self.debug_ring.read(),
@@ -150,6 +189,7 @@ class Vm:
             vcpu.state.rdi = vcpu.vcpuid
         self.set_entry(self.layout.load_address)
         self._ran = False
+        self._started: list[Vcpu] = []
 
     # -- loading ------------------------------------------------------------------------
     def set_entry(self, rip: int) -> None:
@@ -205,35 +245,103 @@ class Vm:
         self.close()
 
     # -- running -------------------------------------------------------------------------
-    def run(self, timeout: float = 5.0) -> list[VcpuResult]:
-        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each."""
+    def run(
+        self, timeout: float | None = 5.0, *, on_stop: StopCallback | None = None
+    ) -> list[VcpuResult]:
+        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each.
+
+        ``timeout=None`` (or ``math.inf``) waits for the vCPUs however long they run.
+        ``on_stop(result)``, if given, is called on each vCPU's thread as that vCPU stops.
+        Whatever ends the run (a timeout, an exception, Ctrl-C in the caller), every vCPU
+        thread is stopped and joined before the backend is freed.
+        """
+        limit = _checked_timeout(timeout)
+        if on_stop is not None and not callable(on_stop):
+            raise TypeError(f"on_stop must be callable, not {type(on_stop).__name__}")
         if self._ran:
             raise RuntimeError("a Vm runs once")
         self._ran = True
         try:
-            return self._run(timeout)
+            return self._run(limit, on_stop)
         finally:
-            self.close()
+            if self._threads_stopped():
+                self.close()
+            else:  # freeing the engines under a running vCPU would crash the process
+                _STRANDED.append(self)
+                log.error("vCPU threads did not stop: the backend stays allocated")
 
-    def _run(self, timeout: float) -> list[VcpuResult]:
+    def _run(self, timeout: float | None, on_stop: StopCallback | None) -> list[VcpuResult]:
         for vcpu in self.vcpus:
             vcpu.backend = self.backend.create_vcpu(vcpu.vcpuid, vcpu.handler, trace=self.trace)
-        threads = [
-            threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
-        ]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        for vcpu, thread in zip(self.vcpus, threads, strict=True):
+        try:
+            for vcpu in self.vcpus:
+                vcpu.start(on_stop)
+                self._started.append(vcpu)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for vcpu in self.vcpus:
+                vcpu.finished.wait(None if deadline is None else deadline - time.monotonic())
+            self._stop_vcpus(StopReason.TIMEOUT)
+        finally:
+            # An exception or Ctrl-C while waiting: the vCPUs must still stop before the
+            # engines go.  Bounded, so a vCPU blocked in a device cannot hang the caller.
+            self._stop_vcpus(StopReason.STOPPED, patience=STOP_PATIENCE)
+        return [vcpu.result or _lost_result(vcpu) for vcpu in self.vcpus]
+
+    def _stop_vcpus(self, reason: StopReason, patience: float | None = None) -> None:
+        """Ask each live vCPU to stop until its thread ends (or ``patience`` runs out).
+
+        Waits on the vCPU's own event, not ``Thread.join``: CPython 3.11 marks a thread
+        stopped when Ctrl-C interrupts a join of it, although it still runs.
+        """
+        deadline = None if patience is None else time.monotonic() + patience
+        for vcpu in self._started:
             # A stop request can race with the vCPU re-entering the guest: repeat it.
-            while thread.is_alive():
-                assert vcpu.backend is not None
-                vcpu.backend.request_stop(StopReason.TIMEOUT)
-                thread.join(0.01)
-        results = []
-        for vcpu in self.vcpus:
-            assert vcpu.result is not None
-            results.append(vcpu.result)
-        return results
+            while not vcpu.finished.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                try:
+                    if vcpu.backend is not None:
+                        vcpu.backend.request_stop(reason)
+                    vcpu.finished.wait(0.01)
+                except KeyboardInterrupt:
+                    if deadline is None:
+                        raise  # the bounded stop in _run's finally takes over
+                    # else: a second Ctrl-C while stopping; the first one is on its way up
+            vcpu.join()
+
+    def _threads_stopped(self) -> bool:
+        return all(vcpu.finished.is_set() for vcpu in self._started)
+
+
+def _checked_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _lost_result(vcpu: Vcpu) -> VcpuResult:
+    """A vCPU whose thread could not be stopped (or ended without a result)."""
+    backend = vcpu.backend
+    return VcpuResult(
+        vcpuid=vcpu.vcpuid,
+        reason=StopReason.ERROR,
+        message="the vCPU did not stop when asked",
+        state=copy.copy(vcpu.state),
+        vmcs=vcpu.vmcs,
+        debug_ring=vcpu.debug_ring.read(),
+        exits=backend.exits if backend is not None else 0,
+    )
+
+
+def _stop_stranded() -> None:
+    """At exit, stop vCPUs a run could not: unicorn must not run while RAM is unmapped."""
+    for vm in _STRANDED:
+        vm._stop_vcpus(StopReason.STOPPED, patience=STOP_PATIENCE)
+
+
+_STRANDED: list[Vm] = []
+atexit.register(_stop_stranded)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 class StopReason(Enum):
     HALTED = "halted"  # the exit handler halted the vCPU (halt(), an unhandled exit, ...)
+    HANDLER_ERROR = "handler error"  # the exit handler raised: the message holds the report
     PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
     GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest

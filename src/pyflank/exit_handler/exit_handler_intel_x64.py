@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pyflank
 from pyflank.exit_handler.debug_ring import DebugRing
+from pyflank.exit_handler.fault import halt_on_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
@@ -179,14 +180,14 @@ class ExitHandlerIntelX64:
     def dispatch(self) -> None:
         """Decode the exit reason, run its handler, then resume the guest.
 
-        A handler that raises halts the vCPU: the guest can never crash the VMM.
+        A handler that raises (anything, ``SystemExit`` included) halts the vCPU with a
+        report of the exception and its frame: the guest can never crash the VMM.
         """
         vmcs = self.m_vmcs
         try:
             self.handle_exit(vmcs.read(_EXIT_REASON) & 0xFFFF)
-        except Exception as exc:  # noqa: BLE001 - a handler bug stops only this vCPU
-            self.log(f"exit handler raised {type(exc).__name__}: {exc}", logging.ERROR)
-            self.halt()
+        except BaseException as exc:  # noqa: BLE001 - a handler bug stops only this vCPU
+            halt_on_fault(self, exc)
         if vmcs.state is _LAUNCHED:
             vmcs.resume()
 
