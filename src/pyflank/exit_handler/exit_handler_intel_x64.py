@@ -408,7 +408,10 @@ class ExitHandlerIntelX64:
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
-        text = json.dumps(value, separators=(",", ":"))
+        # Standard JSON (no NaN/Infinity), UTF-8 kept as UTF-8; a lone surrogate, which
+        # only a string can hold, becomes its JSON escape.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         self._reply(regs, VmcallDataType.STRING_JSON, text, omap)
 
     def _reply(
