@@ -54,3 +54,13 @@ def test_clients_on_two_kvm_vcpus(tmp_path: Path) -> None:
         assert outputs == [f"c{i}: 20 ok" for i in range(4)]
     finally:
         bfm("stop")
+
+
+def test_run_a_program_on_kvm(tmp_path: Path) -> None:
+    program = tmp_path / "hello.s"
+    program.write_text('.include "pyflank.inc"\n mov dx, 0x3f8\n mov al, 0x4b\n out dx, al\n hlt\n')
+    result = Bfm(tmp_path / "run")("run", str(program), "--backend", "kvm")
+    assert result.code == 0, result
+    assert result.out == "K"
+    assert "(asm) on kvm, 1 vCPU" in result.err
+    assert "vcpu 0: guest hlt" in result.err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 COM1_BASE: Final = 0x3F8
@@ -33,6 +34,11 @@ class Serial16550:
         self._lock = threading.Lock()
         self._regs = [0] * PORT_COUNT
         self._divisor = [0x01, 0x00]  # 115200 baud
+        self._listener: Callable[[bytes], None] | None = None
+
+    def listen(self, listener: Callable[[bytes], None] | None) -> None:
+        """Call ``listener`` with each byte the guest transmits, as it does (a live console)."""
+        self._listener = listener
 
     # -- what the host sees ------------------------------------------------------------
     @property
@@ -81,6 +87,8 @@ class Serial16550:
         with self._lock:
             if offset == _RBR_THR and not dlab:
                 self._out.append(value)
+                if self._listener is not None:
+                    self._listener(bytes((value,)))
             elif offset in (_RBR_THR, _IER) and dlab:
                 self._divisor[offset] = value
             elif offset not in (_LSR, _MSR, _IIR_FCR):
