@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench lint clean venv
+.PHONY: run test soak bench bench-reference docs lint clean venv linux-assets
 
 venv: $(STAMP)
 
@@ -28,9 +28,28 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# Keep this run's figures as the tracked reference (benchmarks/results/reference.json).
+bench-reference: $(STAMP)
+	$(BIN)/python -m benchmarks.run --reference
+
+# The API reference (pdoc).  Packages that define __all__ list their own submodules only, so
+# every top-level part is named here.
+DOCS_OUT     ?= build/docs
+DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank.abi \
+                pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
+                pyflank.platform pyflank.backends pyflank.cli
+
+docs: $(STAMP)
+	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)
+	@echo "API reference: $(DOCS_OUT)/index.html"
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Debian's kernels and busybox (apt-get download), the initramfs, cached with versions.
+linux-assets: $(STAMP)
+	$(BIN)/python -m pyflank.platform.linux.assets --flavour all

@@ -7,11 +7,11 @@ import pstats
 import time
 from pathlib import Path
 
+from pyflank.abi import VMCALL_MAGIC_NUMBER, VmcallOpcode
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.testing import ExitHarness
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER, VmcallOpcode
 
 
 def _prepare(reason: int, length: int, **registers: int) -> ExitHandlerIntelX64:

@@ -6,8 +6,8 @@ import cProfile
 import pstats
 from pathlib import Path
 
+from benchmarks import emu_cpuid as emu_bench
 from benchmarks.registry import register
-from pyflank.backends import emu_bench
 
 
 def _where_the_time_goes(count: int = 30_000, top: int = 8) -> list[str]:

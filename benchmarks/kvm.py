@@ -11,7 +11,7 @@ def bench_kvm() -> dict[str, float | str]:
     if not capabilities.usable:
         print(f"  skipped: {capabilities.reason}")
         return {"skipped": str(capabilities.reason)}
-    from pyflank.backends.kvm import bench  # noqa: PLC0415 - only when KVM is usable
+    from benchmarks import kvm_compare as bench  # noqa: PLC0415 - only when KVM is usable
 
     pairs = bench.compare(count=20_000)
     for line in bench.report(pairs).splitlines():

@@ -1,4 +1,6 @@
-"""``make bench``: every benchmark in one run, printed and saved to results/latest.json.
+"""``make bench``: every benchmark in one run, printed and saved to build/bench/latest.json
+(untracked); ``make bench-reference`` (``--reference``) keeps the run as the tracked
+reference, benchmarks/results/reference.json.
 
 Rates are measured back to back in one process so that ratios between them
 are meaningful on a shared, noisy machine; absolute numbers are not.
@@ -16,7 +18,9 @@ from pathlib import Path
 from benchmarks import dispatch
 from benchmarks.registry import SECTIONS, register
 
-RESULTS = Path(__file__).with_name("results") / "latest.json"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "build" / "bench" / "latest.json"  # build/ is ignored by git
+REFERENCE = Path(__file__).with_name("results") / "reference.json"
 
 
 def bench_dispatch() -> dict[str, float | str]:
@@ -33,7 +37,12 @@ def bench_dispatch() -> dict[str, float | str]:
 register("software VMCS, no backend", bench_dispatch)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["--reference"]):
+        print("usage: python -m benchmarks.run [--reference]", file=sys.stderr)
+        return 2
+    target = REFERENCE if args else RESULTS
     for module in ("benchmarks.emu", "benchmarks.kvm", "benchmarks.bfm"):
         importlib.import_module(module)  # each registers its own section
     print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")
@@ -45,9 +54,9 @@ def main() -> int:
     for name, section in SECTIONS.items():
         print(f"\n[{name}]")
         results[name] = section()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nsaved {RESULTS}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nsaved {target}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """``make run``: the demo guest under the seed's exit handler, then a bfm session.
 
-    python -m pyflank.demo [--backend emu|kvm|auto] [--guest-only | --bfm-only]
+python -m pyflank.demo [--backend emu|kvm|auto] [--guest-only | --bfm-only]
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyflank import guests
+from pyflank.abi import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
+from pyflank.backends.factory import NAMES, resolve
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import exit_reasons
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import MSR_NAMES
-from pyflank.platform.assemble import GUESTS_DIR
-from pyflank.vmcall import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
 from pyflank.vmm import Vm
 
 BUFFERS = 0x0000_7F00_0000_0000  # guest-virtual, mapped onto scattered physical pages
@@ -89,7 +90,7 @@ def run_guest(backend: str) -> int:
     vm = Vm(NarratedHandler, backend=backend)
     for i, page in enumerate(BUFFER_PAGES):
         vm.page_tables.map(BUFFERS + i * 0x1000, page, 0x1000)
-    vm.load_asm(f".equ BUFFERS, {BUFFERS:#x}\n" + (GUESTS_DIR / "demo.s").read_text())
+    vm.load_asm(f".equ BUFFERS, {BUFFERS:#x}\n" + guests.read("demo.s"))
     print(f"== the demo guest on the {backend} backend, under the seed's exit handler ==")
     capabilities = vm.capabilities
     [result] = vm.run(timeout=30)
@@ -145,11 +146,11 @@ def run_bfm_session(backend: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyflank.demo")
-    parser.add_argument("--backend", choices=("emu", "kvm", "auto"), default="auto")
+    parser.add_argument("--backend", choices=NAMES, default="auto")
     parser.add_argument("--guest-only", action="store_true")
     parser.add_argument("--bfm-only", action="store_true")
     args = parser.parse_args(argv)
-    backend = "emu" if args.backend == "auto" else args.backend
+    backend = resolve(args.backend)
     status = 0
     if not args.bfm_only:
         status |= run_guest(backend)

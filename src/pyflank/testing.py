@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pyflank
+from pyflank import guests
+from pyflank.abi import VMCALL_VERSION
+from pyflank.abi.version import VERSION
 from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.checks.valid_state import default_controls, long_mode_guest_state
 from pyflank.intel_x64.cpu import ModelCpu
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
-from pyflank.platform.assemble import GUESTS_DIR
-from pyflank.vmcall import VMCALL_VERSION
 
 MIB = 1 << 20
 HARNESS_GDT = 0x8000
@@ -30,17 +30,17 @@ HARNESS_RSP = 0x200000
 
 
 def versions_loop(calls: int, counts: int = 0x280000) -> str:
-    """The guest SDK's VERSIONS loop (guests/versions_loop.s): ``calls`` checked vmcalls;
+    """The guest SDK's VERSIONS loop (``versions_loop.s``): ``calls`` checked vmcalls;
     R12 counts them, R13 the wrong replies, vCPU n stores its count at ``counts + 8 n``."""
     constants = {
         "CALLS": calls,
         "COUNTS": counts,
         "PROTOCOL_MAJOR": VMCALL_VERSION,
-        "PYFLANK_MAJOR": pyflank.VERSION_MAJOR,
-        "PYFLANK_MINOR": pyflank.VERSION_MINOR,
+        "PYFLANK_MAJOR": VERSION[0],
+        "PYFLANK_MINOR": VERSION[1],
     }
     head = "".join(f".equ {name}, {value:#x}\n" for name, value in constants.items())
-    return head + (GUESTS_DIR / "versions_loop.s").read_text()
+    return head + guests.read("versions_loop.s")
 
 
 class ExitHarness:
@@ -52,12 +52,18 @@ class ExitHarness:
         memory_size: int = 4 * MIB,
     ) -> None:
         self.memory = GuestPhysicalMemory(memory_size)
+        """Guest RAM, identity-mapped by ``page_tables``."""
         self.page_tables = PageTableBuilder(self.memory, *HARNESS_TABLES)
+        """The guest's page tables; ``map`` adds mappings (DATA buffers, say)."""
         self.page_tables.identity_map(0, memory_size)
         self.vmcs = Vmcs()
+        """A VMCS that passes every VM-entry check, launched."""
         self.state = StateSave()
+        """The guest registers the handler sees and changes."""
         self.cpu = ModelCpu()
+        """The CPU model behind CPUID and the MSRs."""
         self.handler = handler()
+        """The handler under test, wired to all of the above."""
         self.handler.set_vmcs(self.vmcs)
         self.handler.set_state_save(self.state)
         self.handler.set_cpu(self.cpu)
@@ -70,6 +76,7 @@ class ExitHarness:
             gdt_base=HARNESS_GDT, gdt_limit=0x1F, tr_base=HARNESS_TSS,
         )  # fmt: skip
         self.state.rip, self.state.rsp = HARNESS_RIP, HARNESS_RSP
+        self.handler.setup(vmcs)  # the controls the handler chooses, as the VMM would
         vmcs.load()
         vmcs.launch()
         vmcs.dirty.clear()
@@ -94,4 +101,5 @@ class ExitHarness:
 
     @property
     def debug_ring(self) -> str:
+        """The handler's debug ring as text."""
         return self.handler.m_debug_ring.read()

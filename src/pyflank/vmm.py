@@ -40,8 +40,9 @@ from pyflank.backends.base import (
     Backend,
     BackendUnavailable,
     Capabilities,
+    PortIo,
     StopReason,
-    VcpuBackend,
+    VcpuEngine,
 )
 from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
@@ -59,14 +60,16 @@ from pyflank.platform.boot import (
 from pyflank.platform.bus import PortBus
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.platform.serial import Serial16550
+from pyflank.processor import EntryPlan, ExitRecord, Stop, VmxProcessor
+from pyflank.processor.cpuid_table import sample_cpuid
 
-__all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm"]
+__all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
-log = logging.getLogger("pyflank.vmm")
-
+log = logging.getLogger("pyflank")
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
 STOP_PATIENCE = 5.0  # seconds an interrupted run waits for its vCPUs to stop
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
+BackendFactory = Callable[[GuestPhysicalMemory, PortIo], Backend]
 
 
 @dataclass
@@ -74,57 +77,98 @@ class VcpuResult:
     """Why a vCPU stopped, and its state then (a copy of StateSave; the VMCS itself)."""
 
     vcpuid: int
+    """Which vCPU (0, 1, ...)."""
     reason: StopReason
+    """Why it stopped: guest HLT, halted or promoted by the handler, a fault, the timeout..."""
     message: str
+    """The backend's words on the stop (the instruction, the failed check, ...)."""
     state: StateSave
+    """A copy of the guest registers when it stopped."""
     vmcs: Vmcs
+    """The vCPU's VMCS itself, with the last exit's information."""
     debug_ring: str
+    """The handler's log for this vCPU."""
     exits: int
+    """How many VM exits the handler saw."""
     trace: list[tuple[int, int]] | None = field(default=None, repr=False)
+    """(basic exit reason, guest RIP) of every exit when the Vm was made with ``trace=True``."""
 
 
 StopCallback = Callable[[VcpuResult], None]
 
 
+def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
+    """Run one vCPU to its stop: the processor launches, the engine runs the guest to the
+    next exit, the processor dispatches it and plans the next entry, and so on."""
+    decide = processor.exit
+    step: EntryPlan | Stop = processor.launch()
+    while not isinstance(step, Stop):
+        happened = engine.run(step, decide)
+        if isinstance(happened, ExitRecord):
+            step = decide(happened)
+        elif isinstance(happened, Stop):
+            return processor.stopped(happened)
+        else:
+            step = happened
+    return step
+
+
 class Vcpu:
-    """A vCPU's handler, VMCS, StateSave and debug ring; the backend exists while running."""
+    """A vCPU's handler, VMCS, StateSave and debug ring; its engine and processor exist
+    while it runs (``run_loop``, the same for every engine)."""
 
     def __init__(self, vm: Vm, vcpuid: int, handler: ExitHandlerIntelX64) -> None:
         self.vcpuid = vcpuid
+        """This vCPU's id: RDI at its first instruction."""
         self.handler = handler
+        """Its exit handler (one instance per vCPU)."""
         self.vmcs = handler.m_vmcs
+        """Its VMCS; write controls before ``Vm.run`` (``Vm.configure`` checks them)."""
         self.state = handler.m_state_save
+        """Its guest registers (RIP, RSP, RDI set at boot)."""
         self.debug_ring: DebugRing = handler.m_debug_ring
+        """Its handler's log."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
         handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
-        self.backend: VcpuBackend | None = None
+        self.engine: VcpuEngine | None = None
+        """The engine's vCPU while the Vm runs."""
+        self.processor: VmxProcessor | None = None
+        """Its VMX processor while the Vm runs."""
         self.result: VcpuResult | None = None
+        """Why and how it stopped, once it has."""
         self.finished = threading.Event()
+        """Set when its thread is done with the engine (``result`` is then final)."""
         self._thread: threading.Thread | None = None
 
+    def _attach(self, backend: Backend, *, trace: bool) -> None:
+        """Make this vCPU's engine and processor (after the guest is loaded)."""
+        engine = self.engine = backend.create_vcpu(self.vcpuid)
+        if engine.cpu is not None:
+            self.handler.set_cpu(engine.cpu)
+        leaves = engine.cpuid_leaves()
+        if leaves is not None:
+            engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
+        self.processor = VmxProcessor(
+            self.handler, backend.unsupported, engine=f"{backend.name} backend", trace=trace
+        )
+
     def start(self, on_stop: StopCallback | None) -> None:
-        """Run the backend on a thread of its own; ``finished`` is set when it is done."""
+        """Run on a thread of its own; ``finished`` is set when it is done."""
         self._thread = threading.Thread(
             target=self._run, args=(on_stop,), name=f"vcpu{self.vcpuid}", daemon=True
         )
         self._thread.start()
 
     def join(self) -> None:
+        """Wait for its thread to end (``Vm.run`` does, before it frees the engine)."""
         if self._thread is not None:
             self._thread.join(1.0)  # it has set ``finished``: only its return is left
 
     def _run(self, on_stop: StopCallback | None) -> None:
         try:
-            backend = self.backend
-            assert backend is not None
-            failure: BaseException | None = None
-            try:
-                backend.run()
-            except BaseException as exc:  # noqa: BLE001 - a backend failure stops this vCPU only
-                failure = exc
-            self.result = self._collect(backend, failure)
+            self.result = self._stop_result()
             if on_stop is not None:
                 try:
                     on_stop(self.result)
@@ -133,13 +177,18 @@ class Vcpu:
         finally:
             self.finished.set()
 
-    def _collect(self, backend: VcpuBackend, failure: BaseException | None) -> VcpuResult:
-        reason, message = backend.stop_reason or StopReason.ERROR, backend.message
+    def _stop_result(self) -> VcpuResult:
+        engine, processor = self.engine, self.processor
+        assert engine is not None and processor is not None
+        try:
+            stop = run_loop(engine, processor)
+        except BaseException as exc:  # an engine failure stops this vCPU only
+            log.exception("vCPU %d failed", self.vcpuid)
+            stop = Stop(StopReason.ERROR, f"the engine raised {capture(exc).exception}")
+        reason, message = stop.reason, stop.message
         fault = handler_fault(self.handler)
-        if fault is not None:  # the guard halted the vCPU: say why, not just "halted"
+        if fault is not None:  # dispatch() halted the vCPU: say why, not just "halted"
             reason, message = StopReason.HANDLER_ERROR, fault.describe()
-        elif failure is not None:
-            reason, message = StopReason.ERROR, f"the backend raised {capture(failure).exception}"
         return VcpuResult(
             vcpuid=self.vcpuid,
             reason=reason,
@@ -147,8 +196,8 @@ class Vcpu:
             state=copy.copy(self.state),
             vmcs=self.vmcs,
             debug_ring=self.debug_ring.read(),
-            exits=backend.exits,
-            trace=backend.trace,
+            exits=processor.exits,
+            trace=processor.trace,
         )
 
 
@@ -161,20 +210,30 @@ class Vm:
         *,
         memory_size: int = DEFAULT_MEMORY_SIZE,
         vcpus: int = 1,
-        backend: str = "emu",
+        backend: str | BackendFactory = "emu",
         layout: BootLayout | None = None,
         trace: bool = False,
     ) -> None:
         self.layout = layout or BootLayout()
+        """Where the boot structures, stacks and program live in guest-physical memory."""
         self.trace = trace
         self.memory = GuestPhysicalMemory(memory_size)
+        """Guest RAM, shared by every vCPU (and readable after the run)."""
         write_descriptor_tables(self.memory, self.layout, vcpus)
         self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
+        """The guest's page tables (all of RAM identity-mapped); ``map`` adds mappings."""
         self.serial = Serial16550()
+        """COM1."""
         self.bus = PortBus(self.serial)  # devices attached later are on it too
-        self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        """The port I/O bus; ``attach`` a device before the run."""
+        if isinstance(backend, str):
+            self.backend: Backend = open_backend(backend, self.memory, self.bus)
+        else:
+            self.backend = backend(self.memory, self.bus)
+        """The engine: the software CPU, KVM, or one of the caller's."""
         self._finalizer = weakref.finalize(self, self.backend.close)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
+        """The vCPUs, by id."""
         for vcpu in self.vcpus:
             boot_vcpu(
                 vcpu.vmcs,
@@ -188,25 +247,32 @@ class Vm:
             vcpu.state.rsp = self.layout.stack_top(vcpu.vcpuid)
             vcpu.state.rdi = vcpu.vcpuid
         self.set_entry(self.layout.load_address)
+        for vcpu in self.vcpus:  # the extension chooses its exits, on the boot state
+            vcpu.handler.setup(vcpu.vmcs)
+            self._check_controls(vcpu, f"{type(vcpu.handler).__name__}.setup asks for ")
         self._ran = False
         self._started: list[Vcpu] = []
 
     # -- loading ------------------------------------------------------------------------
     def set_entry(self, rip: int) -> None:
+        """Start every vCPU at guest address ``rip``."""
         for vcpu in self.vcpus:
             vcpu.state.rip = rip
             vcpu.vmcs.write(f.GUEST_RIP, rip)
 
     def load_flat(self, code: bytes, gpa: int | None = None) -> LoadedImage:
+        """Copy ``code`` to ``gpa`` (default: the load address) and start there."""
         image = load_flat(self.memory, code, self.layout.load_address if gpa is None else gpa)
         self.set_entry(image.entry)
         return image
 
     def load_asm(self, source: str, gpa: int | None = None) -> LoadedImage:
+        """Assemble ``source`` (Intel syntax, the guest SDK's includes), load it."""
         address = self.layout.load_address if gpa is None else gpa
         return self.load_flat(assemble(source, address), address)
 
     def load_elf(self, image: bytes | str | Path) -> LoadedImage:
+        """Load an ELF64 executable's PT_LOAD segments and start at its entry point."""
         loaded = load_elf(self.memory, image, self.page_tables)
         self.set_entry(loaded.entry)
         return loaded
@@ -218,15 +284,19 @@ class Vm:
         targets = self.vcpus if vcpu is None else [self.vcpus[vcpu]]
         for target in targets:
             change(target.vmcs)
-            problems = self.backend.unsupported(target.vmcs)
-            if problems:
-                raise ValueError(
-                    f"vCPU {target.vcpuid}: unsupported on the {self.backend.name} backend: "
-                    + "; ".join(problems)
-                )
+            self._check_controls(target)
+
+    def _check_controls(self, vcpu: Vcpu, what: str = "") -> None:
+        problems = self.backend.unsupported(vcpu.vmcs)
+        if problems:
+            raise ValueError(
+                f"vCPU {vcpu.vcpuid}: {what}unsupported on the {self.backend.name} backend: "
+                + "; ".join(problems)
+            )
 
     @property
     def serial_output(self) -> bytes:
+        """Everything the guest wrote to COM1 so far."""
         return self.serial.output
 
     @property
@@ -252,8 +322,9 @@ class Vm:
 
         ``timeout=None`` (or ``math.inf``) waits for the vCPUs however long they run.
         ``on_stop(result)``, if given, is called on each vCPU's thread as that vCPU stops.
-        Whatever ends the run (a timeout, an exception, Ctrl-C in the caller), every vCPU
-        thread is stopped and joined before the backend is freed.
+        The arguments are checked before any vCPU starts; whatever ends the run (a
+        timeout, an exception, Ctrl-C in the caller), every vCPU thread is stopped and
+        joined before the backend is freed.
         """
         limit = _checked_timeout(timeout)
         if on_stop is not None and not callable(on_stop):
@@ -272,7 +343,7 @@ class Vm:
 
     def _run(self, timeout: float | None, on_stop: StopCallback | None) -> list[VcpuResult]:
         for vcpu in self.vcpus:
-            vcpu.backend = self.backend.create_vcpu(vcpu.vcpuid, vcpu.handler, trace=self.trace)
+            vcpu._attach(self.backend, trace=self.trace)
         try:
             for vcpu in self.vcpus:
                 vcpu.start(on_stop)
@@ -300,8 +371,8 @@ class Vm:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 try:
-                    if vcpu.backend is not None:
-                        vcpu.backend.request_stop(reason)
+                    if vcpu.engine is not None:
+                        vcpu.engine.request_stop(reason)
                     vcpu.finished.wait(0.01)
                 except KeyboardInterrupt:
                     if deadline is None:
@@ -325,7 +396,7 @@ def _checked_timeout(timeout: object) -> float | None:
 
 def _lost_result(vcpu: Vcpu) -> VcpuResult:
     """A vCPU whose thread could not be stopped (or ended without a result)."""
-    backend = vcpu.backend
+    processor = vcpu.processor
     return VcpuResult(
         vcpuid=vcpu.vcpuid,
         reason=StopReason.ERROR,
@@ -333,7 +404,7 @@ def _lost_result(vcpu: Vcpu) -> VcpuResult:
         state=copy.copy(vcpu.state),
         vmcs=vcpu.vmcs,
         debug_ring=vcpu.debug_ring.read(),
-        exits=backend.exits if backend is not None else 0,
+        exits=processor.exits if processor is not None else 0,
     )
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from entry_state import (
     clear_bits,
     ept,
+    fred,
     inject,
     legacy_host,
+    load_fred_on_exit,
     pae_protected_mode,
     posted_interrupts,
     protected_mode,
@@ -41,7 +43,7 @@ PIN, PROC = f.PIN_BASED_VM_EXECUTION_CONTROLS, f.PRIMARY_PROCESSOR_BASED_VM_EXEC
 EXIT, ENTRY = f.VM_EXIT_CONTROLS, f.VM_ENTRY_CONTROLS
 EVENT = f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD
 HW, NMI, EXT, SOFT_INT = b.TYPE_HARDWARE_EXCEPTION, b.TYPE_NMI, b.TYPE_EXTERNAL_INTERRUPT, 4
-STI, MOV_SS = b.BLOCKING_BY_STI, b.BLOCKING_BY_MOV_SS
+STI, MOV_SS, ENCLAVE = b.BLOCKING_BY_STI, b.BLOCKING_BY_MOV_SS, b.ENCLAVE_INTERRUPTION
 NONCANONICAL = 1 << 47
 HLT = 1
 
@@ -107,6 +109,25 @@ def capability(msr: int, clear: int) -> Callable[[ModelCpu], None]:
     return change
 
 
+def basic(bits: int) -> Callable[[ModelCpu], None]:
+    """Report more IA32_VMX_BASIC features (bit 56, bit 58)."""
+
+    def change(cpu: ModelCpu) -> None:
+        cpu.read_only_msrs[msrs.IA32_VMX_BASIC] |= bits
+
+    return change
+
+
+def sgx(cpu: ModelCpu) -> None:
+    eax, ebx, ecx, edx = cpu.cpuid_table[(7, 0)]
+    cpu.cpuid_table[(7, 0)] = (eax, ebx | 1 << 2, ecx, edx)
+
+
+OTHER = b.TYPE_OTHER_EVENT
+CET_ON_EXIT, CET_ON_ENTRY = s(EXIT, b.EXIT_LOAD_CET), s(ENTRY, b.ENTRY_LOAD_CET)
+FRED_ON_ENTRY = s(ENTRY, b.ENTRY_LOAD_FRED)
+
+
 # -- 26.2.1.1 VM-execution controls --------------------------------------------
 add("controls.pin_based.reserved", c(PIN, 1 << 1))
 add("controls.primary.reserved", c(PROC, 1 << 1))
@@ -121,6 +142,8 @@ add("controls.msr_bitmaps.address", s(PROC, b.PROC_MSR_BITMAPS),
 add("controls.tpr_shadow.virtual_apic_address", tpr_shadow, p(virtual_apic_address=0x1800))
 add("controls.tpr_shadow.threshold", tpr_shadow, p(tpr_threshold=0x10))
 add("controls.tpr_shadow.required", sec(b.PROC2_X2APIC))
+add("controls.ipi_virtualization.tpr_shadow", s(PROC, b.PROC_TERTIARY),
+    p(tertiary_processor_based_vm_execution_controls=b.PROC3_IPI_VIRTUALIZATION))  # fmt: skip
 add("controls.nmi.virtual_nmis", s(PIN, b.PIN_VIRTUAL_NMIS))
 add("controls.nmi.nmi_window", s(PROC, b.PROC_NMI_WINDOW))
 add("controls.apic_access.address", sec(b.PROC2_APIC_ACCESSES), p(apic_access_address=0x1001))
@@ -155,6 +178,9 @@ add("controls.ept_violation_ve.address", sec(b.PROC2_EPT_VE),
     p(virtualization_exception_information_address=0x10))  # fmt: skip
 add("controls.mode_based_ept.ept", sec(b.PROC2_MODE_BASED_EPT))
 add("controls.sub_page_permissions.ept", sec(b.PROC2_SUB_PAGE))
+add("controls.sub_page_permissions.table_pointer", ept, sec(b.PROC2_SUB_PAGE),
+    p(sub_page_permission_table_pointer=0x1008))  # fmt: skip
+add("controls.pt_guest_physical.requirements", ept, sec(b.PROC2_PT_GUEST_PHYSICAL))
 
 # -- 26.2.1.2 / 26.2.1.3 VM-exit and VM-entry controls ------------------------------
 add("controls.exit.reserved", c(EXIT, 1 << 0))
@@ -170,9 +196,18 @@ add("controls.entry.event_type", ev(b.TYPE_OTHER_EVENT, 0), label="no-mtf",
     cpu=capability(msrs.IA32_VMX_TRUE_PROCBASED_CTLS, b.PROC_MTF << 32))  # fmt: skip
 add("controls.entry.event_vector", ev(NMI, 3))
 add("controls.entry.event_vector", ev(HW, 32), label="exception")
+add("controls.entry.event_vector", ev(OTHER, 1), label="syscall-without-fred")
+add("controls.entry.event_vector", fred, ev(OTHER, 3), label="fred")
 add("controls.entry.event_error_code_bit", ev(HW, 13))
 add("controls.entry.event_error_code_bit", ev(HW, 6, error_code=0), label="unexpected")
+add("controls.entry.event_error_code_bit", ev(NMI, 2, error_code=0), label="basic56-nmi",
+    cpu=basic(msrs.VMX_BASIC_NO_ERROR_CODE_CHECK))  # fmt: skip
 add("controls.entry.event_reserved", ev(HW, 6), s(EVENT, 1 << 12))
+add("controls.entry.event_reserved", ev(HW, 6), s(EVENT, b.EVENT_NESTED_EXCEPTION),
+    label="nested-unsupported")  # fmt: skip
+add("controls.entry.event_nested_exception", ev(NMI, 2), s(EVENT, b.EVENT_NESTED_EXCEPTION),
+    cpu=basic(msrs.VMX_BASIC_NESTED_EXCEPTION))  # fmt: skip
+add("controls.entry.fred_event_length", fred, ev(OTHER, 1), p(vm_entry_instruction_length=16))
 add("controls.entry.event_error_code", ev(HW, 13, error_code=0x1_0000))
 add("controls.entry.event_instruction_length", ev(SOFT_INT, 0x80))
 add("controls.entry.msr_load_area", p(vm_entry_msr_load_count=1, vm_entry_msr_load_address=0x1001))
@@ -189,8 +224,20 @@ add("host.pat.memory_types", s(EXIT, b.EXIT_LOAD_PAT), p(host_ia32_pat=0x0007_04
 add("host.efer.reserved", s(f.HOST_IA32_EFER, 1 << 1))
 add("host.efer.address_space_size", c(f.HOST_IA32_EFER, b.EFER_LMA))
 add("host.cr4.cet_needs_wp", s(f.HOST_CR4, b.CR4_CET), c(f.HOST_CR0, b.CR0_WP))
-add("host.cet.canonical", s(EXIT, b.EXIT_LOAD_CET), p(host_ia32_s_cet=1 << 50))
-add("host.cet.s_cet_reserved", s(EXIT, b.EXIT_LOAD_CET), p(host_ia32_s_cet=0x40))
+add("host.cet.canonical", CET_ON_EXIT, p(host_ia32_interrupt_ssp_table_addr=NONCANONICAL))
+add("host.cet.s_cet_reserved", CET_ON_EXIT, p(host_ia32_s_cet=0x40))
+add("host.cet.s_cet_suppress_tracker", CET_ON_EXIT, p(host_ia32_s_cet=0xC00))
+add("host.cet.ssp_alignment", CET_ON_EXIT, p(host_ssp=0x1002))
+add("host.address_space.cet_64bit", CET_ON_EXIT, p(host_ssp=NONCANONICAL))
+add("host.address_space.cet_64bit", CET_ON_EXIT, p(host_ia32_s_cet=1 << 50), label="s_cet")
+add("host.address_space.cet_32bit", protected_mode, legacy_host, CET_ON_EXIT,
+    p(host_ia32_s_cet=1 << 32), legacy_processor=True)  # fmt: skip
+add("host.fred.config_reserved", load_fred_on_exit, p(host_ia32_fred_config=0x4))
+add("host.fred.rsp_alignment", load_fred_on_exit, p(host_ia32_fred_rsp2=0x1010))
+add("host.fred.ssp_alignment", load_fred_on_exit, p(host_ia32_fred_ssp3=0x1004))
+add("host.fred.canonical", load_fred_on_exit, p(host_ia32_fred_rsp1=NONCANONICAL))
+add("host.address_space.legacy_host_fred", protected_mode, legacy_host,
+    s(f.HOST_CR4, b.CR4_FRED), legacy_processor=True)  # fmt: skip
 add("host.pkrs.reserved", s(EXIT, b.EXIT_LOAD_PKRS), p(host_ia32_pkrs=1 << 32))
 add("host.selector.rpl_ti", p(host_ds_selector=0x13))
 add("host.selector.cs_tr_null", p(host_tr_selector=0))
@@ -229,9 +276,16 @@ add("guest.efer.lme", c(f.GUEST_IA32_EFER, b.EFER_LME))
 add("guest.bndcfgs.reserved", s(ENTRY, b.ENTRY_LOAD_BNDCFGS), p(guest_ia32_bndcfgs=0x4))
 add("guest.bndcfgs.canonical", s(ENTRY, b.ENTRY_LOAD_BNDCFGS), p(guest_ia32_bndcfgs=NONCANONICAL))
 add("guest.cr4.cet_needs_wp", s(f.GUEST_CR4, b.CR4_CET), c(f.GUEST_CR0, b.CR0_WP))
-add("guest.cet.s_cet_reserved", s(ENTRY, b.ENTRY_LOAD_CET), p(guest_ia32_s_cet=0x80))
-add("guest.cet.canonical", s(ENTRY, b.ENTRY_LOAD_CET),
-    p(guest_ia32_interrupt_ssp_table_addr=NONCANONICAL))  # fmt: skip
+add("guest.cet.s_cet_reserved", CET_ON_ENTRY, p(guest_ia32_s_cet=0x80))
+add("guest.cet.s_cet_suppress_tracker", CET_ON_ENTRY, p(guest_ia32_s_cet=0xC00))
+add("guest.cet.ssp_alignment", CET_ON_ENTRY, p(guest_ssp=0x1001))
+add("guest.cet.canonical", CET_ON_ENTRY, p(guest_ia32_interrupt_ssp_table_addr=NONCANONICAL))
+add("guest.cr4.fred_needs_ia32e", protected_mode, fred)
+add("guest.fred.config_reserved", FRED_ON_ENTRY, p(guest_ia32_fred_config=1 << 11))
+add("guest.fred.rsp_alignment", FRED_ON_ENTRY, p(guest_ia32_fred_rsp3=0x1020))
+add("guest.fred.ssp_alignment", FRED_ON_ENTRY, p(guest_ia32_fred_ssp1=0x1001))
+add("guest.fred.canonical", FRED_ON_ENTRY, p(guest_ia32_fred_config=NONCANONICAL))
+add("guest.lbr_ctl.reserved", s(ENTRY, b.ENTRY_LOAD_LBR_CTL), p(guest_ia32_lbr_ctl=0x2))
 add("guest.pkrs.reserved", s(ENTRY, b.ENTRY_LOAD_PKRS), p(guest_ia32_pkrs=1 << 33))
 
 # -- 26.3.1.2 guest segment registers ---------------------------------------------------
@@ -263,6 +317,9 @@ add("guest.cs.l_and_d", p(guest_cs_access_rights=0xE09B))
 add("guest.segment.granularity_low", p(guest_ds_limit=0xFFFF_F000))
 add("guest.segment.granularity_high", p(guest_ds_access_rights=0x4093))
 add("guest.segment.reserved_31_17", s(f.GUEST_ES_ACCESS_RIGHTS, 1 << 20))
+add("guest.fred.ss_dpl", fred, p(guest_cs_selector=0x09, guest_cs_access_rights=0xA0BB,
+    guest_ss_selector=0x11, guest_ss_access_rights=0xC0B3))  # fmt: skip
+add("guest.fred.cs_l", fred, p(guest_cs_access_rights=0xC09B))
 add("guest.tr.type", protected_mode, p(guest_tr_access_rights=0x89))
 add("guest.tr.type_ia32e", p(guest_tr_access_rights=0x83))
 add("guest.tr.s", p(guest_tr_access_rights=0x9B))
@@ -290,6 +347,8 @@ add("guest.rflags.reserved", p(guest_rflags=0), label="bit1")
 add("guest.rflags.reserved", p(guest_rflags=0x2 | 1 << 22), label="upper")
 add("guest.rflags.vm", v8086_segments)
 add("guest.rflags.if_for_interrupt", ev(EXT, 0x20))
+add("guest.ssp.upper_bits", CET_ON_ENTRY, p(guest_ssp=1 << 50))
+add("guest.fred.iopl", fred, ring3, p(guest_rflags=0x2 | 1 << 12))
 
 # -- 26.3.1.5 guest non-register state ---------------------------------------------
 add("guest.activity.valid", p(guest_activity_state=4))
@@ -313,6 +372,11 @@ add("guest.interruptibility.smi_for_smm_entry", s(ENTRY, b.ENTRY_SMM),
     also=frozenset({"controls.entry.smm"}))  # fmt: skip
 add("guest.interruptibility.virtual_nmi", s(PIN, b.PIN_NMI_EXITING | b.PIN_VIRTUAL_NMIS),
     p(guest_interruptibility_state=b.BLOCKING_BY_NMI), ev(NMI, 2))  # fmt: skip
+add("guest.interruptibility.enclave", p(guest_interruptibility_state=ENCLAVE))
+add("guest.interruptibility.enclave", p(guest_interruptibility_state=ENCLAVE | MOV_SS),
+    cpu=sgx, label="mov-ss")  # fmt: skip
+add("guest.uinv.vector", s(ENTRY, b.ENTRY_LOAD_UINV), p(guest_uinv=0x100))
+add("guest.fred.sti_blocking", fred, ring3, p(guest_rflags=0x202, guest_interruptibility_state=STI))
 add("guest.pending_debug.reserved", p(guest_pending_debug_exceptions=1 << 4))
 add("guest.pending_debug.bs_set", p(guest_rflags=0x302, guest_interruptibility_state=STI))
 add("guest.pending_debug.bs_clear", p(guest_rflags=0x202, guest_interruptibility_state=STI,

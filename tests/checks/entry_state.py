@@ -34,7 +34,7 @@ def rich_cpu() -> ModelCpu:
     caps[msrs.IA32_VMX_PROCBASED_CTLS2] = 0x7FFF_FFFF_0000_0000  # all but bit 31
     caps[msrs.IA32_VMX_PROCBASED_CTLS3] = 0xFF
     caps[msrs.IA32_VMX_EXIT_CTLS2] = 0xB
-    caps[msrs.IA32_VMX_CR4_FIXED1] = 0x00F7_27FF  # adds PKE and CET
+    caps[msrs.IA32_VMX_CR4_FIXED1] = 0x1_00F7_27FF  # adds PKE, CET and FRED
     return cpu
 
 
@@ -122,6 +122,16 @@ def v8086_segments(vmcs: Vmcs) -> None:
 def v8086(vmcs: Vmcs) -> None:
     protected_mode(vmcs)
     v8086_segments(vmcs)
+
+
+def fred(vmcs: Vmcs) -> None:
+    """The 64-bit guest using FRED transitions (CR4.FRED; ring 0 in 64-bit mode)."""
+    set_bits(vmcs, f.GUEST_CR4, b.CR4_FRED)
+
+
+def load_fred_on_exit(vmcs: Vmcs) -> None:
+    set_bits(vmcs, f.VM_EXIT_CONTROLS, b.EXIT_SECONDARY)
+    set_bits(vmcs, f.SECONDARY_VM_EXIT_CONTROLS, b.EXIT2_LOAD_FRED)
 
 
 def ring3(vmcs: Vmcs) -> None:

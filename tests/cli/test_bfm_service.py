@@ -101,7 +101,7 @@ def test_every_vmcall(running: Bfm, tmp_path: Path) -> None:
     assert result.code == 0, result
     assert (tmp_path / "o").read_bytes() == payload
     ring = b("dump").out
-    assert "event: 0x42" in ring and "vmm unittest 1" in ring
+    assert "vmcall event:\nr02: 0x42\n" in ring and "vmm unittest 1" in ring
     assert "no vCPU 3" in b.fails("dump", "--vcpuid", "3")
     assert "no vCPU 5" in b.fails("vmcall", "--cpuid", "5", "versions", "0")
     assert b("status").out == "VMM_RUNNING"  # the service kept serving through the errors

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from emu_helpers import Proc2, Recorder, controls, cpuid_exits, kvm_gap, on_kvm, run1
 
+from pyflank.abi import DEFAULT_DOORBELL_PORT, HypervisorFeatures
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64.cpu import ModelCpu
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT, HypervisorFeatures
 
 
 def _text(*regs: int) -> bytes:

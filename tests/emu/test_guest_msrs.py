@@ -10,13 +10,25 @@ from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.cpu import DEFAULT_MSRS, VMX_CAPABILITY_MSRS
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import IA32_APIC_BASE, IA32_EFER, IA32_PAT, IA32_VMX_BASIC
+from pyflank.intel_x64.msrs import (
+    IA32_APIC_BASE,
+    IA32_EFER,
+    IA32_PAT,
+    IA32_SYSENTER_EIP,
+    IA32_SYSENTER_ESP,
+    IA32_VMX_BASIC,
+)
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.vmm import Vm
 
 
 def _read(msr: int, into: str) -> str:
     return f"mov ecx, {msr:#x}\n rdmsr\n shl rdx, 32\n or rax, rdx\n mov {into}, rax\n"
+
+
+def _wrmsr(msr: int, value: int) -> str:
+    low, high = value & 0xFFFF_FFFF, value >> 32
+    return f"mov ecx, {msr:#x}\n mov eax, {low:#x}\n mov edx, {high:#x}\n wrmsr\n"
 
 
 def test_efer_write_lands_in_the_vmcs_and_reads_back() -> None:
@@ -35,10 +47,7 @@ def test_efer_write_lands_in_the_vmcs_and_reads_back() -> None:
 
 def test_pat_is_vmcs_backed() -> None:
     value = 0x0007_0406_0007_0401
-    source = (
-        f"mov ecx, {IA32_PAT:#x}\n mov eax, {value & 0xFFFFFFFF:#x}\n mov edx, {value >> 32:#x}\n"
-        " wrmsr\n" + _read(IA32_PAT, "r12") + "hlt"
-    )
+    source = _wrmsr(IA32_PAT, value) + _read(IA32_PAT, "r12") + "hlt"
     _, result = run1(source)
     assert result.state.r12 == value
     assert result.vmcs.read(f.GUEST_IA32_PAT) == value
@@ -112,3 +121,31 @@ def test_msr_bitmaps_choose_which_accesses_exit() -> None:
     assert result.state.r08 == handler.m_cpu.rdmsr(IA32_PAT)
     assert result.state.r09 & 0xD00 == 0xD00  # LME, LMA, NXE from the CPU itself
     assert result.reason is StopReason.GUEST_HLT
+
+
+def test_noncanonical_vmcs_backed_wrmsr_is_a_gp_with_the_vmcs_unchanged() -> None:
+    source = with_idt("    " + _wrmsr(IA32_SYSENTER_ESP, 1 << 60) + " mov r11, 1\n hlt")
+    _, result = run1(source)
+    assert result.reason is StopReason.GUEST_HLT  # not a failed VM entry
+    assert result.state.r12 == 13 and result.state.r14 == 0  # #GP(0)
+    assert result.state.r11 != 1  # the WRMSR never completed
+    assert result.trace and result.trace[-1][0] == ExitReason.WRMSR
+    assert result.vmcs.read(f.GUEST_IA32_SYSENTER_ESP) == 0
+
+
+def test_wrmsr_let_through_by_the_msr_bitmap_also_faults() -> None:
+    kvm_gap("msr_bitmaps")
+    bitmap = 0x200000
+
+    def setup(vm: Vm) -> None:
+        vm.memory.fill(bitmap, 4096)  # no MSR access exits
+
+    source = with_idt(
+        "    " + _wrmsr(IA32_SYSENTER_EIP, 0x1000) + _wrmsr(IA32_SYSENTER_EIP, 1 << 60)
+        + " mov r11, 1\n hlt"
+    )  # fmt: skip
+    _, [result] = run(source, configure=_use_msr_bitmap(bitmap), setup=setup)
+    assert result.reason is StopReason.GUEST_HLT
+    assert result.state.r12 == 13 and result.state.r14 == 0 and result.state.r11 != 1
+    assert not [r for r, _ in result.trace or [] if r in (ExitReason.RDMSR, ExitReason.WRMSR)]
+    assert result.vmcs.read(f.GUEST_IA32_SYSENTER_EIP) == 0x1000  # the first write only

@@ -9,10 +9,10 @@ import pytest
 from emu_helpers import RUNTIME, SDK, cpuid_exits, run, run1
 
 import pyflank
+from pyflank.abi import BF_VMCALL_FAILURE, VMCALL_VERSION
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.memory import PAGE_SIZE_4K
-from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_VERSION
 from pyflank.vmm import Vm
 
 
@@ -51,9 +51,8 @@ def test_registers_are_logged() -> None:
     body = "mov rcx, 0x1111\n mov rbx, 0x2222\n mov r15, 0xfeedface\n VMCALL_REGISTERS"
     _, result = run1(program(body))
     assert result.state.rdx == 0
-    assert "r02: 0x0000000000001111" in result.debug_ring
-    assert "r03: 0x0000000000002222" in result.debug_ring
-    assert "r12: 0x00000000feedface" in result.debug_ring
+    assert "vmcall registers:\nr02: 0x1111\nr03: 0x2222\n" in result.debug_ring
+    assert "r12: 0xfeedface\n" in result.debug_ring
 
 
 def test_event_start_stop() -> None:
@@ -63,7 +62,7 @@ def test_event_start_stop() -> None:
     _, result = run1(program(body))
     s = result.state
     assert (s.r08, s.r09, s.r10) == (0, 0, 0)
-    assert "event: 0x42" in result.debug_ring
+    assert "vmcall event:\nr02: 0x42\n" in result.debug_ring
 
 
 def test_unittests_pass_and_unknown_fails() -> None:

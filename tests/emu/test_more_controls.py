@@ -7,12 +7,12 @@ from collections.abc import Callable
 import pytest
 from emu_helpers import RUNTIME, SDK, Proc, Recorder, controls, kvm_gap, run, run1
 
+from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import ControlRegisterAccess, CrAccessType, MovDrAccess
 from pyflank.intel_x64.vmcs import Vmcs
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 from pyflank.vmm import Vm
 
 

@@ -13,7 +13,6 @@ from pyflank.intel_x64 import checks
 from pyflank.intel_x64 import fields as f
 from pyflank.platform.assemble import AssemblyError, assemble
 from pyflank.platform.loader import LoadError
-from pyflank.platform.serial import Serial16550
 from pyflank.vmm import Vm
 
 
@@ -49,21 +48,6 @@ def test_guest_prints_through_the_sdk() -> None:
     vm, result = run1(source)
     assert vm.serial_output == b"hello, world\n!"
     assert result.reason is StopReason.GUEST_HLT
-
-
-@pytest.mark.backend_independent  # no guest
-def test_serial_input_and_registers() -> None:
-    uart = Serial16550()
-    uart.feed(b"k")
-    assert uart.io_read(0x3FD, 1) & 0x61 == 0x61  # data ready, transmitter empty
-    assert uart.io_read(0x3F8, 1) == ord("k")
-    assert uart.io_read(0x3FD, 1) & 1 == 0
-    uart.io_write(0x3FB, 1, 0x80)  # DLAB
-    uart.io_write(0x3F8, 1, 0x0C)
-    assert uart.io_read(0x3F8, 1) == 0x0C and uart.output == b""
-    uart.io_write(0x3FB, 1, 0x03)
-    uart.io_write(0x3F8, 1, ord("x"))
-    assert uart.text == "x"
 
 
 def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(

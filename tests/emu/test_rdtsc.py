@@ -48,7 +48,8 @@ def test_unhandled_rdtsc_exit_halts() -> None:
     kvm_gap("rdtsc")
     _, result = run1("rdtsc\n hlt", configure=controls(Proc.RDTSC_EXITING))
     assert result.reason is StopReason.HALTED
-    assert "unimplemented exit reason: rdtsc" in result.debug_ring
+    assert "Unimplemented Exit Handler: \n" in result.debug_ring
+    assert "- exit reason string: rdtsc\n" in result.debug_ring
 
 
 def test_tsc_offsetting() -> None:

@@ -6,10 +6,10 @@ import threading
 
 from emu_helpers import cpuid_exits, on_kvm, run
 
+from pyflank.abi import VmcallRegisters
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.testing import versions_loop
-from pyflank.vmcall import VmcallRegisters
 
 CALLS = 400
 COUNTS = 0x280000  # shared RAM: vCPU n stores its call count at COUNTS + 8 n

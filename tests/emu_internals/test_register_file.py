@@ -78,7 +78,7 @@ def run_stress() -> tuple[list[tuple[object, ...]], type]:
     assert result.reason.value == "guest hlt", result.message
     handler = vm.vcpus[0].handler
     assert isinstance(handler, Snapshots)
-    return handler.seen, type(vm.vcpus[0].backend.registers)  # type: ignore[union-attr]
+    return handler.seen, type(vm.vcpus[0].engine.capture.registers)  # type: ignore[union-attr]
 
 
 @pytest.fixture

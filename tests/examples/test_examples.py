@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from pyflank.abi import BF_VMCALL_SUCCESS
 from pyflank.backends.base import StopReason
-from pyflank.vmcall import BF_VMCALL_SUCCESS
 from pyflank.vmm import Vm
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

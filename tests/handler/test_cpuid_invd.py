@@ -1,7 +1,7 @@
 """CPUID and INVD."""
 
+from pyflank.abi import HypervisorFeatures
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures
 from pyflank.testing import HARNESS_RIP, ExitHarness
 
 

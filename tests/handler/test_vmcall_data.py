@@ -16,10 +16,7 @@ from vmcall_helpers import (
     vmcall,
 )
 
-from pyflank.exit_handler import ExitHandlerIntelX64
-from pyflank.memory import GuestVirtualRange
-from pyflank.testing import HARNESS_RIP, ExitHarness
-from pyflank.vmcall import (
+from pyflank.abi import (
     BF_VMCALL_FAILURE,
     BF_VMCALL_SUCCESS,
     VMCALL_IN_BUFFER_SIZE,
@@ -27,6 +24,9 @@ from pyflank.vmcall import (
     VmcallDataType,
     VmcallOpcode,
 )
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.memory import GuestVirtualRange
+from pyflank.testing import HARNESS_RIP, ExitHarness
 
 
 def changed_gpas(before: bytes, after: bytes) -> set[int]:

@@ -1,8 +1,12 @@
 """A harness with DATA buffers in a non-identity mapping that crosses pages."""
 
+from collections.abc import Callable
+
+from pyflank.abi import VMCALL_MAGIC_NUMBER, VmcallOpcode
+from pyflank.abi.registers import REGISTER_OF_SLOT
+from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.testing import ExitHarness
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER, VmcallOpcode
 
 BUFFERS_GVA = 0x0000_4000_0000_0000
 # Three virtual pages backed by physical pages far apart and out of order.
@@ -12,8 +16,10 @@ OUT_GVA = BUFFERS_GVA + 0x1F00  # crosses page 1 -> 2
 OUT_SIZE = 0x200
 
 
-def buffer_harness() -> ExitHarness:
-    h = ExitHarness()
+def buffer_harness(
+    handler: Callable[[], ExitHandlerIntelX64] = ExitHandlerIntelX64,
+) -> ExitHarness:
+    h = ExitHarness(handler)
     for i, gpa in enumerate(BACKING):
         h.page_tables.map(BUFFERS_GVA + i * 0x1000, gpa, 0x1000)
     return h
@@ -35,11 +41,7 @@ def get(h: ExitHarness, gva: int, length: int) -> bytes:
 
 def vmcall(h: ExitHarness, opcode: int, magic: int = VMCALL_MAGIC_NUMBER, **regs: int) -> None:
     """Exit with a VMCALL; ``regs`` name vmcall_registers_t slots (r02...) or GPRs."""
-    slots = {
-        "r02": "rcx", "r03": "rbx", "r04": "rsi", "r05": "r08", "r06": "r09", "r07": "r10",
-        "r08": "r11", "r09": "r12", "r10": "r13", "r11": "r14", "r12": "r15",
-    }  # fmt: skip
-    gprs = {slots.get(k, k): v for k, v in regs.items()}
+    gprs = {REGISTER_OF_SLOT.get(k, k): v for k, v in regs.items()}
     h.exit(ExitReason.VMCALL, length=3, rax=opcode, rdx=magic, **gprs)
 
 

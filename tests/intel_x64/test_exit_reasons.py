@@ -78,9 +78,9 @@ def test_unassigned_numbers_have_no_member() -> None:
         (48, "ept_violation"),
         (VM_ENTRY_FAILURE | 33, "vm_entry_failure_invalid_guest_state"),
         (0x1234_000A, "cpuid"),
-        (35, "undefined"),
-        (0xBEEF, "undefined"),
-        (0xFFFF, "undefined"),
+        (35, "unknown"),
+        (0xBEEF, "unknown"),
+        (0xFFFF, "unknown"),
     ],
 )
 def test_description(value: int, text: str) -> None:
@@ -90,7 +90,7 @@ def test_description(value: int, text: str) -> None:
 def test_every_reason_has_a_lower_snake_description() -> None:
     for reason in ExitReason:
         text = description(reason)
-        assert text != exit_reasons.UNDEFINED
+        assert text != exit_reasons.UNKNOWN
         assert text == text.lower()
         assert " " not in text
 

@@ -28,10 +28,10 @@ message:
 def test_serial_output_then_hlt() -> None:
     guest = Guest(HELLO)
     try:
-        result = guest.vcpu.run(timeout=5)
+        result = guest.run_to_stop(timeout=5)
         assert result.reason is StopReason.GUEST_HLT, result.message
         assert guest.com1.text == "hello from KVM\n"
-        assert result.dispatched == 0
+        assert guest.dispatched == 0
     finally:
         guest.close()
 

@@ -30,7 +30,7 @@ def test_keeps_failing() -> None:
 
     handler = Stubborn()
     guest = Guest("hlt", handler, prepare=bad)
-    result = guest.vcpu.run(timeout=5)
+    result = guest.run_to_stop(timeout=5)
     guest.close()
     assert result.reason is StopReason.ERROR, result.message
     assert "kept failing" in result.message

@@ -5,14 +5,13 @@ from __future__ import annotations
 from kvm_guest_helpers import Guest
 
 from kvm_support import kvm_marks
+from pyflank.abi import DEFAULT_DOORBELL_PORT, VMCALL_MAGIC_NUMBER
 from pyflank.backends.kvm import StopReason
-from pyflank.backends.kvm.vcpu import KvmVcpu
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Primary
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER
+from pyflank.processor import VmxProcessor
 
 pytestmark = kvm_marks()
 
@@ -44,7 +43,6 @@ again:
 
 
 class Poker(ExitHandlerIntelX64):
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,25 +61,24 @@ class Poker(ExitHandlerIntelX64):
             vmcs.write(f.GUEST_RFLAGS, vmcs.read(f.GUEST_RFLAGS) ^ 0x1)  # CF flips in the guest
         super().handle_exit(reason)
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.advance_rip()
 
 
 def _run(kind: str, cache: bool, monkeypatch) -> list[tuple[int, ...]]:
     if not cache:
-        orig = KvmVcpu.dispatch
+        orig = VmxProcessor.exit
 
         def always(self, *a, **k):
             self.vmcs_written()
             return orig(self, *a, **k)
 
-        monkeypatch.setattr(KvmVcpu, "dispatch", always)
+        monkeypatch.setattr(VmxProcessor, "exit", always)
 
     def prepare(h):
         if kind == "io":
-            h.m_vmcs.write(
-                f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, Primary.UNCONDITIONAL_IO_EXITING
-            )
+            e = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+            h.m_vmcs.write(e, int(h.m_vmcs.read(e)) | int(Primary.UNCONDITIONAL_IO_EXITING))
 
     port = 0x80 if kind == "io" else DEFAULT_DOORBELL_PORT
     handler = Poker()
@@ -104,10 +101,9 @@ def test_io(monkeypatch) -> None:
 
 
 class StopsIoExiting(ExitHandlerIntelX64):
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
     n = 0
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.n += 1
         if self.n == 10:
             e = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
@@ -118,7 +114,6 @@ class StopsIoExiting(ExitHandlerIntelX64):
 class StartsIoExiting(ExitHandlerIntelX64):
     """Turns I/O exiting on at a doorbell: the next OUTs exit."""
 
-    EXIT_HANDLERS = {**ExitHandlerIntelX64.EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: "handle_io"}
     n = 0
 
     def handle_vmcall(self) -> None:
@@ -126,7 +121,7 @@ class StartsIoExiting(ExitHandlerIntelX64):
         self.m_vmcs.write(e, int(self.m_vmcs.read(e)) | int(Primary.UNCONDITIONAL_IO_EXITING))
         super().handle_vmcall()
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         self.n += 1
         self.advance_rip()
 
@@ -143,7 +138,7 @@ def test_controls_change_takes_effect() -> None:
 
     handler = StopsIoExiting()
     with Guest(source(0x80), handler, prepare=prepare) as guest:
-        r = guest.vcpu.run(timeout=5)
+        r = guest.run_to_stop(timeout=5)
         assert r.reason is StopReason.GUEST_HLT, r.message
     assert handler.n == 10
 
@@ -171,6 +166,6 @@ again2:
 """
     handler = StartsIoExiting()
     with Guest(src, handler, prepare=_long) as guest:
-        r = guest.vcpu.run(timeout=5)
+        r = guest.run_to_stop(timeout=5)
         assert r.reason is StopReason.GUEST_HLT, r.message
     assert handler.n == 7

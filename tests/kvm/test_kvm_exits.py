@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
 
 from kvm_guest_helpers import LAYOUT, Guest, assemble
 
@@ -44,20 +43,16 @@ def test_efer_round_trip_through_the_msr_filter() -> None:
         assert state.r13 == 0xD01
         assert vmcs.read(f.GUEST_IA32_EFER) == 0xD01
         assert guest.vcpu.registers.sregs.efer & 1, "the handler's WRMSR reached KVM (EFER.SCE)"
-        assert guest.vcpu.dispatched == 3
+        assert guest.dispatched == 3
 
 
 class IoRecorder(ExitHandlerIntelX64):
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        **ExitHandlerIntelX64.EXIT_HANDLERS,
-        ExitReason.IO_INSTRUCTION: "handle_io",
-    }
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[IoInstruction, int, int]] = []
 
-    def handle_io(self) -> None:
+    def handle_io_instruction(self) -> None:
         vmcs = self.m_vmcs
         io = IoInstruction.decode(vmcs.read(f.EXIT_QUALIFICATION))
         self.seen.append((io, vmcs.read(f.GUEST_RIP), vmcs.read(f.VM_EXIT_INSTRUCTION_LENGTH)))
@@ -117,16 +112,12 @@ def test_mmio_write_is_an_ept_violation() -> None:
     assert qualification.data_write and not qualification.data_read
     assert vmcs.read(f.GUEST_RIP) == LAYOUT.code + 7  # at the faulting MOV, not past it
     assert vmcs.read(f.VM_EXIT_INSTRUCTION_LENGTH) == 6
-    assert "unimplemented exit reason" in guest.handler.m_debug_ring.read()
+    assert "- exit reason string: ept_violation\n" in guest.handler.m_debug_ring.read()
 
 
 class MmioDevice(ExitHandlerIntelX64):
     """Emulates 32-bit loads from one MMIO register: the handler moves RIP itself."""
 
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        **ExitHandlerIntelX64.EXIT_HANDLERS,
-        ExitReason.EPT_VIOLATION: "handle_ept_violation",
-    }
 
     def handle_ept_violation(self) -> None:
         self.m_state_save.rax = 0xFEEDF00D
@@ -152,7 +143,7 @@ def test_emulation_failure_is_reported_not_hung() -> None:
     # x87 loads from MMIO must go through KVM's emulator, which has no x87: everywhere a failure.
     guest = Guest(f"mov rbx, {MMIO:#x}; fld qword ptr [rbx]; hlt")
     ring = guest.handler.m_debug_ring
-    reason = guest.vcpu.run(timeout=5)
+    reason = guest.run_to_stop(timeout=5)
     guest.close()
     assert reason.reason in (StopReason.EMULATION_FAILURE, StopReason.HALTED), reason
     if reason.reason is StopReason.EMULATION_FAILURE:
@@ -163,7 +154,7 @@ def test_emulation_failure_is_reported_not_hung() -> None:
 def test_spinning_guest_times_out() -> None:
     guest = Guest("spin: jmp spin")
     try:
-        result = guest.vcpu.run(timeout=0.3)
+        result = guest.run_to_stop(timeout=0.3)
         assert result.reason is StopReason.TIMEOUT
     finally:
         guest.close()
@@ -224,8 +215,8 @@ def test_handler_moving_rip_elsewhere_is_honoured() -> None:
 
 def test_stop_from_another_thread() -> None:
     with Guest("spin: jmp spin") as guest:
-        timer = threading.Timer(0.2, guest.vcpu.stop)
+        timer = threading.Timer(0.2, guest.stop)
         timer.start()
-        result = guest.vcpu.run(timeout=10)
+        result = guest.run_to_stop(timeout=10)
         timer.join()
         assert result.reason is StopReason.STOPPED

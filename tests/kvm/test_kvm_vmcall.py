@@ -7,12 +7,16 @@ from kvm_guest_helpers import Guest
 
 import pyflank
 from kvm_support import kvm_marks
+from pyflank.abi import (
+    DEFAULT_DOORBELL_PORT,
+    VMCALL_MAGIC_NUMBER,
+    VMCALL_VERSION,
+    HypervisorFeatures,
+)
 from pyflank.backends.kvm import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT, HypervisorFeatures
-from pyflank.vmcall import VMCALL_MAGIC_NUMBER, VMCALL_VERSION
 
 pytestmark = kvm_marks()
 
@@ -118,7 +122,7 @@ def _run_loop(count: int, timeout: float) -> None:
         state = guest.handler.m_state_save
         assert state.r12 == count
         assert state.r13 == 0, f"{state.r13} wrong replies"
-        assert guest.vcpu.dispatched == count
+        assert guest.dispatched == count
 
 
 def test_thousand_vmcalls_all_answered() -> None:

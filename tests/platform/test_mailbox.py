@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.mailbox import BASE_PORT, COMMAND_STOP, Mailbox, MailboxError
+from pyflank.platform.mailbox import COMMAND_STOP, Mailbox, MailboxError
 
 BASE = 0x100000
 REGS = struct.Struct("<16Q")
@@ -29,14 +29,14 @@ class Agent:
         self.thread.start()
 
     def _loop(self) -> None:
-        while self.mailbox.io_read(BASE_PORT, 4) != COMMAND_STOP:
+        while self.mailbox.read(0, 4) != COMMAND_STOP:  # vCPU 0's WAIT
             regs = list(REGS.unpack(self.memory.read(BASE, REGS.size)))
             if regs[2] == SLOW:
                 time.sleep(self.delay)
             regs[1] = regs[2] + 1
             self.memory.write(BASE, REGS.pack(*regs))
             self.served += 1
-            self.mailbox.io_write(BASE_PORT + 1, 4, 0)
+            self.mailbox.write(1, 4, 0)  # its DONE
 
 
 @pytest.fixture

@@ -1,29 +1,37 @@
-"""What every backend shares with the vCPU layer: why a vCPU stopped, the port bus, and the
-two small protocols ``Vm`` drives a backend through (one per VM, one per vCPU)."""
+"""What every backend shares with the vCPU layer: the port bus it is given, and the two
+small protocols ``Vm`` drives a backend through (one per VM, one engine per vCPU).
+
+An engine runs guest code and reports what happened as values (``pyflank.processor``):
+``run(plan, decide)`` loads the entry plan, runs the guest, and returns the next exit
+record, or a stop.  ``decide`` is the processor's exit routine (record in, plan out),
+handed in for engines that would pay more for leaving their run loop than for the exit
+itself (the software CPU decides inside unicorn's hooks); such an engine may return a
+plan it decided but could not carry out in place.
+"""
 
 from __future__ import annotations
 
-from enum import Enum
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from pyflank.processor.records import StopReason
+
 if TYPE_CHECKING:
-    from pyflank.exit_handler import ExitHandlerIntelX64
-    from pyflank.intel_x64.cpu import CpuidRegisters
+    from pyflank.intel_x64.cpu import CpuidRegisters, PhysicalCpu
     from pyflank.intel_x64.vmcs import Vmcs
+    from pyflank.processor import EntryPlan, ExitRecord, Stop
 
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Capabilities",
+    "Decide",
+    "PortIo",
+    "StopReason",
+    "VcpuEngine",
+]
 
-class StopReason(Enum):
-    HALTED = "halted"  # the exit handler halted the vCPU (halt(), an unhandled exit, ...)
-    HANDLER_ERROR = "handler error"  # the exit handler raised: the message holds the report
-    PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
-    GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
-    SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest
-    TIMEOUT = "timeout"
-    STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
-    # KVM only: its instruction emulator met a guest instruction it cannot run (and that
-    # stands for no VM exit); on hardware VMX the instruction would simply have executed.
-    EMULATION_FAILURE = "emulation failure"
-    ERROR = "error"  # the backend could not go on (unsupported control, emulator error)
+Decide = Callable[["ExitRecord"], "EntryPlan | Stop"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -43,24 +51,21 @@ class PortIo(Protocol):
     def io_write(self, port: int, size: int, value: int) -> None: ...
 
 
-class VcpuBackend(Protocol):
-    """One vCPU in VMX non-root operation: ``run`` blocks on the vCPU's own thread."""
-
-    stop_reason: StopReason | None
-    message: str
+class VcpuEngine(Protocol):
+    """One vCPU in VMX non-root operation; ``run`` blocks on the vCPU's own thread."""
 
     @property
-    def exits(self) -> int: ...  # VM exits dispatched to the handler
+    def cpu(self) -> PhysicalCpu | None: ...  # the handler's physical CPU, if the engine has one
 
-    @property
-    def trace(self) -> list[tuple[int, int]] | None: ...  # (basic exit reason, RIP) each
-
-    def run(self) -> StopReason: ...
+    def cpuid_leaves(self) -> Iterable[tuple[int, int]] | None: ...  # None: CPUID exits
+    def set_cpuid(self, answers: dict[tuple[int, int], CpuidRegisters | None]) -> None: ...
+    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop: ...
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None: ...
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
-    """A VM's processor: what it tells guests, which controls it runs, its vCPUs."""
+    """A VM's engines: what they tell guests, which controls they run, one per vCPU."""
 
     name: str
 
@@ -69,7 +74,5 @@ class Backend(Protocol):
 
     def hypervisor_leaves(self) -> dict[int, CpuidRegisters]: ...
     def unsupported(self, vmcs: Vmcs) -> list[str]: ...  # empty when it can run them
-    def create_vcpu(
-        self, vcpuid: int, handler: ExitHandlerIntelX64, *, trace: bool
-    ) -> VcpuBackend: ...
+    def create_vcpu(self, vcpuid: int) -> VcpuEngine: ...
     def close(self) -> None: ...

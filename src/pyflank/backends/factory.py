@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import Backend, PortIo
 from pyflank.backends.emu import EmuVcpu, unsupported
 from pyflank.backends.kvm.platform import KvmBackend
-from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import HypervisorFeatures, hypervisor_leaves
 
 AUTO: Final = "emu"
 
@@ -38,8 +37,8 @@ class EmuBackend:
     def unsupported(self, vmcs: Vmcs) -> list[str]:
         return unsupported(vmcs)
 
-    def create_vcpu(self, vcpuid: int, handler: ExitHandlerIntelX64, *, trace: bool) -> EmuVcpu:
-        return EmuVcpu(handler, self.memory, self.ports, trace=trace)
+    def create_vcpu(self, vcpuid: int) -> EmuVcpu:
+        return EmuVcpu(self.memory, self.ports)
 
     def close(self) -> None:
         pass  # unicorn engines are freed with their vCPUs

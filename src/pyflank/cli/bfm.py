@@ -8,20 +8,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pyflank.abi import BF_VMCALL_FAILURE, MAGIC_SLOT, VMCALL_MAGIC_NUMBER
 from pyflank.cli import manager
 from pyflank.cli.errors import CommandError, ExtensionError, UsageError
 from pyflank.cli.parser import VERSION, CommandLine, command_help, parse
 from pyflank.cli.protocol import ProtocolError
 from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 from pyflank.cli.vmcall_command import request as vmcall_request
-from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_MAGIC_NUMBER
 
 __all__ = ["UsageError", "main", "run"]
 
 
 def _vmcall(rt: RuntimeDir, cpuid: int, words: list[str]) -> str:
     message, show = vmcall_request(words)
-    message["regs"]["r01"] = VMCALL_MAGIC_NUMBER
+    message["regs"][MAGIC_SLOT] = VMCALL_MAGIC_NUMBER
     reply = manager.vmcall(rt, cpuid, message)
     if reply.get("ret") == BF_VMCALL_FAILURE:
         raise manager.ManagerError("the vmcall failed: BF_VMCALL_FAILURE (see bfm dump)")

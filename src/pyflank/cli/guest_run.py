@@ -24,7 +24,7 @@ from pyflank.cli.extension import load_handler
 from pyflank.cli.files import read_input
 from pyflank.cli.runtime import RuntimeDir
 from pyflank.exit_handler import ExitHandlerIntelX64
-from pyflank.platform.assemble import GUESTS_DIR, AssemblyError, assemble
+from pyflank.platform.assemble import SDK_INCLUDE_DIRS, AssemblyError, assemble
 from pyflank.platform.loader import LoadError
 from pyflank.vmm import DEFAULT_MEMORY_SIZE, VcpuResult, Vm
 
@@ -70,7 +70,7 @@ def load_program(vm: Vm, request: RunRequest) -> str:
             except UnicodeDecodeError as exc:
                 raise CommandError(f"{path}: not UTF-8 text (byte {exc.start})") from None
             address = vm.layout.load_address
-            vm.load_flat(assemble(source, address, (path.parent, GUESTS_DIR)), address)
+            vm.load_flat(assemble(source, address, (path.parent, *SDK_INCLUDE_DIRS)), address)
         elif kind == "elf":
             vm.load_elf(path)  # its errors name the file
         else:
@@ -94,11 +94,11 @@ class Console:
         self.stream = stream
         self.broken = False
 
-    def __call__(self, data: bytes) -> None:
+    def __call__(self, byte: int) -> None:
         if self.broken:
             return
         try:
-            self.stream.write(data)
+            self.stream.write(bytes((byte,)))
             self.stream.flush()
         except (BrokenPipeError, ValueError, OSError):
             self.broken = True
@@ -140,7 +140,7 @@ def run_program(
         loaded = ", ".join(loader(vm, request) for loader in LOADERS)
         if choice.why:
             say(choice.why)
-        vm.serial.listen(Console(console))
+        vm.serial.sink = Console(console)
         started = time.monotonic()
         interrupted = False
         try:

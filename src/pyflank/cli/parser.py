@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import pyflank
+from pyflank.abi.version import __version__ as PYFLANK_VERSION
 from pyflank.cli.errors import UsageError
 from pyflank.cli.vmcall_command import HELP as VMCALL_HELP
 from pyflank.cli.vmcall_command import number
@@ -23,7 +23,7 @@ from pyflank.cli.vmcall_command import number
 BACKENDS = ("emu", "kvm", "auto")
 MAX_VCPUS = 16  # the boot layout's room (platform.boot.BootLayout.max_vcpus)
 PROGRAM_FORMATS = ("auto", "asm", "elf", "flat")
-VERSION = f"bfm (pyflank) {pyflank.__version__}"
+VERSION = f"bfm (pyflank) {PYFLANK_VERSION}"
 
 USAGE = f"""\
 Usage: bfm [OPTION]... load <extension>

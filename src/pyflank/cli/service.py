@@ -24,6 +24,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pyflank import guests
+from pyflank.abi import (
+    BF_VMCALL_FAILURE,
+    DATA,
+    OPCODE_SLOT,
+    SLOTS,
+    STATUS_SLOT,
+    VMCALL_OUT_BUFFER_SIZE,
+    VmcallOpcode,
+)
 from pyflank.backends.base import BackendUnavailable
 from pyflank.backends.factory import NAMES, resolve
 from pyflank.cli.bounded_log import BoundedStream
@@ -33,12 +43,10 @@ from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 from pyflank.cli.server import READ_TIMEOUT, ServiceServer, error_reply
 from pyflank.cli.service_process import ServiceRecord, read_record, write_record
 from pyflank.platform.mailbox import BASE_PORT, IN_OFFSET, OUT_OFFSET, SLOT_SIZE, Mailbox
-from pyflank.vmcall import BF_VMCALL_FAILURE, VMCALL_OUT_BUFFER_SIZE, VmcallOpcode
 from pyflank.vmm import VcpuResult, Vm
 
 log = logging.getLogger("pyflank.service")
 
-AGENT = Path(__file__).resolve().parents[3] / "guests" / "agent.s"
 MAILBOX_BASE = 0x400000
 VMCALL_TIMEOUT = 30.0
 _TWO_MIB = 0x200000
@@ -55,7 +63,7 @@ def agent_source() -> str:
         f".equ MAILBOX_SLOT, {SLOT_SIZE:#x}\n"
         f".equ MAILBOX_PORT, {BASE_PORT:#x}\n"
     )
-    return constants + AGENT.read_text()
+    return constants + guests.read("agent.s")
 
 
 def stop_text(result: VcpuResult) -> str:
@@ -86,7 +94,7 @@ class VmmService:
             self.handler, vcpus=vcpus, backend=self.backend, memory_size=memory_size(vcpus, memory)
         )
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
-        self.vm.bus.attach(self.mailbox)
+        self.vm.bus.insert(self.mailbox, BASE_PORT, self.mailbox.port_count, "bfm-mailbox")
         self.vm.load_asm(agent_source())
         self.stopped = threading.Event()
         self.record = ServiceRecord.of_this_process()
@@ -147,10 +155,11 @@ class VmmService:
             return error_reply("malformed vmcall request")
         if not 0 <= cpuid < len(self.vm.vcpus):
             return error_reply(f"no vCPU {cpuid} (the VMM runs {len(self.vm.vcpus)})")
-        registers = [0] * 16
+        registers = [0] * len(SLOTS)
         for name, value in given.items():
             index = int(name[1:]) if name[:1] == "r" and name[1:].isdigit() else -1
-            if not 0 <= index < 16 or type(value) is not int or not 0 <= value < 1 << 64:
+            valid = type(value) is int and 0 <= value < 1 << 64
+            if not 0 <= index < len(SLOTS) or not valid:
                 return error_reply(f"bad register {name!r}={value!r}")
             registers[index] = value
         encoded, out_size = request.get("in", ""), request.get("out_size", VMCALL_OUT_BUFFER_SIZE)
@@ -160,19 +169,22 @@ class VmmService:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return error_reply("the input buffer is not base64")
-        is_data = registers[0] == VmcallOpcode.DATA
+        is_data = registers[SLOTS.index(OPCODE_SLOT)] == VmcallOpcode.DATA
         if is_data:
             slot = self.mailbox.slot_address(cpuid)
-            registers[5], registers[6] = slot + IN_OFFSET, len(data)
-            registers[8], registers[9] = slot + OUT_OFFSET, min(out_size, VMCALL_OUT_BUFFER_SIZE)
+            registers[DATA.index("in_addr")] = slot + IN_OFFSET
+            registers[DATA.index("in_size")] = len(data)
+            registers[DATA.index("out_addr")] = slot + OUT_OFFSET
+            registers[DATA.index("out_size")] = min(out_size, VMCALL_OUT_BUFFER_SIZE)
         try:
             reply = self.mailbox.vmcall(cpuid, registers, data, self.limits.vmcall_timeout)
         except Exception as exc:  # noqa: BLE001 - the client's failure, never the service's
             return error_reply(str(exc))
-        regs = {f"r{i:02d}": v for i, v in enumerate(reply.registers)}
-        result: dict[str, Any] = {"ok": True, "ret": reply.registers[1], "regs": regs}
-        if is_data and reply.registers[1] != BF_VMCALL_FAILURE:
-            length = min(reply.registers[9], len(reply.out))
+        regs = dict(zip(SLOTS, reply.registers, strict=True))
+        status = regs[STATUS_SLOT]
+        result: dict[str, Any] = {"ok": True, "ret": status, "regs": regs}
+        if is_data and status != BF_VMCALL_FAILURE:
+            length = min(reply.registers[DATA.index("reply_size")], len(reply.out))
             result["out"] = base64.b64encode(reply.out[:length]).decode()
         return result
 

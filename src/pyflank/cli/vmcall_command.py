@@ -11,16 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyflank.cli.errors import UsageError
-from pyflank.cli.files import read_input, write_output
-from pyflank.cli.protocol import loads
-from pyflank.vmcall import (
+from pyflank.abi import (
+    ARGUMENT_SLOTS,
+    DATA,
+    OPCODE_SLOT,
+    SIGNATURES,
     VMCALL_IN_BUFFER_SIZE,
     VMCALL_OUT_BUFFER_SIZE,
     VmcallDataType,
     VmcallOpcode,
     VmcallVersionIndex,
 )
+from pyflank.cli.errors import UsageError
+from pyflank.cli.files import read_input, write_output
+from pyflank.cli.protocol import loads
 
 VERSION_NAMES = {
     VmcallVersionIndex.PROTOCOL: "VMCALL_VERSION_PROTOCOL",
@@ -38,6 +42,7 @@ vmcall commands:
   unittest <index>"""
 
 Printer = Callable[[dict[str, Any]], str]
+_VERSIONS = SIGNATURES[VmcallOpcode.VERSIONS]
 
 
 def number(text: str, option: str = "") -> int:
@@ -74,17 +79,17 @@ def request(args: list[str]) -> tuple[dict[str, Any], Printer]:
         opcode = {"versions": VmcallOpcode.VERSIONS, "event": VmcallOpcode.EVENT}.get(
             kind, VmcallOpcode.UNITTEST
         )
-        message = {"regs": {"r00": int(opcode), "r02": index}}
+        message = {"regs": {OPCODE_SLOT: int(opcode), SIGNATURES[opcode].slot("index"): index}}
         if kind == "versions":
             return message, lambda r: _print_version(index, r)
         if kind == "event":
             return message, lambda r: "success"
         return message, lambda r: f"vmm unittest {index}: passed"
     if kind == "registers":
-        if not 1 <= len(rest) <= 11:
+        if not 1 <= len(rest) <= len(ARGUMENT_SLOTS):
             raise UsageError("vmcall registers takes 1 to 11 hex values (r2 ... r12)")
-        regs = {f"r{i + 2:02d}": _hex(v) for i, v in enumerate(rest)}
-        return {"regs": {"r00": int(VmcallOpcode.REGISTERS), **regs}}, _print_registers
+        regs = {slot: _hex(v) for slot, v in zip(ARGUMENT_SLOTS, rest, strict=False)}
+        return {"regs": {OPCODE_SLOT: int(VmcallOpcode.REGISTERS), **regs}}, _print_registers
     if kind == "string":
         if len(rest) != 2 or rest[0] not in ("unformatted", "json"):
             raise UsageError("usage: vmcall string unformatted|json <text>")
@@ -119,7 +124,7 @@ def _data(kind: VmcallDataType, data: bytes) -> dict[str, Any]:
     if len(data) > VMCALL_IN_BUFFER_SIZE:
         raise UsageError(f"vmcall data: {len(data)} bytes exceeds the 32-page limit")
     return {
-        "regs": {"r00": int(VmcallOpcode.DATA), "r04": int(kind)},
+        "regs": {OPCODE_SLOT: int(VmcallOpcode.DATA), DATA.slot("in_type"): int(kind)},
         "in": base64.b64encode(data).decode(),
         "out_size": VMCALL_OUT_BUFFER_SIZE,
     }
@@ -138,13 +143,13 @@ def _print_version(index: int, reply: dict[str, Any]) -> str:
         name = VERSION_NAMES.get(VmcallVersionIndex(index), f"index {index}")
     except ValueError:
         name = f"index {index}"
-    return f"{name}: {regs['r03']}.{regs['r04']}.{regs['r05']}"
+    return f"{name}: " + ".".join(str(regs[slot]) for _, slot in _VERSIONS.outputs)
 
 
 def _print_registers(reply: dict[str, Any]) -> str:
     regs = reply["regs"]
     lines = ["received from vmm:"]
-    lines += [f"  r{i:02d}: {regs[f'r{i:02d}']:#018x}" for i in range(2, 13)]
+    lines += [f"  {slot}: {regs[slot]:#018x}" for slot in ARGUMENT_SLOTS]
     return "\n".join(lines)
 
 

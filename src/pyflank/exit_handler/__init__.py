@@ -2,10 +2,18 @@
 
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.exit_handler_intel_x64 import (
+    EXIT_METHODS,
     ExitHandlerIntelX64,
     VmcallError,
     vmm_unittest,
 )
 from pyflank.exit_handler.state_save import StateSave
 
-__all__ = ["DebugRing", "ExitHandlerIntelX64", "StateSave", "VmcallError", "vmm_unittest"]
+__all__ = [
+    "EXIT_METHODS",
+    "DebugRing",
+    "ExitHandlerIntelX64",
+    "StateSave",
+    "VmcallError",
+    "vmm_unittest",
+]

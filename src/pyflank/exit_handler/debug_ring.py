@@ -25,6 +25,7 @@ class DebugRing:
         self.dropped = 0
 
     def write(self, text: str) -> None:
+        """Append ``text``, line by line, dropping the oldest lines past the capacity."""
         lines = [line + "\n" for line in text.splitlines()] or ["\n"]
         with self._lock:
             for line in lines:
@@ -37,10 +38,12 @@ class DebugRing:
                 self.dropped += 1
 
     def read(self) -> str:
+        """The ring's text, oldest line first."""
         with self._lock:
             return "".join(self._lines)
 
     def clear(self) -> None:
+        """Drop every line."""
         with self._lock:
             self._lines.clear()
             self._size = 0

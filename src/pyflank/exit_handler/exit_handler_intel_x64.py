@@ -7,36 +7,19 @@ dumped and halts the vCPU.  Subclass it and override the handlers you need.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import pyflank
-from pyflank.exit_handler.debug_ring import DebugRing
-from pyflank.exit_handler.fault import halt_on_fault
-from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
-from pyflank.intel_x64 import checks, dump, exit_reasons, qualifications
-from pyflank.intel_x64 import fields as vmcs_fields
-from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu
-from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import (
-    IA32_DEBUGCTL,
-    IA32_EFER,
-    IA32_FS_BASE,
-    IA32_GS_BASE,
-    IA32_PAT,
-    IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS,
-    IA32_SYSENTER_EIP,
-    IA32_SYSENTER_ESP,
-)
-from pyflank.intel_x64.vmcs import Vmcs, VmcsState
-from pyflank.memory import GuestPhysicalMemory, GuestVirtualRange, map_guest_virtual
-from pyflank.platform.hypervisor_cpuid import CPUID_1_ECX_HYPERVISOR, hypervisor_leaves
-from pyflank.vmcall import (
+from pyflank.abi import (
     BF_VMCALL_FAILURE,
     BF_VMCALL_SUCCESS,
+    CPUID_1_ECX_HYPERVISOR,
+    EVENT_RETURNED_SLOTS,
+    RETURNED_SLOTS,
     VMCALL_IN_BUFFER_SIZE,
     VMCALL_MAGIC_NUMBER,
     VMCALL_OUT_BUFFER_SIZE,
@@ -45,38 +28,43 @@ from pyflank.vmcall import (
     VmcallOpcode,
     VmcallRegisters,
     VmcallVersionIndex,
+    hypervisor_leaves,
 )
+from pyflank.abi.registers import compile_loader, compile_storer
+from pyflank.abi.version import VERSION as PYFLANK_VERSION
+from pyflank.exit_handler.debug_ring import DebugRing
+from pyflank.exit_handler.fault import halt_on_fault
+from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
+from pyflank.intel_x64 import checks, dump, exit_reasons, paging, qualifications
+from pyflank.intel_x64 import fields as vmcs_fields
+from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
+from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
+from pyflank.intel_x64.vmcs import Vmcs, VmcsState
+from pyflank.memory import GuestLinear, GuestPhysicalMemory, GuestVirtualRange
 
 log = logging.getLogger("pyflank.exit_handler")
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 MASK32 = 0xFFFF_FFFF
 
-# MSRs whose guest value lives in the VMCS guest-state area (SDM 25.4.2, 27.3.1).
-VMCS_BACKED_MSRS: dict[int, int] = {
-    IA32_DEBUGCTL: vmcs_fields.GUEST_IA32_DEBUGCTL,
-    IA32_PAT: vmcs_fields.GUEST_IA32_PAT,
-    IA32_EFER: vmcs_fields.GUEST_IA32_EFER,
-    IA32_PERF_GLOBAL_CTRL: vmcs_fields.GUEST_IA32_PERF_GLOBAL_CTRL,
-    IA32_SYSENTER_CS: vmcs_fields.GUEST_IA32_SYSENTER_CS,
-    IA32_SYSENTER_ESP: vmcs_fields.GUEST_IA32_SYSENTER_ESP,
-    IA32_SYSENTER_EIP: vmcs_fields.GUEST_IA32_SYSENTER_EIP,
-    IA32_FS_BASE: vmcs_fields.GUEST_FS_BASE,
-    IA32_GS_BASE: vmcs_fields.GUEST_GS_BASE,
-}
 # Bareflank 1.1 answered these with 0: platform MSRs that fault on some
 # processors when a guest OS probes them (SMM monitor, BIOS sign, ...).
 ZERO_READ_MSRS = frozenset({0x31, 0x39, 0x1AE, 0x1AF, 0x602})
 
-# Exit-information fields the unimplemented handler reports, in Bareflank's order.
+# Exit-information fields the unimplemented handler reports, in Bareflank's order and words.
 EXIT_INFORMATION_REPORT = (
     ("exit qualification", vmcs_fields.EXIT_QUALIFICATION),
-    ("exit interruption information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
+    ("exit interrupt information", vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION),
     ("instruction length", vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH),
     ("instruction information", vmcs_fields.VM_EXIT_INSTRUCTION_INFORMATION),
     ("guest linear address", vmcs_fields.GUEST_LINEAR_ADDRESS),
     ("guest physical address", vmcs_fields.GUEST_PHYSICAL_ADDRESS),
 )
+
+# halt()'s register order and its section rule, as Bareflank 1.1 printed them.
+_HALT_REGISTERS = (*GENERAL_REGISTERS, "rip", "rsp")
+_RULE = "-" * 52
 
 _LAUNCHED = VmcsState.LAUNCHED
 _EVENT = int(VmcallOpcode.EVENT)
@@ -84,16 +72,77 @@ _EXIT_REASON = vmcs_fields.VM_EXIT_REASON
 _INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
 _VECTOR_GP = 13
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
-_CR0_WP = 1 << 16
-_CR0_PG = 1 << 31
-_EFER_NXE = 1 << 11
+# The vmcall exit path moves the slots with straight-line code compiled from the ABI's map.
+_load_vmcall_registers = compile_loader()
+_store_vmcall_registers = compile_storer(RETURNED_SLOTS)
+_store_event_registers = compile_storer(EVENT_RETURNED_SLOTS)
 
 UnittestFn = Callable[["ExitHandlerIntelX64", VmcallRegisters], None]
 F = TypeVar("F", bound=Callable[..., None])
 
 
+# ``handle_<reason>`` for every basic exit reason (hvpp's one method per reason).
+EXIT_METHODS: dict[int, str] = {int(r): f"handle_{r.name.lower()}" for r in ExitReason}
+_METHOD_REASONS = {name: reason for reason, name in EXIT_METHODS.items()}
+
+
+def _exit_handlers(cls: type, *, warn: bool = True) -> dict[int, str]:
+    """The exit table of ``cls``: every ``handle_<reason>`` it has, plus its own entries.
+
+    A new ``handle_*`` method that names no exit reason is warned about (a typo there
+    means an exit that never arrives).
+    """
+    table = {reason: name for reason, name in EXIT_METHODS.items() if hasattr(cls, name)}
+    own: dict[int, str] = vars(cls).get("EXIT_HANDLERS", {})
+    table.update({int(reason): name for reason, name in own.items()})
+    if warn:
+        inherited = {name for base in cls.__mro__[1:] for name in vars(base)}
+        for name in vars(cls):
+            if name.startswith("handle_") and name not in inherited | set(table.values()):
+                _warn_unknown_handler(cls, name)
+    return table
+
+
+def _warn_unknown_handler(cls: type, name: str) -> None:
+    if name.startswith("handle_vmcall_"):
+        return  # a vmcall opcode's handler
+    close = [m for m in _METHOD_REASONS if m.startswith(name)]
+    close = close or difflib.get_close_matches(name, list(_METHOD_REASONS), n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    warnings.warn(
+        f"{cls.__name__}.{name} handles no exit reason{hint}: name it handle_<reason> "
+        "(pyflank.exit_handler.EXIT_METHODS) or map it in EXIT_HANDLERS",
+        stacklevel=4,
+    )
+
+
 class VmcallError(Exception):
     """A vmcall the handler refuses; the guest gets BF_VMCALL_FAILURE."""
+
+
+def _text(lines: list[str]) -> str:
+    """Lines as one debug-ring write, every line (blank ones too) newline-terminated."""
+    return "".join(line + "\n" for line in lines)
+
+
+def bareflank_json(value: Any) -> str:
+    """JSON text as Bareflank 1.1's nlohmann::json 2.0 dumped it: no spaces, object keys
+    in byte order (its objects were std::map), text other than control characters,
+    quote and backslash written as it is (UTF-8, not \\u escapes)."""
+    plain = json.loads(json.dumps(value))  # keys become strings, as JSON spells them
+    # Standard JSON: a NaN or Infinity is an error, never written.
+    return json.dumps(
+        _keys_in_byte_order(plain), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _keys_in_byte_order(value: Any) -> Any:
+    if isinstance(value, dict):
+        ordered = sorted(value, key=lambda key: key.encode("utf-8", "surrogateescape"))
+        return {key: _keys_in_byte_order(value[key]) for key in ordered}
+    if isinstance(value, list):
+        return [_keys_in_byte_order(item) for item in value]
+    return value
 
 
 def vmm_unittest(index: int) -> Callable[[F], F]:
@@ -107,32 +156,37 @@ def vmm_unittest(index: int) -> Callable[[F], F]:
 
 
 class ExitHandlerIntelX64:
-    ret_type = int
+    """Bareflank's bare minimum Intel x64 exit handler: one per vCPU, called at every VM exit.
 
-    # Basic exit reason -> handler method, the switch of Bareflank's handle_exit.
-    EXIT_HANDLERS: ClassVar[dict[int, str]] = {
-        ExitReason.CPUID: "handle_cpuid",
-        ExitReason.INVD: "handle_invd",
-        ExitReason.VMCALL: "handle_vmcall",
-        ExitReason.VMXOFF: "handle_vmxoff",
-        ExitReason.RDMSR: "handle_rdmsr",
-        ExitReason.WRMSR: "handle_wrmsr",
-    }
+    The VMM wires it to the vCPU's VMCS (``m_vmcs``), saved guest registers
+    (``m_state_save``), CPU (``m_cpu``), guest RAM (``m_memory``) and debug ring
+    (``m_debug_ring``), then calls ``dispatch()`` at each exit.  Subclass it and
+    override the ``handle_*`` methods you need; ``super()`` gives the seed's behaviour.
+    """
+
+    ret_type = int
+    """The type of a vmcall status (Bareflank's ``ret_type``)."""
+
+    EXIT_HANDLERS: ClassVar[dict[int, str]] = {}
+    """Basic exit reason -> handler method, the switch of Bareflank's ``handle_exit``.
+
+    Derived: a class that defines ``handle_<reason>`` (the ``ExitReason`` name in lower
+    case: ``handle_hlt``, ``handle_io_instruction``, ``handle_ept_violation``, ...)
+    receives that reason; the seed defines the six it handles.  A class may still map a
+    reason to a method of another name here; its entries are added to the derived ones.
+    """
     VMCALL_HANDLERS: ClassVar[dict[int, str]] = {
-        VmcallOpcode.VERSIONS: "handle_vmcall_versions",
-        VmcallOpcode.REGISTERS: "handle_vmcall_registers",
-        VmcallOpcode.DATA: "handle_vmcall_data",
-        VmcallOpcode.EVENT: "handle_vmcall_event",
-        VmcallOpcode.START: "handle_vmcall_start",
-        VmcallOpcode.STOP: "handle_vmcall_stop",
-        VmcallOpcode.UNITTEST: "handle_vmcall_unittest",
+        opcode: f"handle_vmcall_{opcode.name.lower()}" for opcode in VmcallOpcode
     }
-    # (major, minor, patch) answered for VERSIONS index USER; set it in a subclass.
+    """vmcall opcode -> handler method: ``handle_vmcall_<opcode>`` for each opcode of the ABI."""
     USER_VERSION: ClassVar[tuple[int, int, int]] = (0, 0, 0)
+    """(major, minor, patch) answered for VERSIONS index USER (10); set it in a subclass."""
     VMM_UNITTESTS: ClassVar[dict[int, str]] = {}
+    """UNITTEST index -> method, filled from the ``@vmm_unittest(index)`` marks."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.EXIT_HANDLERS = _exit_handlers(cls)
         tests = dict(cls.VMM_UNITTESTS)
         for name, member in vars(cls).items():
             index = getattr(member, "_vmm_unittest_index", None)
@@ -142,11 +196,17 @@ class ExitHandlerIntelX64:
 
     def __init__(self) -> None:
         self.m_vmcs: Vmcs = Vmcs()
+        """This vCPU's VMCS: exit information in, guest state and controls out."""
         self.m_state_save: StateSave = StateSave()
+        """The guest's general registers, RIP and RSP as saved at the exit."""
         self.m_cpu: PhysicalCpu = ModelCpu()
+        """What CPUID, RDMSR/WRMSR and WBINVD reach: the CPU model or the KVM vCPU."""
         self.m_memory: GuestPhysicalMemory | None = None
+        """Guest RAM (None until the VMM attaches it)."""
         self.m_debug_ring: DebugRing = DebugRing()
+        """This vCPU's log, read by ``bfm dump`` and ``VcpuResult.debug_ring``."""
         self.hypervisor_leaves: dict[int, CpuidRegisters] = hypervisor_leaves()
+        """CPUID leaf -> registers the handler answers itself (0x40000000, 0x40000001)."""
         self._exit_table: dict[int, Callable[[], None]] = {
             reason: getattr(self, name) for reason, name in self.EXIT_HANDLERS.items()
         }
@@ -154,20 +214,33 @@ class ExitHandlerIntelX64:
             int(opcode): getattr(self, name) for opcode, name in self.VMCALL_HANDLERS.items()
         }
 
+    def setup(self, vmcs: Vmcs) -> None:
+        """Choose this vCPU's exits: write ``vmcs``'s controls here (default: the seed's).
+
+        The VMM calls it once, after the boot state is built and before the first VM
+        entry, on every backend and under ``bfm``.  A control the backend cannot honour is
+        a ``ValueError`` naming it and the backend, never silently ignored.
+        """
+
     # -- wiring (Bareflank's set_vmcs / set_state_save, and the VMM's others) --
     def set_vmcs(self, vmcs: Vmcs) -> None:
+        """Use ``vmcs`` as this vCPU's VMCS (Bareflank's ``set_vmcs``)."""
         self.m_vmcs = vmcs
 
     def set_state_save(self, state_save: StateSave) -> None:
+        """Use ``state_save`` for the guest registers saved at each exit."""
         self.m_state_save = state_save
 
     def set_cpu(self, cpu: PhysicalCpu) -> None:
+        """Use ``cpu`` for CPUID, MSRs and WBINVD: the CPU model, or the KVM vCPU."""
         self.m_cpu = cpu
 
     def set_memory(self, memory: GuestPhysicalMemory) -> None:
+        """Give the handler guest RAM, for ``map_guest_buffer`` (DATA vmcalls)."""
         self.m_memory = memory
 
     def set_debug_ring(self, ring: DebugRing) -> None:
+        """Write this vCPU's log (``log``, ``bfm dump``) to ``ring``."""
         self.m_debug_ring = ring
 
     def log(self, text: str, level: int = logging.INFO) -> None:
@@ -192,37 +265,31 @@ class ExitHandlerIntelX64:
             vmcs.resume()
 
     def halt(self) -> None:
+        """Log the guest registers and halt this vCPU: the VMM stops running it."""
+        # Bareflank 1.1's report, line for line (its view_as_pointer hex: 0xbeef).
         state = self.m_state_save
-        lines = [f"halting vcpu: {state.vcpuid}"]
-        lines += [f"- {name}: {getattr(state, name):#018x}" for name in GENERAL_REGISTERS]
-        lines += [f"- rip: {state.rip:#018x}", f"- rsp: {state.rsp:#018x}"]
-        self.log("\n".join(lines), logging.ERROR)
+        lines = ["", "", "Guest register state: ", _RULE]
+        lines += [f"- m_state_save->{name}: {getattr(state, name):#x}" for name in _HALT_REGISTERS]
+        lines += ["", "", "CPU Halted: ", _RULE, f"- vcpuid: {state.vcpuid}", "", ""]
+        self.log(_text(lines), logging.ERROR)
         self.m_vmcs.halt()
 
     def complete_vmcall(self, ret: int, regs: VmcallRegisters) -> None:
-        # Spelled out rather than looped over INTEL_X64_REGISTER_MAP: this is
-        # the vmcall exit path (tests check the two agree).
+        """Hand ``regs`` and the status ``ret`` back to the guest and step over the VMCALL.
+
+        Call it yourself only for a vmcall completed later (the seed's use); the slots
+        written back are the ABI's ``RETURNED_SLOTS`` (EVENT: ``EVENT_RETURNED_SLOTS``).
+        """
+        # As Bareflank 1.1: EVENT is told apart by the opcode the guest left in RAX,
+        # and RAX itself is never written (RETURNED_SLOTS leaves r00 out).
         state = self.m_state_save
-        if regs.r00 == _EVENT:
-            state.rcx = regs.r02 & MASK64
-        else:
-            state.rax = regs.r00 & MASK64
-            state.rcx = regs.r02 & MASK64
-            state.rbx = regs.r03 & MASK64
-            state.rsi = regs.r04 & MASK64
-            state.r08 = regs.r05 & MASK64
-            state.r09 = regs.r06 & MASK64
-            state.r10 = regs.r07 & MASK64
-            state.r11 = regs.r08 & MASK64
-            state.r12 = regs.r09 & MASK64
-            state.r13 = regs.r10 & MASK64
-            state.r14 = regs.r11 & MASK64
-            state.r15 = regs.r12 & MASK64
-        state.rdx = ret & MASK64
+        store = _store_event_registers if state.rax == _EVENT else _store_vmcall_registers
+        store(regs, state, ret)
         self.advance_rip()
 
     # -- protected members of the seed ----------------------------------------
     def handle_exit(self, reason: int) -> None:
+        """Run the handler of basic exit reason ``reason``, else ``unimplemented_handler``."""
         handler = self._exit_table.get(reason)
         if handler is None:
             self.unimplemented_handler()
@@ -230,6 +297,7 @@ class ExitHandlerIntelX64:
             handler()
 
     def handle_cpuid(self) -> None:
+        """Answer CPUID: the hypervisor leaves, else the CPU's, with CPUID.1:ECX[31] set."""
         state = self.m_state_save
         leaf = state.rax & MASK32
         regs = self.hypervisor_leaves.get(leaf)
@@ -241,17 +309,18 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def handle_invd(self) -> None:
+        """Carry out INVD as WBINVD (dropping caches the guest does not own is unsafe)."""
         # INVD would drop dirty lines the guest does not own: write back instead.
         self.m_cpu.wbinvd()
         self.advance_rip()
 
     def handle_vmcall(self) -> None:
-        state = self.m_state_save
-        regs = VmcallRegisters(
-            state.rax, state.rdx, state.rcx, state.rbx, state.rsi,
-            state.r08, state.r09, state.r10, state.r11, state.r12,
-            state.r13, state.r14, state.r15,
-        )  # fmt: skip
+        """Decode a vmcall from the guest registers, run its opcode, complete it.
+
+        A bad magic number, an unknown opcode or a handler that raises returns
+        BF_VMCALL_FAILURE to the guest and logs why.
+        """
+        regs = _load_vmcall_registers(self.m_state_save)
         ret = BF_VMCALL_SUCCESS
         try:
             if regs.r01 != VMCALL_MAGIC_NUMBER:
@@ -266,15 +335,18 @@ class ExitHandlerIntelX64:
         self.complete_vmcall(ret, regs)
 
     def handle_vmxoff(self) -> None:
-        self.advance_rip()
+        """Promote: the vCPU leaves VMX operation, RIP still at the VMXOFF."""
+        # RIP stays at the VMXOFF: Bareflank 1.1's promote resumed the guest there, now
+        # outside VMX non-root operation, so the VMXOFF itself then executes.
         self.m_vmcs.promote()
 
     def handle_rdmsr(self) -> None:
+        """RDMSR: the VMCS-backed MSRs from the VMCS, others from the CPU (#GP if absent)."""
         state = self.m_state_save
         msr = state.rcx & MASK32
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            value = self.m_vmcs.read(field)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            value = self.m_vmcs.read(backed.field)
         elif msr in ZERO_READ_MSRS:
             value = 0
         else:
@@ -288,12 +360,18 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def handle_wrmsr(self) -> None:
+        """WRMSR: the VMCS-backed MSRs into the VMCS, others to the CPU (#GP if absent)."""
         state = self.m_state_save
         msr = state.rcx & MASK32
         value = ((state.rdx & MASK32) << 32) | (state.rax & MASK32)
-        field = VMCS_BACKED_MSRS.get(msr)
-        if field is not None:
-            self.m_vmcs.write(field, value)
+        backed = VMCS_BACKED_MSRS.get(msr)
+        if backed is not None:
+            # The MSR would refuse the value with #GP(0); the VMCS field never sees it.
+            fault = wrmsr_fault(self.m_cpu, msr, value)
+            if fault is not None:
+                self._inject_general_protection(fault)
+                return
+            self.m_vmcs.write(backed.field, value)
         elif msr not in ZERO_READ_MSRS:
             try:
                 self.m_cpu.wrmsr(msr, value)
@@ -303,22 +381,24 @@ class ExitHandlerIntelX64:
         self.advance_rip()
 
     def advance_rip(self) -> None:
+        """Step the guest past the exiting instruction (RIP += the VM-exit instruction length)."""
         state = self.m_state_save
         state.rip = (state.rip + self.m_vmcs.read(_INSTRUCTION_LENGTH)) & MASK64
 
     def unimplemented_handler(self) -> None:
+        """Log the exit reason and exit information (and, for a failed VM entry,
+        the failed checks and the VMCS) and halt the vCPU."""
         vmcs = self.m_vmcs
         reason = vmcs.read(vmcs_fields.VM_EXIT_REASON)
-        lines = [
-            f"unimplemented exit reason: {exit_reasons.description(reason)}",
-            f"- exit reason: {reason:#018x}",
-            f"- exit reason string: {exit_reasons.description(reason)}",
-        ]
-        lines += [f"- {label}: {vmcs.read(enc):#018x}" for label, enc in EXIT_INFORMATION_REPORT]
+        lines = ["", "", "Unimplemented Exit Handler: ", _RULE, f"- exit reason: {reason:#x}"]
+        lines.append(f"- exit reason string: {exit_reasons.description(reason)}")
+        lines += [f"- {label}: {vmcs.read(enc):#x}" for label, enc in EXIT_INFORMATION_REPORT]
         info = vmcs.read(vmcs_fields.VM_EXIT_INTERRUPTION_INFORMATION)
         if info & (1 << 31):
             lines.append(f"- interruption: {qualifications.InterruptionInformation.decode(info)}")
-        self.log("\n".join(lines), logging.ERROR)
+        if reason & exit_reasons.VM_ENTRY_FAILURE:
+            lines += ["", "VM-entry failure detected!!!", ""]
+        self.log(_text(lines), logging.ERROR)
         if reason & exit_reasons.VM_ENTRY_FAILURE:
             self._report_vm_entry_failure()
         self.halt()
@@ -332,10 +412,11 @@ class ExitHandlerIntelX64:
 
     # -- vmcall opcodes ---------------------------------------------------------
     def handle_vmcall_versions(self, regs: VmcallRegisters) -> None:
+        """VERSIONS: r02 = index (0 protocol, 1 pyflank, 10 ``USER_VERSION``) -> r03-r05."""
         if regs.r02 == VmcallVersionIndex.PROTOCOL:
             version = (VMCALL_VERSION, 0, 0)
         elif regs.r02 == VmcallVersionIndex.BAREFLANK:
-            version = (pyflank.VERSION_MAJOR, pyflank.VERSION_MINOR, pyflank.VERSION_PATCH)
+            version = PYFLANK_VERSION
         elif regs.r02 == VmcallVersionIndex.USER:
             version = self.USER_VERSION
         else:
@@ -343,19 +424,25 @@ class ExitHandlerIntelX64:
         regs.r03, regs.r04, regs.r05 = version
 
     def handle_vmcall_registers(self, regs: VmcallRegisters) -> None:
+        """REGISTERS: log r02-r12 as the guest sent them."""
         values = regs.as_tuple()
-        self.log("\n".join(f"r{i:02d}: {values[i]:#018x}" for i in range(2, 13)))
+        lines = ["vmcall registers:", *(f"r{i:02d}: {values[i]:#x}" for i in range(2, 13))]
+        self.log("\n".join(lines))
 
     def handle_vmcall_event(self, regs: VmcallRegisters) -> None:
-        self.log(f"event: {regs.r02:#x}")
+        """EVENT: log the event code in r02."""
+        self.log(f"vmcall event:\nr02: {regs.r02:#x}")
 
     def handle_vmcall_start(self, regs: VmcallRegisters) -> None:
+        """START: nothing to do in the seed; override to act on it."""
         pass
 
     def handle_vmcall_stop(self, regs: VmcallRegisters) -> None:
+        """STOP: nothing to do in the seed; override to act on it."""
         pass
 
     def handle_vmcall_unittest(self, regs: VmcallRegisters) -> None:
+        """UNITTEST: run the in-VMM self-test registered for index r02 (``@vmm_unittest``)."""
         name = self.VMM_UNITTESTS.get(regs.r02)
         if name is None:
             raise VmcallError(f"unknown vmm unittest index: {regs.r02:#x}")
@@ -363,6 +450,8 @@ class ExitHandlerIntelX64:
         self.log(f"vmm unittest {regs.r02} ({name}): passed")
 
     def handle_vmcall_data(self, regs: VmcallRegisters) -> None:
+        """DATA: map both guest buffers, pass the input to the handler of its type
+        and write the reply (type in r07, size in r09)."""
         in_type, in_addr, in_size = regs.r04, regs.r05, regs.r06
         out_addr, out_size = regs.r08, regs.r09
         if not in_addr or not out_addr:
@@ -396,23 +485,23 @@ class ExitHandlerIntelX64:
 
     def handle_vmcall_data_string_json(self, ijson: Any) -> Any:
         """Return the reply (the C++ ``ojson`` out-parameter); default: echo."""
-        self.log(f"received in vmm: {json.dumps(ijson)}")
+        self.log(f"received in vmm: {bareflank_json(ijson)}")
         return ijson
 
     def handle_vmcall_data_binary_unformatted(
         self, imap: GuestVirtualRange, omap: GuestVirtualRange
     ) -> None:
+        """Binary DATA: fill ``omap`` from ``imap``; default: copy."""
+        self.log("received binary data")
         omap.write(imap.read())
 
     def reply_with_string(self, regs: VmcallRegisters, text: str, omap: GuestVirtualRange) -> None:
+        """Write ``text`` as an unformatted-string DATA reply into ``omap``."""
         self._reply(regs, VmcallDataType.STRING_UNFORMATTED, text, omap)
 
     def reply_with_json(self, regs: VmcallRegisters, value: Any, omap: GuestVirtualRange) -> None:
-        # Standard JSON (no NaN/Infinity), UTF-8 kept as UTF-8; a lone surrogate, which
-        # only a string can hold, becomes its JSON escape.
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        self._reply(regs, VmcallDataType.STRING_JSON, text, omap)
+        """Write ``value`` as a JSON DATA reply into ``omap`` (as nlohmann::json wrote it)."""
+        self._reply(regs, VmcallDataType.STRING_JSON, bareflank_json(value), omap)
 
     def _reply(
         self, regs: VmcallRegisters, kind: VmcallDataType, text: str, omap: GuestVirtualRange
@@ -425,23 +514,25 @@ class ExitHandlerIntelX64:
         regs.r09 = len(data)
 
     # -- services for handlers ----------------------------------------------------
-    def map_guest_buffer(self, gva: int, size: int, *, writable: bool) -> GuestVirtualRange:
-        """Map a guest-virtual buffer through the guest's CR3, as the guest sees it."""
+    def guest_linear(self) -> GuestLinear:
+        """Guest memory as the guest's paging maps it at this exit (its CR0, CR3, EFER):
+        ``read``, ``write``, ``map`` guest-linear addresses, ``physical`` to translate."""
         if self.m_memory is None:
             raise VmcallError("no guest memory attached to this vCPU")
-        vmcs = self.m_vmcs
-        cr0 = vmcs.read(vmcs_fields.GUEST_CR0)
-        if not cr0 & _CR0_PG:
-            raise VmcallError("guest paging is off: buffers must be guest-virtual")
-        return map_guest_virtual(
+        read = self.m_vmcs.read
+        return paging.guest_linear(
             self.m_memory,
-            vmcs.read(vmcs_fields.GUEST_CR3),
-            gva,
-            size,
-            writable=writable,
-            wp=bool(cr0 & _CR0_WP),
-            nxe=bool(vmcs.read(vmcs_fields.GUEST_IA32_EFER) & _EFER_NXE),
+            cr0=read(vmcs_fields.GUEST_CR0),
+            cr3=read(vmcs_fields.GUEST_CR3),
+            efer=read(vmcs_fields.GUEST_IA32_EFER),
         )
+
+    def map_guest_buffer(self, gva: int, size: int, *, writable: bool) -> GuestVirtualRange:
+        """Map a guest-virtual buffer through the guest's CR3, as the guest sees it."""
+        linear = self.guest_linear()
+        if not linear.paging:
+            raise VmcallError("guest paging is off: buffers must be guest-virtual")
+        return linear.map(gva, size, writable=writable)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver a hardware exception to the guest at the next VM entry."""
@@ -483,7 +574,8 @@ class ExitHandlerIntelX64:
             raise AssertionError("write to the guest stack did not read back")
 
 
-# Register the base class's own self-tests (__init_subclass__ runs for subclasses only).
+# The base class's own exit table and self-tests (__init_subclass__ runs for subclasses).
+ExitHandlerIntelX64.EXIT_HANDLERS = _exit_handlers(ExitHandlerIntelX64, warn=False)
 ExitHandlerIntelX64.VMM_UNITTESTS = {
     index: name
     for name, member in vars(ExitHandlerIntelX64).items()

@@ -25,9 +25,11 @@ class StateSave:
         self.vcpuid = vcpuid
 
     def as_dict(self) -> dict[str, int]:
+        """Register name -> value, for every register and the vCPU id."""
         return {name: getattr(self, name) for name in self.__slots__}
 
     def update(self, values: dict[str, int]) -> None:
+        """Set registers from ``values`` (masked to 64 bits); unknown names raise."""
         for name, value in values.items():
             if name not in self.__slots__:
                 raise AttributeError(f"StateSave has no register {name!r}")

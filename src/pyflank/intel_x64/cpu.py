@@ -12,14 +12,16 @@ from typing import Protocol
 from pyflank.intel_x64 import msrs
 
 CpuidRegisters = tuple[int, int, int, int]
+_MASK64 = (1 << 64) - 1
 
 
 class MsrFault(Exception):
-    """RDMSR/WRMSR of an MSR the processor does not implement (#GP(0))."""
+    """RDMSR/WRMSR the processor refuses with #GP(0): an MSR it does not implement
+    (or cannot write), or a value the MSR does not accept."""
 
-    def __init__(self, msr: int, *, write: bool) -> None:
+    def __init__(self, msr: int, *, write: bool, reason: str | None = None) -> None:
         verb = "WRMSR to" if write else "RDMSR of"
-        super().__init__(f"{verb} unimplemented or read-only MSR {msr:#x}")
+        super().__init__(reason or f"{verb} unimplemented or read-only MSR {msr:#x}")
         self.msr = msr
         self.write = write
 
@@ -29,6 +31,51 @@ class PhysicalCpu(Protocol):
     def rdmsr(self, msr: int) -> int: ...
     def wrmsr(self, msr: int, value: int) -> None: ...
     def wbinvd(self) -> None: ...
+
+
+def canonical(address: int, width: int) -> bool:
+    """Bits 63:width-1 all equal: a linear address the processor can form."""
+    top = (address & _MASK64) >> (width - 1)
+    return top == 0 or top == (1 << (65 - width)) - 1
+
+
+def address_widths(cpu: PhysicalCpu) -> tuple[int, int]:
+    """(physical, linear) address bits, from CPUID 80000008H (36 and 32 without the leaf)."""
+    if cpu.cpuid(0x80000000, 0)[0] < 0x80000008:
+        return 36, 32
+    eax = cpu.cpuid(0x80000008, 0)[0]
+    return eax & 0xFF, (eax >> 8) & 0xFF
+
+
+def perf_global_ctrl_defined(cpu: PhysicalCpu) -> int:
+    """IA32_PERF_GLOBAL_CTRL bits that enable a counter CPUID leaf 0AH enumerates."""
+    if cpu.cpuid(0, 0)[0] < 0xA:
+        return 0
+    eax, _, _, edx = cpu.cpuid(0xA, 0)
+    general = (1 << ((eax >> 8) & 0xFF)) - 1
+    fixed = ((1 << (edx & 0x1F)) - 1) << 32
+    return general | fixed
+
+
+def wrmsr_fault(cpu: PhysicalCpu, msr: int, value: int) -> MsrFault | None:
+    """The #GP(0) a WRMSR of ``value`` to ``msr`` raises on this processor, if any
+    (the rules of ``msrs.WRMSR_RULES``; MSRs without a rule accept any value)."""
+    rule = msrs.WRMSR_RULES.get(msr)
+    if rule is None:
+        return None
+    problem = None
+    if rule.canonical and not canonical(value, address_widths(cpu)[1]):
+        problem = "a non-canonical address"
+    elif value & ~rule.defined:
+        problem = f"reserved bits {value & ~rule.defined:#x}"
+    elif rule.memory_types and msrs.pat_bad_entries(value):
+        problem = f"no memory type in entries {msrs.pat_bad_entries(value)}"
+    elif rule.counters and value & ~perf_global_ctrl_defined(cpu):
+        problem = f"bits {value & ~perf_global_ctrl_defined(cpu):#x} of absent counters"
+    if problem is None:
+        return None
+    name = msrs.msr_name(msr)
+    return MsrFault(msr, write=True, reason=f"WRMSR of {value:#x} to {name} ({msr:#x}): {problem}")
 
 
 def _ascii_regs(text: str) -> tuple[int, ...]:
@@ -147,7 +194,11 @@ class ModelCpu:
     def wrmsr(self, msr: int, value: int) -> None:
         if msr not in self.msrs:
             raise MsrFault(msr, write=True)
-        self.msrs[msr] = value & 0xFFFF_FFFF_FFFF_FFFF
+        value &= _MASK64
+        fault = wrmsr_fault(self, msr, value)
+        if fault is not None:
+            raise fault
+        self.msrs[msr] = value
 
     def wbinvd(self) -> None:
         self.wbinvd_count += 1

@@ -207,7 +207,8 @@ _DESCRIPTIONS: Final[dict[int, str]] = {
     ExitReason.WRMSRNS_IMMEDIATE: "wrmsrns_immediate",
 }
 
-UNDEFINED: Final[str] = "undefined"
+UNKNOWN: Final[str] = "unknown"
+"""What ``description`` says for a number the SDM gives no reason, as Bareflank 1.1 did."""
 
 
 def basic_exit_reason(value: int) -> int:
@@ -217,7 +218,7 @@ def basic_exit_reason(value: int) -> int:
 
 def description(reason: int) -> str:
     """Lower-snake name of a basic exit reason; a full exit-reason value is accepted."""
-    return _DESCRIPTIONS.get(basic_exit_reason(reason), UNDEFINED)
+    return _DESCRIPTIONS.get(basic_exit_reason(reason), UNKNOWN)
 
 
 def exit_reason(value: int) -> ExitReason | None:

@@ -7,7 +7,10 @@ they stay out of that table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
+
+from pyflank.intel_x64 import fields as _fields
 
 IA32_TIME_STAMP_COUNTER: Final[int] = 0x10
 IA32_PLATFORM_ID: Final[int] = 0x17
@@ -100,6 +103,19 @@ FEATURE_CONTROL_VMXON_OUTSIDE_SMX: Final[int] = 1 << 2
 
 # IA32_VMX_BASIC bit 55: the IA32_VMX_TRUE_*_CTLS MSRs exist and may clear default1 bits.
 VMX_BASIC_TRUE_CONTROLS: Final[int] = 1 << 55
+# IA32_VMX_BASIC bit 56: VM entry may inject a hardware exception with or without an
+# error code, whatever its vector (SDM Vol. 3D, A.1; processors with CET report it).
+VMX_BASIC_NO_ERROR_CODE_CHECK: Final[int] = 1 << 56
+# IA32_VMX_BASIC bit 58: VMX nested-exception support (FRED): an injected hardware
+# exception may be marked nested (bit 13 of the VM-entry interruption information).
+VMX_BASIC_NESTED_EXCEPTION: Final[int] = 1 << 58
+
+# IA32_DEBUGCTL bits a processor defines: LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR,
+# FREEZE_LBRS/PERFMON_ON_PMI, ENABLE_UNCORE_PMI, FREEZE_WHILE_SMM, RTM_DEBUG.
+DEBUGCTL_DEFINED: Final[int] = 0xFFC3
+EFER_DEFINED: Final[int] = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+# The memory types an IA32_PAT entry may hold: UC, WC, WT, WP, WB, UC-.
+PAT_MEMORY_TYPES: Final[frozenset[int]] = frozenset({0, 1, 4, 5, 6, 7})
 
 MSR_NAMES: Final[dict[int, str]] = {
     value: name
@@ -112,3 +128,64 @@ MSR_NAMES: Final[dict[int, str]] = {
 def msr_name(msr: int) -> str:
     """The SDM name of an MSR, or its address in hex when it is not listed here."""
     return MSR_NAMES.get(msr, f"MSR {msr:#x}")
+
+
+def pat_bad_entries(pat: int) -> list[int]:
+    """Indexes of IA32_PAT entries that hold no memory type (WRMSR would #GP)."""
+    return [i for i in range(8) if (pat >> (8 * i)) & 0xFF not in PAT_MEMORY_TYPES]
+
+
+# -- what WRMSR accepts (SDM Vol. 2B "WRMSR", Vol. 4 "Architectural MSRs") -------
+@dataclass(frozen=True, slots=True)
+class WrmsrRule:
+    """The values WRMSR accepts for one MSR; any other raises #GP(0).
+
+    ``canonical``: the value is a linear address and must be canonical.
+    ``defined``: the bits that may be 1 (the others are reserved).
+    ``memory_types``: each byte must be a memory type (IA32_PAT).
+    ``counters``: only bits of counters CPUID leaf 0AH enumerates (IA32_PERF_GLOBAL_CTRL).
+    """
+
+    canonical: bool = False
+    defined: int = (1 << 64) - 1
+    memory_types: bool = False
+    counters: bool = False
+
+
+ANY_VALUE: Final = WrmsrRule()
+LINEAR_ADDRESS: Final = WrmsrRule(canonical=True)
+
+
+@dataclass(frozen=True, slots=True)
+class VmcsBackedMsr:
+    """An MSR whose guest value lives in a VMCS guest-state field."""
+
+    field: int
+    rule: WrmsrRule
+
+
+# MSRs whose guest value lives in the VMCS guest-state area (SDM "Guest Register State"),
+# the nine Bareflank 1.1 read and wrote through the VMCS.  A VMCS field holds what a
+# WRMSR could have put in the MSR, so a write the MSR refuses never reaches the field.
+VMCS_BACKED_MSRS: Final[dict[int, VmcsBackedMsr]] = {
+    IA32_DEBUGCTL: VmcsBackedMsr(_fields.GUEST_IA32_DEBUGCTL, WrmsrRule(defined=DEBUGCTL_DEFINED)),
+    IA32_PAT: VmcsBackedMsr(_fields.GUEST_IA32_PAT, WrmsrRule(memory_types=True)),
+    IA32_EFER: VmcsBackedMsr(_fields.GUEST_IA32_EFER, WrmsrRule(defined=EFER_DEFINED)),
+    IA32_PERF_GLOBAL_CTRL: VmcsBackedMsr(
+        _fields.GUEST_IA32_PERF_GLOBAL_CTRL, WrmsrRule(counters=True)
+    ),
+    # The SYSENTER_CS field is 32 bits wide: the VMCS keeps the selector half.
+    IA32_SYSENTER_CS: VmcsBackedMsr(_fields.GUEST_IA32_SYSENTER_CS, ANY_VALUE),
+    IA32_SYSENTER_ESP: VmcsBackedMsr(_fields.GUEST_IA32_SYSENTER_ESP, LINEAR_ADDRESS),
+    IA32_SYSENTER_EIP: VmcsBackedMsr(_fields.GUEST_IA32_SYSENTER_EIP, LINEAR_ADDRESS),
+    IA32_FS_BASE: VmcsBackedMsr(_fields.GUEST_FS_BASE, LINEAR_ADDRESS),
+    IA32_GS_BASE: VmcsBackedMsr(_fields.GUEST_GS_BASE, LINEAR_ADDRESS),
+}
+
+# Every MSR whose WRMSR value is checked: the VMCS-backed ones and the other linear
+# addresses the SDM's WRMSR page lists (that the model CPU implements).
+WRMSR_RULES: Final[dict[int, WrmsrRule]] = {
+    **{msr: backed.rule for msr, backed in VMCS_BACKED_MSRS.items()},
+    IA32_KERNEL_GS_BASE: LINEAR_ADDRESS,
+    IA32_LSTAR: LINEAR_ADDRESS,
+}

@@ -7,6 +7,8 @@ slow path.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
 from enum import Enum
 
 from pyflank.intel_x64 import instruction_errors
@@ -86,6 +88,10 @@ class Vmcs:
     def fields(self) -> dict[int, int]:
         """A copy of every full-width field value, by encoding."""
         return dict(self._values)
+
+    def view(self) -> Mapping[int, int]:
+        """Every full-width field value, by encoding: read-only, and always current."""
+        return types.MappingProxyType(self._values)
 
     def _full_of_high(self, encoding: int) -> int:
         full = _HIGH_TO_FULL.get(encoding)

@@ -1,5 +1,6 @@
 """Guest memory: physical RAM, the 4-level paging walk, guest-virtual ranges, table building."""
 
+from pyflank.memory.linear import GuestLinear, PagingNotModelled
 from pyflank.memory.mapping import GuestVirtualRange, map_guest_virtual
 from pyflank.memory.page_tables import PageTableBuilder, TableSpaceExhausted
 from pyflank.memory.paging import (
@@ -48,12 +49,14 @@ __all__ = [
     "PWT",
     "USER",
     "WRITABLE",
+    "GuestLinear",
     "GuestMemoryError",
     "GuestPhysicalMemory",
     "GuestVirtualRange",
     "PageFault",
     "PageFaultReason",
     "PageTableBuilder",
+    "PagingNotModelled",
     "TableSpaceExhausted",
     "Translation",
     "is_canonical",

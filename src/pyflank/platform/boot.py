@@ -21,13 +21,13 @@ from pyflank.intel_x64.checks.valid_state import (
     long_mode_guest_state,
 )
 from pyflank.intel_x64.cpu import PhysicalCpu
+from pyflank.intel_x64.registers import CR4_OSFXSR, CR4_OSXMMEXCPT
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import PAGE_SIZE_2M, GuestPhysicalMemory, PageTableBuilder
 
 CODE64_DESCRIPTOR = 0x00AF_9B00_0000_FFFF  # L, P, DPL 0, execute/read, accessed
 DATA_DESCRIPTOR = 0x00CF_9300_0000_FFFF  # G, D/B, P, DPL 0, read/write, accessed
 _TSS_BUSY = 0x8B  # P, 64-bit TSS (busy, as VM entry requires of TR)
-_CR4_OSFXSR, _CR4_OSXMMEXCPT = 1 << 9, 1 << 10
 _Q = struct.Struct("<Q")
 
 
@@ -103,7 +103,7 @@ def boot_vcpu(
     )
     vmcs.write(f.GUEST_TR_SELECTOR, layout.tss_selector(vcpuid))
     # SSE is usable from the first instruction, as after a kernel's early setup.
-    vmcs.write(f.GUEST_CR4, vmcs.read(f.GUEST_CR4) | _CR4_OSFXSR | _CR4_OSXMMEXCPT)
+    vmcs.write(f.GUEST_CR4, vmcs.read(f.GUEST_CR4) | CR4_OSFXSR | CR4_OSXMMEXCPT)
     default_controls(vmcs, cpu)
     assert vmcs.read(f.GUEST_CS_SELECTOR) == CODE_SELECTOR
     assert vmcs.read(f.GUEST_DS_SELECTOR) == DATA_SELECTOR

@@ -1,38 +1,18 @@
-"""The port-I/O bus: which device answers which port."""
+"""The port bus as ``vmm.Vm`` builds it today: ``PortBus(com1)`` places COM1 at 0x3F8.
+
+The bus itself is ``pyflank.platform.devices.bus.PortBus`` (range-mapped, offsets, the
+``io_read``/``io_write`` facade the backends call); this module goes once ``Vm`` builds a
+``PcPlatform``.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from pyflank.platform.devices import bus
+from pyflank.platform.devices.pc import PC_PORTS
 
 
-class PortDevice(Protocol):
-    def handles(self, port: int) -> bool: ...
-    def io_read(self, port: int, size: int) -> int: ...
-    def io_write(self, port: int, size: int, value: int) -> None: ...
-
-
-class PortBus:
-    """Devices in attach order; ports nobody claims read as all ones and drop writes."""
-
-    def __init__(self, *devices: PortDevice) -> None:
-        self.devices: list[PortDevice] = list(devices)
-
-    def attach(self, device: PortDevice) -> None:
-        self.devices.append(device)
-
-    def _device(self, port: int) -> PortDevice | None:
-        for device in self.devices:
-            if device.handles(port):
-                return device
-        return None
-
-    def io_read(self, port: int, size: int) -> int:
-        device = self._device(port)
-        if device is None:
-            return (1 << (8 * size)) - 1
-        return device.io_read(port, size)
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        device = self._device(port)
-        if device is not None:
-            device.io_write(port, size, value)
+class PortBus(bus.PortBus):
+    def __init__(self, com1: bus.BusDevice | None = None) -> None:
+        super().__init__()
+        if com1 is not None:
+            self.insert(com1, *PC_PORTS["com1"], "com1")

@@ -33,46 +33,46 @@ def load_flat(memory: GuestPhysicalMemory, code: bytes, gpa: int) -> LoadedImage
     return LoadedImage(entry=gpa, segments=((gpa, len(code)),))
 
 
-def _read_image(path: Path, limit: int) -> bytes:
+def _read_image(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         reason = getattr(exc, "strerror", None) or exc
         raise LoadError(f"{path}: cannot read: {reason}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a regular file ends: /dev/zero does not
         os.close(fd)
         raise LoadError(f"{path}: not a regular file")
     try:
         with os.fdopen(fd, "rb") as stream:
-            data = stream.read(limit + 1)
+            return stream.read()
     except OSError as exc:
         raise LoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise LoadError(f"{path}: larger than the {limit:#x} bytes of guest RAM")
-    return data
 
 
 def load_elf(
     memory: GuestPhysicalMemory,
     image: bytes | str | Path,
     page_tables: PageTableBuilder | None = None,
+    *,
+    physical: bool = False,
 ) -> LoadedImage:
     """Load PT_LOAD segments at their physical addresses, zero-filling to p_memsz.
 
     A segment whose virtual address differs from its physical one is mapped there with
-    4 KiB pages (rights from its flags) when ``page_tables`` is given.  A truncated or
-    malformed file is a ``LoadError`` naming the file and what is wrong; nothing is
+    4 KiB pages (rights from its flags) when ``page_tables`` is given; ``physical`` loads
+    without mapping anything (a kernel entered with paging off maps itself).  A truncated
+    or malformed file is a ``LoadError`` naming the file and what is wrong; nothing is
     written to guest RAM unless every segment checks out.
     """
     name = "the ELF image" if isinstance(image, bytes) else str(image)
-    data = image if isinstance(image, bytes) else _read_image(Path(image), memory.size)
+    data = image if isinstance(image, bytes) else _read_image(Path(image))
     try:
         segments, entry = _parse(data, memory)
     except LoadError as exc:
         raise LoadError(f"{name}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - elftools on a hostile file can raise anything
         raise LoadError(f"{name}: malformed ELF file ({type(exc).__name__}: {exc})") from None
-    mapped = [s for s in segments if s.vaddr != s.gpa]
+    mapped = [] if physical else [s for s in segments if s.vaddr != s.gpa]
     for segment in mapped:
         if (segment.vaddr - segment.gpa) % PAGE_SIZE_4K:
             raise LoadError(
@@ -145,7 +145,8 @@ def _parse(data: bytes, memory: GuestPhysicalMemory) -> tuple[list[_Segment], in
     if not segments:
         raise LoadError("the ELF file has no PT_LOAD segment")
     entry = elf["e_entry"]
-    if not any(s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
+    # A kernel's entry may be physical (vmlinux: e_entry is where startup_64 is loaded).
+    if not any(entry - base in range(s.memsz) for s in segments for base in (s.vaddr, s.gpa)):
         raise LoadError(f"the entry point {entry:#x} is outside every PT_LOAD segment")
     return segments, entry
 

@@ -1,8 +1,9 @@
 """The mailbox device between the VMM service and the guest agent.
 
 Each vCPU has a slot in guest memory: the vmcall registers r00-r15, then a
-32-page input buffer and a 32-page output buffer, and a pair of ports
-(``WAIT`` = BASE_PORT + 2 * vcpuid, ``DONE`` = WAIT + 1).  The agent reads its
+32-page input buffer and a 32-page output buffer, and a pair of ports (offsets
+``WAIT`` = 2 * vcpuid, ``DONE`` = WAIT + 1 on the bus; the service places them
+at ``BASE_PORT``).  The agent reads its
 ``WAIT`` port, which blocks (on the vCPU's own thread) until the service
 posts a request, runs the vmcall with the slot's registers and buffers, stores
 the registers back and writes its ``DONE`` port.  A read of ``WAIT`` that
@@ -20,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from pyflank.abi import SLOTS, VMCALL_IN_BUFFER_SIZE, VMCALL_OUT_BUFFER_SIZE
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.vmcall import VMCALL_IN_BUFFER_SIZE, VMCALL_OUT_BUFFER_SIZE
 
 BASE_PORT: Final = 0x0510
 COMMAND_STOP: Final = 0
@@ -31,7 +32,7 @@ REGISTERS_OFFSET: Final = 0x0
 IN_OFFSET: Final = 0x1000
 OUT_OFFSET: Final = IN_OFFSET + VMCALL_IN_BUFFER_SIZE
 SLOT_SIZE: Final = OUT_OFFSET + VMCALL_OUT_BUFFER_SIZE
-_REGISTERS = struct.Struct("<16Q")
+_REGISTERS = struct.Struct(f"<{len(SLOTS)}Q")  # slot i at 8 i, as VMCALL_LOAD_SLOTS reads it
 
 
 class MailboxError(Exception):
@@ -92,7 +93,7 @@ class Mailbox:
         """
         if not 0 <= vcpuid < len(self._slots):
             raise MailboxError(f"no vCPU {vcpuid} (the VMM runs {len(self._slots)})")
-        if len(registers) != 16 or len(data) > VMCALL_IN_BUFFER_SIZE:
+        if len(registers) != len(SLOTS) or len(data) > VMCALL_IN_BUFFER_SIZE:
             raise MailboxError("a vmcall carries 16 registers and at most 32 pages of data")
         slot, address = self._slots[vcpuid], self.slot_address(vcpuid)
         deadline = time.monotonic() + timeout
@@ -141,11 +142,13 @@ class Mailbox:
         return self._slots[vcpuid].stopped
 
     # -- the guest side (port I/O on the vCPU's thread) -------------------------
-    def handles(self, port: int) -> bool:
-        return 0 <= port - BASE_PORT < 2 * len(self._slots)
+    @property
+    def port_count(self) -> int:
+        """Ports the device manager places from ``BASE_PORT``: WAIT and DONE per vCPU."""
+        return 2 * len(self._slots)
 
-    def io_read(self, port: int, size: int) -> int:
-        vcpuid, done = divmod(port - BASE_PORT, 2)
+    def read(self, offset: int, size: int) -> int:
+        vcpuid, done = divmod(offset, 2)
         if done:
             return (1 << (8 * size)) - 1
         slot = self._slots[vcpuid]
@@ -156,8 +159,8 @@ class Mailbox:
             slot.taken, slot.posted = slot.posted, None
         return COMMAND_VMCALL
 
-    def io_write(self, port: int, size: int, value: int) -> None:
-        vcpuid, done = divmod(port - BASE_PORT, 2)
+    def write(self, offset: int, size: int, value: int) -> None:
+        vcpuid, done = divmod(offset, 2)
         if not done:
             return
         slot, address = self._slots[vcpuid], self.slot_address(vcpuid)

@@ -88,8 +88,15 @@ SAVED_IDS = (*GPR_IDS, x86.UC_X86_REG_RIP, x86.UC_X86_REG_RSP, x86.UC_X86_REG_RF
 RIP_INDEX = len(GPR_IDS)
 # Descriptor-table registers come back as uc_x86_mmr (selector, base, limit, flags).
 MMR_IDS = (x86.UC_X86_REG_GDTR, x86.UC_X86_REG_IDTR, x86.UC_X86_REG_LDTR, x86.UC_X86_REG_TR)
-# What a fast resume writes: the GPRs, then RIP (only when the hook may set it).
-LOADED_IDS = (*GPR_IDS, x86.UC_X86_REG_RIP)
+# The GPRs in the SDM's numbering (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8-R15), as
+# exit records and entry plans order them; a resume writes them, then RIP.
+SDM_GPR_IDS = (
+    x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RBX,
+    x86.UC_X86_REG_RSP, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI,
+    x86.UC_X86_REG_R8, x86.UC_X86_REG_R9, x86.UC_X86_REG_R10, x86.UC_X86_REG_R11,
+    x86.UC_X86_REG_R12, x86.UC_X86_REG_R13, x86.UC_X86_REG_R14, x86.UC_X86_REG_R15,
+)  # fmt: skip
+RESUME_IDS = (*SDM_GPR_IDS, x86.UC_X86_REG_RIP)
 
 
 class Mmr(ctypes.Structure):
@@ -168,8 +175,7 @@ class Engine:
         self.handle = ctypes.c_void_p(self.uc._uch.value)  # the engine, for C calls
         self._callbacks: dict[int, Any] = {}
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
-        self.loaded = RegisterBatch(self.handle, LOADED_IDS)
-        self.gprs = RegisterBatch(self.handle, GPR_IDS)
+        self.resume_at = RegisterBatch(self.handle, RESUME_IDS)  # GPRs (SDM order), RIP
         self._code = ctypes.create_string_buffer(MAX_INSTRUCTION + 1)
         self._fetch_at = ctypes.c_uint64(0)
         self._fetch_size = ctypes.c_size_t(MAX_INSTRUCTION)

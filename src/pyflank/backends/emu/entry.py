@@ -1,176 +1,145 @@
-"""VM entry on the software CPU: checks, event injection and loading the guest state.
+"""VM entry on the software CPU: an entry plan loaded, events delivered through the guest IDT.
 
-A resume whose only changes are general registers, RIP, RSP and RFLAGS writes them into
-the CPU.  Any other guest-state change (and the launch, and an intercept a control
-turned on) loads the whole guest state from the VMCS through the SVM stub (``svm``).
-Guest state the handler changed is checked first (SDM 26.3.1): a violation is a VM exit
-for a VM-entry failure.  An injected event, or an exception the guest raised, is then
-delivered through the guest IDT (``events``); a fault doing so with its exception-bitmap
-bit set, or a triple fault, becomes a VM exit instead.
+A plan whose only changes are general registers and RIP writes them into the CPU.  Any
+other guest-state change (and the launch, and new controls, whose intercepts live in the
+VMCB) loads the whole guest state from the VMCS through the SVM stub (``svm``).  An
+injected event, or an exception the guest raised that does not exit, is delivered through
+the guest IDT (``processor.delivery``), since unicorn never delivers one; a fault doing
+so with its exception-bitmap bit set, or a triple fault, becomes an exit record instead.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from unicorn import x86_const as x86
 
-from pyflank.backends.base import StopReason
-from pyflank.backends.emu import svm
-from pyflank.backends.emu.events import CpuView, Event, Landing, NestedExit, TripleFault
+from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
-from pyflank.backends.emu.policy import CONTROL_FIELDS, INTERCEPT_FIELDS, exit_policy
-from pyflank.backends.emu.register_file import NEVER_SEEN
-from pyflank.intel_x64 import checks
 from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
-from pyflank.intel_x64.fields import FieldType, field_type
-from pyflank.intel_x64.qualifications import InterruptionType
-from pyflank.intel_x64.vmcs import VmcsState
+from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
+from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
 if TYPE_CHECKING:
+    from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
-    from pyflank.backends.emu.events import Delivery
-    from pyflank.backends.emu.exit_info import ExitRecorder
-    from pyflank.backends.emu.policy import ExitPolicy
-    from pyflank.exit_handler import ExitHandlerIntelX64, StateSave
-    from pyflank.intel_x64.vmcs import Vmcs
+    from pyflank.backends.emu.hooks import ExitHooks, GuestEvent
     from pyflank.memory import GuestPhysicalMemory
-
-log = logging.getLogger("pyflank.backends.emu")
 
 _EFER = 0xC000_0080
 _PAT, _DEBUGCTL = 0x277, 0x1D9
 _VALID = 1 << 31
-_MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
-_STATE_SAVE_FIELDS = frozenset({f.GUEST_RIP, f.GUEST_RSP})  # StateSave supersedes these
+_EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
+_TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
+_CS, _SS = SEGMENT_FIELDS[1][0], SEGMENT_FIELDS[2][0]
 
 
-class VmEntry:
-    """The VM-entry half of ``EmuVcpu``, which provides what is declared here."""
+def _interruption(event: Event) -> int:
+    return event.vector | event.type << 8 | (event.error_code is not None) << 11 | _VALID
 
-    engine: Engine
-    handler: ExitHandlerIntelX64
-    vmcs: Vmcs
-    state: StateSave
-    memory: GuestPhysicalMemory
-    policy: ExitPolicy
-    record: ExitRecorder
-    delivery: Delivery
-    _draining: bool
-    _drain_context: Any
-    _event: Event | None
-    _start_rip: int
-    _in_guest_mode: bool
-    _full_entry_pending: bool
-    _last_exit_reason: int
-    _system: tuple[tuple[int, ...], bytes] | None
-    _seen: bytes
 
-    def _dispatch(self, reason: int, rip: int) -> None:
-        raise NotImplementedError
+class EntryLoader:
+    """The VM entries of one engine; ``start_rip`` is where emulation goes on."""
 
-    def _finish(self, reason: StopReason, message: str = "") -> None:
-        raise NotImplementedError
+    def __init__(
+        self, engine: Engine, capture: StateCapture, hooks: ExitHooks, memory: GuestPhysicalMemory
+    ) -> None:
+        self.engine = engine
+        self.capture = capture
+        self.hooks = hooks
+        self.memory = memory
+        self.delivery = Delivery(memory)
+        self.fields: Mapping[int, int] = {}  # the VMCS, as the launch plan showed it
+        self.start_rip = 0
+        self.in_guest_mode = False
+        self._reload = False  # an entry returned an exit before loading: load it all next
 
-    def _gprs(self) -> list[int]:
-        raise NotImplementedError
-
-    def _sync_rdtsc_hook(self) -> None:
-        raise NotImplementedError
-
-    def read_msr(self, msr: int) -> int:
-        raise NotImplementedError
-
-    def write_msr(self, msr: int, value: int) -> None:
-        raise NotImplementedError
-
-    def launch(self) -> None:
-        """VMPTRLD + VMLAUNCH: the first entry, from the VMCS the platform built."""
-        self.policy = exit_policy(self.vmcs)
-        self._sync_rdtsc_hook()
-        self.vmcs.load()
-        self.vmcs.launch()
-        self.vmcs.processor_write(f.GUEST_PHYSICAL_ADDRESS, 0)  # no EPT: never defined
-        e = self.engine
-        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
-        e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
-        e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)
-        e.write_msr_raw(_EFER, svm.HOST_EFER)
-        e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)
-        e.write_msr_raw(svm.MSR_VM_HSAVE_PA, svm.HSAVE)
-        self._full_entry_pending = True
-
-    def _enter(self) -> bool:
-        """Finish an exit: VM entry into the guest, or stop.  False when the vCPU stops."""
-        if self._drain_context is not None:
-            self.engine.protect(0, self.memory.size, writable=True)
-            self.engine.context_restore(self._drain_context)
-            self._drain_context = None
-            self._draining = False
-        for _ in range(_MAX_ENTRY_FAILURES):
-            state = self.vmcs.state
-            if state is VmcsState.HALTED:
-                shutdown = self._last_exit_reason == ExitReason.TRIPLE_FAULT
-                self._finish(StopReason.SHUTDOWN if shutdown else StopReason.HALTED)
-                return False
-            if state is VmcsState.PROMOTED:
-                self._finish(StopReason.PROMOTED)
-                return False
-            if self._load():
-                return True
-        self._finish(StopReason.ERROR, "VM entry kept failing")
-        return False
-
-    def _load(self) -> bool:
-        """One VM entry.  False if it ended in a VM exit instead (already dispatched)."""
-        vmcs = self.vmcs
-        dirty = vmcs.dirty
-        full = self._full_entry_pending
-        if dirty & CONTROL_FIELDS:
-            self.policy = exit_policy(vmcs)
-            self._sync_rdtsc_hook()
-            full = full or bool(dirty & INTERCEPT_FIELDS)
-        guest = {e for e in dirty if field_type(e) is FieldType.GUEST_STATE} - _STATE_SAVE_FIELDS
-        if guest or not self._in_guest_mode:
-            violations = checks.check_guest_state(vmcs, self.handler.m_cpu)
-            if violations:
-                self._entry_failure(violations)
-                return False
-            full = True
-        landing = self._deliver_pending()
-        if landing is None:
-            return False
-        state = self.state
-        rip, rsp, rflags = state.rip, state.rsp, vmcs.read(f.GUEST_RFLAGS)
-        if isinstance(landing, Landing):
-            rip, rsp, rflags = landing.rip, landing.rsp, landing.rflags
-            full = full or self._land_segments(landing)
-        vmcs.dirty.clear()
+    # -- the plan -------------------------------------------------------------------------
+    def enter(self, plan: EntryPlan) -> ExitRecord | None:
+        """Load ``plan``; an exit record if delivering its event became a VM exit."""
+        if plan.fields is not None:
+            self.fields = plan.fields
+        if plan.launch:
+            self._host_state()
+        if plan.policy is not None:
+            self.hooks.set_policy(plan.policy)
+        fields = self.fields
+        full = self._reload or plan.launch or plan.policy is not None or bool(plan.changed)
+        rip, rsp, rflags = plan.rip, plan.regs[4], fields[f.GUEST_RFLAGS]
+        overrides: dict[int, int] = {}
+        if plan.event is not None:
+            outcome = self._deliver(plan.event, self._plan_view(plan))
+            if not isinstance(outcome, Landing):
+                self._reload = True
+                return ExitRecord(outcome, (*plan.regs, plan.rip, 0), plan.rip, rflags)
+            rip, rsp, rflags = outcome.rip, outcome.rsp, outcome.rflags
+            if outcome.cs != fields[_CS] or outcome.ss != fields[_SS]:
+                overrides = self._segments(outcome, fields)
+                full = True
         if full:
-            self._start_rip = self._full_entry(rip, rsp, rflags)
+            values = {**fields, **overrides}
+            self.start_rip = self._full_entry(values, plan.regs, rip, rsp, rflags)
+            self._reload = False
         else:
-            e = self.engine
-            e.gprs.write(self._gprs())
-            e.write(x86.UC_X86_REG_RSP, rsp)
-            e.write(x86.UC_X86_REG_RFLAGS, rflags)
-            self._start_rip = rip
-        self._full_entry_pending = False
-        return True
+            regs = plan.regs
+            self.engine.resume_at.write((*regs[:4], rsp, *regs[5:], rip))
+            self.engine.write(x86.UC_X86_REG_RFLAGS, rflags)
+            self.start_rip = rip
+        return None
 
-    def _entry_failure(self, violations: list[Any]) -> None:
-        for violation in violations:
-            log.info("VM entry failure: %s", violation)
-        self.record.exit(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE | VM_ENTRY_FAILURE)
-        self.vmcs.dirty.clear()
-        self._dispatch(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE, self.state.rip)
+    # -- events the guest raised ------------------------------------------------------------
+    def deliver_guest(self, pending: GuestEvent) -> ExitRecord | None:
+        """Deliver an exception the guest raised, as the hardware would; an exit record if
+        doing so became a VM exit."""
+        view = self._engine_view(pending.rip)
+        outcome = self._deliver(pending.event, view)
+        if not isinstance(outcome, Landing):
+            return self.capture.record(outcome, pending.rip)
+        e = self.engine
+        if outcome.cs == view.cs and outcome.ss == view.ss:
+            e.write(x86.UC_X86_REG_RSP, outcome.rsp)
+            e.write(x86.UC_X86_REG_RFLAGS, outcome.rflags)
+            self.start_rip = outcome.rip
+            return None
+        # A privilege change: load all of the guest's current state, with the new CS/SS.
+        current = {**self.capture.full_state(), **self.capture.noted}
+        values = {**self.fields, **current}
+        values.update(self._segments(outcome, values))
+        gprs = e.resume_at.read()[:16]
+        self.start_rip = self._full_entry(values, gprs, outcome.rip, outcome.rsp, outcome.rflags)
+        return None
 
-    def _cpu_view(self) -> CpuView:
-        read = self.vmcs.read
+    def _deliver(self, event: Event, cpu: CpuView) -> Landing | ExitInformation:
+        """Deliver ``event``: where it lands, or the exit it became."""
+        assert self.hooks.policy is not None
+        try:
+            outcome = self.delivery.deliver_with_faults(
+                cpu, event, self.hooks.policy.exception_bitmap
+            )
+        except TripleFault:
+            return ExitInformation(_TRIPLE_FAULT)
+        if isinstance(outcome, NestedExit):
+            fault, original = outcome.fault, outcome.original
+            return ExitInformation(
+                _EXCEPTION,
+                interruption_information=_interruption(fault),
+                interruption_error_code=fault.error_code or 0,
+                idt_vectoring_information=_interruption(original),
+                idt_vectoring_error_code=original.error_code or 0,
+            )
+        if outcome.cr2 is not None:
+            self.engine.write(x86.UC_X86_REG_CR2, outcome.cr2)
+        return outcome
+
+    def _plan_view(self, plan: EntryPlan) -> CpuView:
+        """The processor state an injected event is delivered in: the plan's."""
+        read = self.fields.__getitem__
         return CpuView(
-            rip=self.state.rip,
-            rsp=self.state.rsp,
+            rip=plan.rip,
+            rsp=plan.regs[4],
             rflags=read(f.GUEST_RFLAGS),
             cs=read(f.GUEST_CS_SELECTOR),
             ss=read(f.GUEST_SS_SELECTOR),
@@ -185,103 +154,94 @@ class VmEntry:
             tr_base=read(f.GUEST_TR_BASE),
         )
 
-    def _deliver_pending(self) -> Landing | bool | None:
-        """Deliver an injected or a guest event.  True: none; None: it became a VM exit."""
-        vmcs = self.vmcs
-        event = self._event
-        self._event = None
-        info = vmcs.read(f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD)
-        if info & _VALID:
-            # SDM 27.2: the valid bit is clear again after the entry that delivers the event.
-            vmcs.processor_write(f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD, info & ~_VALID)
-            kind = InterruptionType((info >> 8) & 7)
-            error = vmcs.read(f.VM_ENTRY_EXCEPTION_ERROR_CODE) if info >> 11 & 1 else None
-            next_rip = self.state.rip
-            if kind in (4, 5, 6):
-                next_rip += vmcs.read(f.VM_ENTRY_INSTRUCTION_LENGTH)
-            event = Event(info & 0xFF, kind, error, next_rip)
-        if event is None:
-            return True
-        try:
-            outcome = self.delivery.deliver_with_faults(
-                self._cpu_view(), event, self.policy.exception_bitmap
-            )
-        except TripleFault:
-            self.record.exit(ExitReason.TRIPLE_FAULT)
-            self._dispatch(ExitReason.TRIPLE_FAULT, self.state.rip)
-            return None
-        if isinstance(outcome, NestedExit):
-            fault, original = outcome.fault, outcome.original
-            interruption = fault.vector | fault.type << 8 | (fault.error_code is not None) << 11
-            vectoring = (
-                original.vector | original.type << 8 | (original.error_code is not None) << 11
-            )
-            self.record.exit(
-                ExitReason.EXCEPTION_OR_NMI, 0, 0, 0, 0, interruption | _VALID,
-                fault.error_code or 0, vectoring | _VALID, original.error_code or 0,
-            )  # fmt: skip
-            self._dispatch(ExitReason.EXCEPTION_OR_NMI, self.state.rip)
-            return None
-        if outcome.cr2 is not None:
-            self.engine.write(x86.UC_X86_REG_CR2, outcome.cr2)
-        return outcome
+    def _engine_view(self, rip: int) -> CpuView:
+        """The processor state as the engine holds it (the guest raised the event)."""
+        saved = self.engine.saved
+        values = saved.read()
+        rsp, rflags = values[16], values[17]
+        cr0, cr3 = values[18], values[19]
+        cs, ss = values[23], values[24]
+        gdtr, idtr, _ldtr, tr = saved.mmr_tuples()
+        efer = cpu_msrs.read_msr(self.engine, _EFER) & ~svm.EFER_SVME
+        return CpuView(
+            rip=rip, rsp=rsp, rflags=rflags, cs=cs, ss=ss, cpl=cs & 3, cr0=cr0, cr3=cr3,
+            efer=efer, gdtr_base=gdtr[1], gdtr_limit=gdtr[2], idtr_base=idtr[1],
+            idtr_limit=idtr[2], tr_base=tr[1],
+        )  # fmt: skip
 
-    def _land_segments(self, landing: Landing) -> bool:
-        """Store the state a delivered event loaded; True if CS/SS need a full entry."""
-        vmcs, state = self.vmcs, self.state
-        state.rip, state.rsp = landing.rip, landing.rsp
-        vmcs.processor_write(f.GUEST_RFLAGS, landing.rflags)
-        old = [vmcs.read(fields[0]) for fields in SEGMENT_FIELDS]
-        if old[1] == landing.cs and old[2] == landing.ss:
-            return False
+    def _segments(self, landing: Landing, values: Mapping[int, int]) -> dict[int, int]:
+        """The CS and SS fields an event that changes privilege loads."""
+        loaded: dict[int, int] = {}
+        old = [values[fields[0]] for fields in SEGMENT_FIELDS]
         new = [old[0], landing.cs, landing.ss, *old[3:]]
-        save_segments(
-            vmcs,
+        linear = guest_linear(
             self.memory,
+            cr0=values[f.GUEST_CR0],
+            cr3=values[f.GUEST_CR3],
+            efer=values[f.GUEST_IA32_EFER],
+        )
+        save_segments(
+            loaded.__setitem__,
+            linear,
             new,
             old,
-            cr3=vmcs.read(f.GUEST_CR3),
-            gdt_base=vmcs.read(f.GUEST_GDTR_BASE),
-            gdt_limit=vmcs.read(f.GUEST_GDTR_LIMIT),
+            gdt_base=values[f.GUEST_GDTR_BASE],
+            gdt_limit=values[f.GUEST_GDTR_LIMIT],
         )
-        return True
+        return loaded
 
-    def _full_entry(self, rip: int, rsp: int, rflags: int) -> int:
-        """Load all guest state from the VMCS through the VMLOAD/VMRUN stub; its address."""
+    # -- loading the guest state ------------------------------------------------------------
+    def _host_state(self) -> None:
+        """VMXON's world: the stub runs at CPL 0 in 64-bit mode on its own tables."""
         e = self.engine
-        values = self.vmcs.fields()
+        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
+        e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
+        e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)
+        e.write_msr_raw(_EFER, svm.HOST_EFER)
+        e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)
+        e.write_msr_raw(svm.MSR_VM_HSAVE_PA, svm.HSAVE)
+
+    def _full_entry(
+        self, values: dict[int, int], gprs: tuple[int, ...], rip: int, rsp: int, rflags: int
+    ) -> int:
+        """Load all guest state (``values``, by VMCS encoding) through the VMLOAD/VMRUN
+        stub; where emulation starts."""
+        e = self.engine
         values[f.GUEST_RFLAGS] = rflags
-        if self._in_guest_mode:
+        if self.in_guest_mode:
             dr6 = e.read(x86.UC_X86_REG_DR6)
             cr2 = e.read(x86.UC_X86_REG_CR2)
-            preserved = {off: self.read_msr(msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()}
-            efer = self.read_msr(_EFER)
+            preserved = {
+                off: cpu_msrs.read_msr(e, msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()
+            }
+            efer = cpu_msrs.read_msr(e, _EFER)
         else:
             dr6, cr2, efer = 0xFFFF_0FF0, 0, svm.HOST_EFER
             preserved = dict.fromkeys(svm.VMLOAD_ONLY_MSRS, 0)
+        policy = self.hooks.policy
+        assert policy is not None
         vmcb = svm.build_vmcb(
             values,
             rip=rip,
             rsp=rsp,
-            rax=self.state.rax,
+            rax=gprs[0],
             dr6=dr6,
             cr2=cr2,
             preserved_msrs=preserved,
-            mov_dr_exiting=self.policy.mov_dr,
+            mov_dr_exiting=policy.mov_dr,
         )
         e.write_physical(svm.VMCB, vmcb)
-        self.write_msr(_PAT, values[f.GUEST_IA32_PAT])
-        self.write_msr(_DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
-        e.gprs.write(self._gprs())
+        cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
+        cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
+        e.resume_at.write((*gprs[:4], rsp, *gprs[5:16], svm.STUB))
         # The stub runs at CPL 0 in 64-bit mode on its own page tables and GDT.
-        self.write_msr(_EFER, efer | svm.EFER_SVME)
+        cpu_msrs.write_msr(e, _EFER, efer | svm.EFER_SVME)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
         e.write(x86.UC_X86_REG_CS, svm.HOST_CODE_SELECTOR)
         e.write(x86.UC_X86_REG_SS, svm.HOST_DATA_SELECTOR)
         e.write(x86.UC_X86_REG_RFLAGS, 2)
         e.write(x86.UC_X86_REG_RAX, svm.VMCB)
-        self._in_guest_mode = True
-        self._system = None  # VMRUN loaded new system state: compare afresh at the next exit
-        self._seen = NEVER_SEEN
+        self.in_guest_mode = True
+        self.capture.forget()  # VMRUN loaded new system state: report it afresh
         return svm.STUB

@@ -1,4 +1,4 @@
-"""Guest state that changes without an exit, written into the VMCS as a VM exit saves it.
+"""Guest state that changes without an exit, in VMCS fields as a VM exit saves it.
 
 A guest can load a segment register, a control register, GDTR/IDTR or a base MSR
 without exiting.  unicorn exposes selectors but not the hidden part of ES..GS, so that is
@@ -9,14 +9,13 @@ TR and LDTR come with their hidden part.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.vmcs import Vmcs
-from pyflank.memory import GuestMemoryError, GuestPhysicalMemory, PageFault, translate
+from pyflank.intel_x64.registers import AR_UNUSABLE
+from pyflank.memory import GuestLinear, GuestMemoryError, PageFault
 
-UNUSABLE = 1 << 16
-CR4_VMXE = 1 << 13
+UNUSABLE = AR_UNUSABLE
 _Q = struct.Struct("<Q")
 SEGMENT_NAMES = ("ES", "CS", "SS", "DS", "FS", "GS")
 SEGMENT_FIELDS = tuple(
@@ -60,54 +59,53 @@ def qemu_flags_rights(flags: int, selector: int) -> int:
 
 
 def read_descriptor(
-    memory: GuestPhysicalMemory, cr3: int, gdt_base: int, gdt_limit: int, selector: int
+    linear: GuestLinear, gdt_base: int, gdt_limit: int, selector: int
 ) -> int | None:
     """The GDT descriptor ``selector`` names, or None (null, LDT, outside the GDT)."""
     index = selector & ~7
     if index == 0 or selector & 4 or index + 7 > gdt_limit:
         return None
     try:
-        gpa = translate(memory, cr3, gdt_base + index).gpa
-        (value,) = _Q.unpack(memory.read(gpa, 8))
+        (value,) = _Q.unpack(linear.read(gdt_base + index, 8))
     except (PageFault, GuestMemoryError, ValueError):
         return None
     return int(value)
 
 
+FieldWrite = Callable[[int, int], None]  # (VMCS encoding, value)
+
+
 def save_segments(
-    vmcs: Vmcs,
-    memory: GuestPhysicalMemory,
+    write: FieldWrite,
+    linear: GuestLinear,
     selectors: Sequence[int],
     previous: Sequence[int] | None,
     *,
-    cr3: int,
     gdt_base: int,
     gdt_limit: int,
 ) -> None:
     """Write ES..GS (selectors in that order) whose selector changed since ``previous``."""
-    pw = vmcs.processor_write
     for i, (selector, fields) in enumerate(zip(selectors, SEGMENT_FIELDS, strict=True)):
         if previous is not None and previous[i] == selector:
             continue
         sel_field, base_field, limit_field, rights_field = fields
-        pw(sel_field, selector)
-        descriptor = read_descriptor(memory, cr3, gdt_base, gdt_limit, selector)
+        write(sel_field, selector)
+        descriptor = read_descriptor(linear, gdt_base, gdt_limit, selector)
         if descriptor is None:
             if selector & ~3 == 0 and SEGMENT_NAMES[i] != "CS":
-                pw(rights_field, UNUSABLE)
+                write(rights_field, UNUSABLE)
             continue
         base, limit, rights = descriptor_fields(descriptor | 1 << 40)  # the load sets A
         if SEGMENT_NAMES[i] not in ("FS", "GS"):  # FS/GS bases come from their MSRs
-            pw(base_field, base)
-        pw(limit_field, limit)
-        pw(rights_field, rights)
+            write(base_field, base)
+        write(limit_field, limit)
+        write(rights_field, rights)
 
 
-def save_system_segment(vmcs: Vmcs, name: str, mmr: tuple[int, int, int, int]) -> None:
+def save_system_segment(write: FieldWrite, name: str, mmr: tuple[int, int, int, int]) -> None:
     selector, base, limit, flags = mmr
     sel_field, base_field, limit_field, rights_field = SYSTEM_SEGMENT_FIELDS[name]
-    pw = vmcs.processor_write
-    pw(sel_field, selector)
-    pw(base_field, base)
-    pw(limit_field, limit)
-    pw(rights_field, qemu_flags_rights(flags, selector))
+    write(sel_field, selector)
+    write(base_field, base)
+    write(limit_field, limit)
+    write(rights_field, qemu_flags_rights(flags, selector))

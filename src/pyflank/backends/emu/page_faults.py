@@ -7,20 +7,21 @@ if it reads and writes and the read would succeed; otherwise a read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from iced_x86 import InstructionInfoFactory, OpAccess
 from unicorn import x86_const as x86
 
-from pyflank.backends.emu.decode import decode
-from pyflank.backends.emu.events import page_fault_error
+from pyflank.intel_x64.decode import decode
+from pyflank.intel_x64.registers import CR0_WP, EFER_NXE
 from pyflank.memory import PageFault, PageFaultReason, translate
+from pyflank.processor.delivery import page_fault_error
 
 if TYPE_CHECKING:
     from pyflank.backends.emu.engine import Engine
     from pyflank.memory import GuestPhysicalMemory
 
-_CR0_WP, _EFER_NXE = 1 << 16, 1 << 11
 _MAX_INSTRUCTION = 15
 _INFO = InstructionInfoFactory()
 _READS = frozenset(
@@ -32,14 +33,15 @@ _WRITES = frozenset(
 
 
 def page_fault_error_code(
-    engine: Engine, memory: GuestPhysicalMemory, efer: int, regs: tuple[int, ...]
+    engine: Engine, memory: GuestPhysicalMemory, efer: int, rip: int, system: Sequence[int]
 ) -> int:
-    """The error code of the #PF the instruction at ``regs``' RIP just raised."""
+    """The error code of the #PF the instruction at ``rip`` just raised (``system``: CR0,
+    CR3, CR4, DR7, then the selectors ES..GS)."""
     cr2 = engine.read(x86.UC_X86_REG_CR2)
-    rip, cr0, cr3, cs = regs[15], regs[18], regs[19], regs[23]
+    cr0, cr3, cs = system[0], system[1], system[5]
     user = cs & 3 == 3
-    wp = bool(cr0 & _CR0_WP)
-    nxe = bool(efer & _EFER_NXE)
+    wp = bool(cr0 & CR0_WP)
+    nxe = bool(efer & EFER_NXE)
     fetch = rip <= cr2 < rip + _MAX_INSTRUCTION
     attempts: tuple[tuple[bool, bool], ...]
     if fetch:

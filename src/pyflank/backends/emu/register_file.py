@@ -15,7 +15,7 @@ and ``dr[7]`` lies further on.  So the exit path copies those 464 bytes (and DR7
 place: the general registers, RIP and eflags are unpacked from them; the bytes after them
 are compared with those of the last exit (``raw.endswith(seen)``, where ``seen`` starts
 after the condition-code values when none of them is live, as after XOR r,r), and only
-when something differs is any of it looked at again (see ``exit_save``).  General registers
+when something differs is any of it looked at again (see ``capture``).  General registers
 are written back in place too, which is all that ``uc_reg_write`` does for them.
 ``register_probe`` finds the address and checks the layout; where it cannot,
 ``ThroughApi`` gives the same view with batch calls.

@@ -36,6 +36,7 @@ from pyflank.backends.emu.register_file import (
     RegisterFile,
     ThroughApi,
 )
+from pyflank.intel_x64.registers import RFLAGS_IF
 
 _UC_STRUCT_SCAN = 4096  # bytes of uc_struct searched for the pointer to the CPU
 _CPU_WINDOW = 0x20000  # bytes after a candidate pointer searched for the registers
@@ -47,7 +48,6 @@ _FS_BASE_AT = SEGMENTS_AT + 4 * SEGMENT_SIZE + 8
 _GS_BASE_AT = SEGMENTS_AT + 5 * SEGMENT_SIZE + 8
 _GDT_AT = SEGMENTS_AT + 8 * SEGMENT_SIZE
 _IDT_AT = SEGMENTS_AT + 9 * SEGMENT_SIZE
-_EFLAGS_IF = 0x200
 _CODE = 0x1000
 # STD; STC; CPUID (the flags all in cc_src); XOR ECX, ECX; CPUID (nothing live)
 _FLAGS_PROGRAM = bytes.fromhex("fd f9 0fa2 31c9 0fa2")
@@ -200,7 +200,7 @@ def _holds(uc: Any, env: int, layout: Layout, memory: _Memory) -> bool:
     uc.reg_write(x86.UC_X86_REG_IDTR, (0, 0x1D7D_4000, 0x55, 0))
     uc.reg_write(x86.UC_X86_REG_CR3, 0x3000)
     uc.reg_write(x86.UC_X86_REG_DR7, 0x7878_0400)
-    uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2 | _EFLAGS_IF | 0x41)  # IF, ZF, CF
+    uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2 | RFLAGS_IF | 0x41)  # IF, ZF, CF
     head = memory.read(env, HEAD_SIZE)
     if len(head) != HEAD_SIZE:
         return False
@@ -220,7 +220,7 @@ def _holds(uc: Any, env: int, layout: Layout, memory: _Memory) -> bool:
     for at, codec, value in expected:
         if codec.unpack_from(head, at)[0] != value:
             return False
-    if not _U64.unpack_from(head, FLAGS_AT)[0] & _EFLAGS_IF:
+    if not _U64.unpack_from(head, FLAGS_AT)[0] & RFLAGS_IF:
         return False
     return memory.read(env + layout.dr7_at, 8) == _U64.pack(0x7878_0400)
 

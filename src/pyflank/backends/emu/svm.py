@@ -20,6 +20,7 @@ from typing import Final
 
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.registers import AR_UNUSABLE, CR4_VMXE
 
 HOST_BASE: Final = 0xFF_0000_0000  # 1 GiB aligned, below QEMU's 40 physical address bits
 HOST_SIZE: Final = 0x10000
@@ -39,7 +40,6 @@ VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
 
 MSR_VM_HSAVE_PA: Final = 0xC0010117
 EFER_SVME: Final = 1 << 12
-CR4_VMXE: Final = 1 << 13
 HOST_CR0: Final = 0x8005_0033  # PG, WP, NE, ET, MP, PE
 HOST_CR4: Final = 0x0000_0620  # PAE, OSFXSR, OSXMMEXCPT
 HOST_EFER: Final = 0xD01 | EFER_SVME  # SCE, LME, LMA, NXE
@@ -96,7 +96,6 @@ _STAR, _KERNEL_GS_BASE, _SYSENTER_CS, _CR2, _G_PAT = 0x600, 0x620, 0x628, 0x640,
 
 _SEG = struct.Struct("<HHIQ")
 _Q = struct.Struct("<Q")
-_VMX_UNUSABLE = 1 << 16
 
 # (selector, access rights, limit, base) VMCS fields of each VMCB segment slot, in order.
 _SEGMENT_FIELDS: Final = tuple(
@@ -114,7 +113,7 @@ _SEGMENT_FIELDS: Final = tuple(
 
 def svm_attributes(access_rights: int) -> int:
     """VMX access rights -> the VMCB's packed attribute word (type/S/DPL/P, AVL/L/DB/G)."""
-    if access_rights & _VMX_UNUSABLE:
+    if access_rights & AR_UNUSABLE:
         return 0
     return (access_rights & 0xFF) | ((access_rights >> 4) & 0xF00)
 

@@ -17,12 +17,11 @@ from typing import Final
 
 import iced_x86
 
-from pyflank.memory import GuestPhysicalMemory, PageFault, translate
+from pyflank.backends.kvm.structs import KvmSregs
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.memory import GuestLinear, GuestPhysicalMemory
 
 MAX_INSTRUCTION_LENGTH: Final = 15
-_PAGE = 4096
-_CR0_PG, _CR0_WP = 1 << 31, 1 << 16
-_EFER_NXE = 1 << 11
 
 _LEGACY_PREFIXES: Final = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
 # opcode -> (is_in, string, operand is imm8, byte sized)
@@ -100,41 +99,6 @@ def memory_access_ending_at(before: bytes, rip: int, access_size: int) -> int:
     return 0
 
 
-class GuestCode:
-    """Reads guest instruction bytes by linear address, through the guest's paging."""
-
-    def __init__(self, memory: GuestPhysicalMemory) -> None:
-        self._memory = memory
-
-    def read(self, rip: int, length: int, *, cr0: int, cr3: int, efer: int) -> bytes:
-        """Up to ``length`` bytes at ``rip``; shorter where a page is not mapped."""
-        out = bytearray()
-        gva = rip
-        while len(out) < length:
-            chunk = min(length - len(out), _PAGE - (gva & (_PAGE - 1)))
-            gpa = self._physical(gva, cr0=cr0, cr3=cr3, efer=efer)
-            if gpa is None or not self._memory.contains(gpa, chunk):
-                break
-            out += self._memory.read(gpa, chunk)
-            gva += chunk
-        return bytes(out)
-
-    def read_before(self, rip: int, length: int, *, cr0: int, cr3: int, efer: int) -> bytes:
-        """Up to ``length`` bytes ending at ``rip`` (fewer if the page below is unmapped)."""
-        start = max(rip - length, 0)
-        data = self.read(start, rip - start, cr0=cr0, cr3=cr3, efer=efer)
-        if len(data) == rip - start:
-            return data
-        start = max(start, (rip - 1) & ~(_PAGE - 1))
-        data = self.read(start, rip - start, cr0=cr0, cr3=cr3, efer=efer)
-        return data if len(data) == rip - start else b""
-
-    def _physical(self, gva: int, *, cr0: int, cr3: int, efer: int) -> int | None:
-        if not cr0 & _CR0_PG:
-            return gva
-        try:
-            return translate(
-                self._memory, cr3, gva, wp=bool(cr0 & _CR0_WP), nxe=bool(efer & _EFER_NXE)
-            ).gpa
-        except (PageFault, ValueError):
-            return None
+def guest_code(memory: GuestPhysicalMemory, sregs: KvmSregs) -> GuestLinear:
+    """Guest memory as the vCPU's paging maps it now (instruction fetch)."""
+    return guest_linear(memory, cr0=sregs.cr0, cr3=sregs.cr3, efer=sregs.efer)

@@ -8,11 +8,12 @@ bits 3:0 type, 4 S, 6:5 DPL, 7 P, 12 AVL, 13 L, 14 D/B, 15 G, 16 unusable).
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Final
 
-from pyflank.backends.kvm.structs import KvmRegs, KvmSegment, KvmSregs
-from pyflank.exit_handler.state_save import StateSave
+from pyflank.backends.kvm.structs import KvmSegment, KvmSregs
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.registers import AR_UNUSABLE, CR4_VMXE, RFLAGS_FIXED1
 from pyflank.intel_x64.vmcs import Vmcs
 
 # kvm_sregs member -> (selector, limit, access rights, base) encodings.
@@ -44,11 +45,9 @@ SREGS_FIELDS: Final[frozenset[int]] = frozenset(
     | set(CONTROL_FIELDS.values())
 )
 
-_AR_UNUSABLE = 1 << 16
-RFLAGS_FIXED = 1 << 1  # RFLAGS bit 1 reads as 1
+RFLAGS_FIXED = RFLAGS_FIXED1  # RFLAGS bit 1 reads as 1
 # VMX operation keeps CR4.VMXE set (a VM-entry check); the guest reads 0, as with a
 # guest/host mask on that bit, and KVM refuses it in a vCPU without VMX in its CPUID.
-CR4_VMXE = 1 << 13
 
 
 def access_rights(seg: KvmSegment) -> int:
@@ -61,7 +60,7 @@ def access_rights(seg: KvmSegment) -> int:
         | seg.l << 13
         | seg.db << 14
         | seg.g << 15
-        | (_AR_UNUSABLE if seg.unusable else 0)
+        | (AR_UNUSABLE if seg.unusable else 0)
     )
 
 
@@ -77,27 +76,34 @@ def set_access_rights(seg: KvmSegment, ar: int) -> None:
     seg.unusable = ar >> 16 & 1
 
 
-def sregs_to_vmcs(sregs: KvmSregs, vmcs: Vmcs) -> None:
-    """Store KVM's segment/control state in the guest-state area, as a VM exit does."""
-    write = vmcs.processor_write
+def sregs_fields(sregs: KvmSregs) -> dict[int, int]:
+    """KVM's segment/control state as guest-state fields, as a VM exit saves them."""
+    fields: dict[int, int] = {}
     for name, (sel, limit, ar, base) in SEGMENT_FIELDS.items():
         seg = getattr(sregs, name)
-        write(sel, seg.selector)
-        write(limit, seg.limit)
-        write(ar, access_rights(seg))
-        write(base, seg.base)
+        fields[sel] = seg.selector
+        fields[limit] = seg.limit
+        fields[ar] = access_rights(seg)
+        fields[base] = seg.base
     for name, (limit, base) in TABLE_FIELDS.items():
         table = getattr(sregs, name)
-        write(limit, table.limit)
-        write(base, table.base)
+        fields[limit] = table.limit
+        fields[base] = table.base
     for name, enc in CONTROL_FIELDS.items():
-        write(enc, getattr(sregs, name))
-    write(f.GUEST_CR4, sregs.cr4 | CR4_VMXE)
+        fields[enc] = getattr(sregs, name)
+    fields[f.GUEST_CR4] = sregs.cr4 | CR4_VMXE
+    return fields
 
 
-def vmcs_to_sregs(vmcs: Vmcs, sregs: KvmSregs) -> None:
-    """Load the guest-state area into ``sregs`` (cr2, cr8, apic_base are kept: no VMCS field)."""
-    read = vmcs.read
+def sregs_to_vmcs(sregs: KvmSregs, vmcs: Vmcs) -> None:
+    """Store KVM's segment/control state in the guest-state area (setting up a guest)."""
+    for encoding, value in sregs_fields(sregs).items():
+        vmcs.processor_write(encoding, value)
+
+
+def fields_to_sregs(fields: Mapping[int, int], sregs: KvmSregs) -> None:
+    """Load guest-state fields into ``sregs`` (cr2, cr8, apic_base are kept: no VMCS field)."""
+    read = fields.__getitem__
     for name, (sel, limit, ar, base) in SEGMENT_FIELDS.items():
         seg = getattr(sregs, name)
         seg.selector, seg.limit, seg.base = read(sel), read(limit), read(base)
@@ -116,20 +122,11 @@ GPRS: Final = struct.Struct("<18Q")
 GPRS_TO_RIP: Final = struct.Struct("<17Q")
 
 
-def regs_to_state(regs: KvmRegs, state: StateSave) -> None:
-    """The exit stub's register save: KVM's GPRs into the StateSave (RIP/RSP included)."""
-    (
-        state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
-        state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
-        state.rip, _,
-    ) = GPRS.unpack_from(regs)  # fmt: skip
-
-
-def state_to_regs(state: StateSave, regs: KvmRegs) -> None:
-    """The resume path: StateSave back into KVM's GPRs (RFLAGS is left as it is)."""
-    GPRS_TO_RIP.pack_into(
-        regs, 0,
-        state.rax, state.rbx, state.rcx, state.rdx, state.rsi, state.rdi, state.rsp, state.rbp,
-        state.r08, state.r09, state.r10, state.r11, state.r12, state.r13, state.r14, state.r15,
-        state.rip,
-    )  # fmt: skip
+# kvm_regs indexes of the GPRs in the SDM's numbering (RAX RCX RDX RBX RSP RBP RSI RDI
+# R8-R15), then RIP and RFLAGS, as an exit record's ``regs``: ``operator.itemgetter``
+# reorders a whole register file in one C call.
+SDM_ORDER: Final = (0, 2, 3, 1, 6, 7, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+# The same, with RDI where RDX would be: a doorbell carries RDX in RDI.
+DOORBELL_ORDER: Final = (0, 2, 5, 1, 6, 7, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+# kvm_regs slots, in kvm_regs order, of the SDM-ordered GPRs an entry plan holds.
+KVM_ORDER: Final = (0, 3, 1, 2, 6, 7, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15)

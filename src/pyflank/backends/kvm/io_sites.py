@@ -19,11 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyflank.backends.kvm.decode import GuestCode, IoMatch, io_ending_at, parse_io
+from pyflank.backends.kvm.decode import IoMatch, guest_code, io_ending_at, parse_io
 from pyflank.backends.kvm.structs import KvmRegs, KvmSregs
+from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import IoDirection, IoInstruction, IoOperandEncoding
+from pyflank.memory import GuestPhysicalMemory
+from pyflank.processor import ExitInformation
 
 _MAX_INSN = 15
+_IO_INSTRUCTION = int(ExitReason.IO_INSTRUCTION)
+_VMCALL = int(ExitReason.VMCALL)
 _CACHE_LIMIT = 4096
 
 SiteKey = tuple[int, int, int]  # (RIP, CR3, access)
@@ -43,6 +48,8 @@ class IoSite:
     immediate: bool
     pending: bool  # KVM will still complete (and skip) the instruction on the next KVM_RUN
     qualification: int  # the I/O-instruction exit qualification, encoded once per site
+    io: ExitInformation  # the exit information of an I/O-instruction exit here
+    vmcall: ExitInformation  # ... and of the doorbell's VMCALL
 
 
 def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> IoSite:
@@ -59,12 +66,14 @@ def _site(start: int, match: IoMatch | None, access: int, *, pending: bool) -> I
         rep=rep,
         operand_encoding=IoOperandEncoding.IMMEDIATE if immediate else IoOperandEncoding.DX,
     ).encode()
-    return IoSite(start, length, string, rep, immediate, pending, qualification)
+    io = ExitInformation(_IO_INSTRUCTION, qualification, length)
+    vmcall = ExitInformation(_VMCALL, 0, length)
+    return IoSite(start, length, string, rep, immediate, pending, qualification, io, vmcall)
 
 
 class IoSites:
-    def __init__(self, code: GuestCode) -> None:
-        self._code = code
+    def __init__(self, memory: GuestPhysicalMemory) -> None:
+        self._memory = memory
         self._cache: dict[SiteKey, IoSite] = {}
         # The exit path's first try: ``lookup((rip, cr3, access))``, no Python frame.
         self.lookup: Callable[[SiteKey], IoSite | None] = self._cache.get
@@ -87,14 +96,12 @@ class IoSites:
         if site is not None:
             return site
         port, size, out = access >> 16 & 0xFFFF, access >> 8 & 0xFF, bool(access & 1)
-        paging = {"cr0": sregs.cr0, "cr3": sregs.cr3, "efer": sregs.efer}
+        code = guest_code(self._memory, sregs)
         facts = {"port": port, "size": size, "is_in": not out, "dx": regs.rdx}
-        here = parse_io(self._code.read(rip, _MAX_INSN, **paging), **facts)
+        here = parse_io(code.read_available(rip, _MAX_INSN), **facts)
         if not out:
             return self._remember(key, _site(rip, here, access, pending=True))
-        before = io_ending_at(
-            self._code.read_before(rip, _MAX_INSN, **paging), count=count, **facts
-        )
+        before = io_ending_at(code.read_before(rip, _MAX_INSN), count=count, **facts)
         if before is None:
             if here is None:
                 return _site(rip, None, access, pending=False)  # not an I/O instruction we know

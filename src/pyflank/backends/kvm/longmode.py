@@ -9,13 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pyflank.backends.kvm.structs import KvmSegment, KvmSregs
+from pyflank.intel_x64.registers import (
+    CR4_OSFXSR,
+    CR4_OSXMMEXCPT,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+)
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = (
     1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 18, 1 << 31,
 )  # fmt: skip
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 
 KERNEL_CS, KERNEL_DS, TSS_SELECTOR, USER_DS, USER_CS = 0x08, 0x10, 0x18, 0x2B, 0x33
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pyflank.abi import DEFAULT_DOORBELL_PORT
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm.device import CpuidEntry, KvmSystem, KvmVm, MsrFilterRange
 from pyflank.backends.kvm.kick import DEFAULT_KICK_SIGNAL, ensure_kick_handler
 from pyflank.backends.kvm.tiny import TSS_ADDRESS
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.platform.hypervisor_cpuid import DEFAULT_DOORBELL_PORT
 
 _RW = abi.KVM_MSR_FILTER_READ | abi.KVM_MSR_FILTER_WRITE
 

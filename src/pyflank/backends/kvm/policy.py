@@ -13,28 +13,20 @@ from __future__ import annotations
 from enum import IntFlag
 from typing import Final
 
-from pyflank.backends.control_policy import (
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1
+from pyflank.intel_x64.controls import PinBasedControls as Pin
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.controls import VmExitControls as Exit
+from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.processor.policy import (
     PIN_BASED_SUPPORTED,
     VM_ENTRY_SUPPORTED,
     VM_EXIT_SUPPORTED,
     unsupported_controls,
 )
-from pyflank.intel_x64 import fields as f
-from pyflank.intel_x64.controls import (
-    PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1,
-    PinBasedControls,
-    PrimaryProcessorBasedControls,
-    SecondaryProcessorBasedControls,
-    VmEntryControls,
-    VmExitControls,
-)
-from pyflank.intel_x64.vmcs import Vmcs
-
-Pin = PinBasedControls
-Proc = PrimaryProcessorBasedControls
-Proc2 = SecondaryProcessorBasedControls
-Exit = VmExitControls
-Entry = VmEntryControls
 
 GAPS: Final[dict[str, str]] = {
     "cpuid": "CPUID never exits: the handler's answers are sampled into KVM_SET_CPUID2 at setup",
@@ -89,13 +81,6 @@ _WHY2: Final[dict[int, str]] = {
     Proc2.WBINVD_EXITING: "invd",
     Proc2.ENABLE_RDTSCP: "rdtscp",
     Proc2.ENABLE_VM_FUNCTIONS: "vm_functions",
-}
-# Controls, and the fields they use, that the exit path reads: a change needs a check.
-CONTROL_FIELDS: Final[frozenset[int]] = frozenset(SUPPORTED) | {
-    f.EXCEPTION_BITMAP,
-    f.CR0_GUEST_HOST_MASK,
-    f.CR4_GUEST_HOST_MASK,
-    f.VM_FUNCTION_CONTROLS,
 }
 
 

@@ -1,15 +1,6 @@
-"""Port I/O that does not exit to the handler goes to the platform's devices through this."""
+"""The bus a KVM vCPU sends port I/O to when no device bus is given: an empty one."""
 
 from __future__ import annotations
-
-from typing import Protocol
-
-
-class PortIo(Protocol):
-    """A bus of port-mapped devices (COM1, ...); sizes are 1, 2 or 4 bytes."""
-
-    def io_read(self, port: int, size: int) -> int: ...
-    def io_write(self, port: int, size: int, value: int) -> None: ...
 
 
 class NoDevices:

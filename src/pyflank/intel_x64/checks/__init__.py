@@ -13,9 +13,11 @@ from collections.abc import Iterable
 
 from pyflank.intel_x64.checks import (  # noqa: F401  (importing registers the checks)
     address_space,
+    cet,
     ept_controls,
     execution_controls,
     exit_entry_controls,
+    fred,
     guest_access_rights,
     guest_descriptor_tables,
     guest_non_register,

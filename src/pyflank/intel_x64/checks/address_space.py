@@ -18,6 +18,7 @@ from pyflank.intel_x64.checks.context import EntryContext
 from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
 
 _size = partial(rule, group=CheckGroup.HOST_STATE, section="26.2.4")
+_size_later = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.4")
 
 
 def _mode(ctx: EntryContext) -> dict[str, int]:
@@ -65,11 +66,21 @@ def legacy_host_guest(ctx: EntryContext) -> Iterator[Problem]:
         )
 
 
+def _cr4_bit_of_32bit_host(ctx: EntryContext, bit: int, message: str) -> Iterator[Problem]:
+    if not ctx.exit & b.EXIT_HOST_64 and ctx[f.HOST_CR4] & bit:
+        yield message, ctx.named(f.VM_EXIT_CONTROLS, f.HOST_CR4)
+
+
 @_size("host.address_space.legacy_host_pcide")
 def legacy_host_pcide(ctx: EntryContext) -> Iterator[Problem]:
     """With "host address-space size" 0, host CR4.PCIDE (bit 17) must be 0."""
-    if not ctx.exit & b.EXIT_HOST_64 and ctx[f.HOST_CR4] & b.CR4_PCIDE:
-        yield "a 32-bit host cannot use PCIDs", ctx.named(f.VM_EXIT_CONTROLS, f.HOST_CR4)
+    yield from _cr4_bit_of_32bit_host(ctx, b.CR4_PCIDE, "a 32-bit host cannot use PCIDs")
+
+
+@_size_later("host.address_space.legacy_host_fred")
+def legacy_host_fred(ctx: EntryContext) -> Iterator[Problem]:
+    """With "host address-space size" 0, host CR4.FRED (bit 32) must be 0."""
+    yield from _cr4_bit_of_32bit_host(ctx, b.CR4_FRED, "a 32-bit host cannot use FRED")
 
 
 @_size("host.address_space.legacy_host_rip")

@@ -13,59 +13,149 @@ from pyflank.intel_x64.controls import (
     PinBasedControls,
     PrimaryProcessorBasedControls,
     SecondaryProcessorBasedControls,
+    SecondaryVmExitControls,
+    TertiaryProcessorBasedControls,
     VmEntryControls,
     VmExitControls,
 )
-
-# -- control registers, EFER, RFLAGS (SDM Vol. 3A, "Control Registers") --------
-CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
-CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
-CR4_PAE, CR4_VMXE, CR4_PCIDE, CR4_CET = 1 << 5, 1 << 13, 1 << 17, 1 << 23
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-RFLAGS_TF, RFLAGS_IF, RFLAGS_VM = 1 << 8, 1 << 9, 1 << 17
-RFLAGS_FIXED1 = 1 << 1
-# 63:22, 15, 5 and 3 are reserved and must be 0 (SDM 26.3.1.4).
-RFLAGS_RESERVED0: Final[int] = ~((1 << 22) - 1) & ((1 << 64) - 1) | 1 << 15 | 1 << 5 | 1 << 3
-DEBUGCTL_BTF = 1 << 1
-# LBR, BTF, TR, BTS, BTINT, BTS_OFF_OS/USR, the freeze bits, uncore PMI, RTM_DEBUG.
-DEBUGCTL_DEFINED: Final[int] = 0xFFC3
-EFER_DEFINED: Final[int] = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
-PAT_MEMORY_TYPES: Final[frozenset[int]] = frozenset({0, 1, 4, 5, 6, 7})
-
-NAMES_CR0: Final[dict[int, str]] = {
-    0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM",
-    29: "NW", 30: "CD", 31: "PG",
-}  # fmt: skip
-NAMES_CR4: Final[dict[int, str]] = {
-    0: "VME", 1: "PVI", 2: "TSD", 3: "DE", 4: "PSE", 5: "PAE", 6: "MCE", 7: "PGE",
-    8: "PCE", 9: "OSFXSR", 10: "OSXMMEXCPT", 11: "UMIP", 12: "LA57", 13: "VMXE",
-    14: "SMXE", 16: "FSGSBASE", 17: "PCIDE", 18: "OSXSAVE", 19: "KL", 20: "SMEP",
-    21: "SMAP", 22: "PKE", 23: "CET", 24: "PKS", 25: "UINTR", 28: "LAM_SUP",
-    32: "FRED",
-}  # fmt: skip
-NAMES_EFER: Final[dict[int, str]] = {0: "SCE", 8: "LME", 10: "LMA", 11: "NXE"}
-NAMES_RFLAGS: Final[dict[int, str]] = {
-    0: "CF", 1: "fixed1", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF",
-    11: "OF", 14: "NT", 16: "RF", 17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID",
-}  # fmt: skip
-
-
-def flag_names(value: int, names: dict[int, str]) -> str:
-    """The set bits of ``value`` by name, unnamed bits as ``bitN``."""
-    out = []
-    bit = 0
-    while value >> bit:
-        if value >> bit & 1:
-            out.append(names.get(bit, f"bit{bit}"))
-        bit += 1
-    return " ".join(out)
-
-
-# -- segment access rights (SDM Vol. 3C, "Guest Register State") ----------------
-AR_TYPE, AR_S, AR_DPL_SHIFT, AR_P = 0xF, 1 << 4, 5, 1 << 7
-AR_RESERVED_11_8, AR_L, AR_DB, AR_G = 0xF00, 1 << 13, 1 << 14, 1 << 15
-AR_UNUSABLE = 1 << 16
-AR_RESERVED_31_17: Final[int] = 0xFFFE_0000
+from pyflank.intel_x64.registers import (  # re-exported: the checks' one namespace
+    AR_DB as AR_DB,
+)
+from pyflank.intel_x64.registers import (
+    AR_DPL_SHIFT as AR_DPL_SHIFT,
+)
+from pyflank.intel_x64.registers import (
+    AR_G as AR_G,
+)
+from pyflank.intel_x64.registers import (
+    AR_L as AR_L,
+)
+from pyflank.intel_x64.registers import (
+    AR_P as AR_P,
+)
+from pyflank.intel_x64.registers import (
+    AR_RESERVED_11_8 as AR_RESERVED_11_8,
+)
+from pyflank.intel_x64.registers import (
+    AR_RESERVED_31_17 as AR_RESERVED_31_17,
+)
+from pyflank.intel_x64.registers import (
+    AR_S as AR_S,
+)
+from pyflank.intel_x64.registers import (
+    AR_TYPE as AR_TYPE,
+)
+from pyflank.intel_x64.registers import (
+    AR_UNUSABLE as AR_UNUSABLE,
+)
+from pyflank.intel_x64.registers import (
+    CR0_AM as CR0_AM,
+)
+from pyflank.intel_x64.registers import (
+    CR0_CD as CR0_CD,
+)
+from pyflank.intel_x64.registers import (
+    CR0_EM as CR0_EM,
+)
+from pyflank.intel_x64.registers import (
+    CR0_ET as CR0_ET,
+)
+from pyflank.intel_x64.registers import (
+    CR0_MP as CR0_MP,
+)
+from pyflank.intel_x64.registers import (
+    CR0_NE as CR0_NE,
+)
+from pyflank.intel_x64.registers import (
+    CR0_NW as CR0_NW,
+)
+from pyflank.intel_x64.registers import (
+    CR0_PE as CR0_PE,
+)
+from pyflank.intel_x64.registers import (
+    CR0_PG as CR0_PG,
+)
+from pyflank.intel_x64.registers import (
+    CR0_TS as CR0_TS,
+)
+from pyflank.intel_x64.registers import (
+    CR0_WP as CR0_WP,
+)
+from pyflank.intel_x64.registers import (
+    CR4_CET as CR4_CET,
+)
+from pyflank.intel_x64.registers import (
+    CR4_FRED as CR4_FRED,
+)
+from pyflank.intel_x64.registers import (
+    CR4_OSFXSR as CR4_OSFXSR,
+)
+from pyflank.intel_x64.registers import (
+    CR4_OSXMMEXCPT as CR4_OSXMMEXCPT,
+)
+from pyflank.intel_x64.registers import (
+    CR4_PAE as CR4_PAE,
+)
+from pyflank.intel_x64.registers import (
+    CR4_PCIDE as CR4_PCIDE,
+)
+from pyflank.intel_x64.registers import (
+    CR4_VMXE as CR4_VMXE,
+)
+from pyflank.intel_x64.registers import (
+    DEBUGCTL_BTF as DEBUGCTL_BTF,
+)
+from pyflank.intel_x64.registers import (
+    EFER_LMA as EFER_LMA,
+)
+from pyflank.intel_x64.registers import (
+    EFER_LME as EFER_LME,
+)
+from pyflank.intel_x64.registers import (
+    EFER_NXE as EFER_NXE,
+)
+from pyflank.intel_x64.registers import (
+    EFER_SCE as EFER_SCE,
+)
+from pyflank.intel_x64.registers import (
+    NAMES_CR0 as NAMES_CR0,
+)
+from pyflank.intel_x64.registers import (
+    NAMES_CR4 as NAMES_CR4,
+)
+from pyflank.intel_x64.registers import (
+    NAMES_EFER as NAMES_EFER,
+)
+from pyflank.intel_x64.registers import (
+    NAMES_RFLAGS as NAMES_RFLAGS,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_FIXED1 as RFLAGS_FIXED1,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_IF as RFLAGS_IF,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_IOPL as RFLAGS_IOPL,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_NT as RFLAGS_NT,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_RESERVED0 as RFLAGS_RESERVED0,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_RF as RFLAGS_RF,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_TF as RFLAGS_TF,
+)
+from pyflank.intel_x64.registers import (
+    RFLAGS_VM as RFLAGS_VM,
+)
+from pyflank.intel_x64.registers import (
+    flag_names as flag_names,
+)
 
 # -- VMX controls as ints ------------------------------------------------------
 PIN_EXTERNAL_INTERRUPT_EXITING = int(PinBasedControls.EXTERNAL_INTERRUPT_EXITING)
@@ -97,6 +187,9 @@ PROC2_PML = int(_P2.ENABLE_PML)
 PROC2_EPT_VE = int(_P2.EPT_VIOLATION_VE)
 PROC2_MODE_BASED_EPT = int(_P2.MODE_BASED_EXECUTE_CONTROL_FOR_EPT)
 PROC2_SUB_PAGE = int(_P2.SUB_PAGE_WRITE_PERMISSIONS_FOR_EPT)
+PROC2_PT_GUEST_PHYSICAL = int(_P2.INTEL_PT_USES_GUEST_PHYSICAL_ADDRESSES)
+
+PROC3_IPI_VIRTUALIZATION = int(TertiaryProcessorBasedControls.IPI_VIRTUALIZATION)
 
 EXIT_HOST_64 = int(VmExitControls.HOST_ADDRESS_SPACE_SIZE)
 EXIT_LOAD_PERF_GLOBAL = int(VmExitControls.LOAD_IA32_PERF_GLOBAL_CTRL)
@@ -107,6 +200,8 @@ EXIT_SAVE_PREEMPTION = int(VmExitControls.SAVE_VMX_PREEMPTION_TIMER_VALUE)
 EXIT_LOAD_CET = int(VmExitControls.LOAD_CET_STATE)
 EXIT_LOAD_PKRS = int(VmExitControls.LOAD_PKRS)
 EXIT_SECONDARY = int(VmExitControls.ACTIVATE_SECONDARY_CONTROLS)
+EXIT_CLEAR_RTIT = int(VmExitControls.CLEAR_IA32_RTIT_CTL)
+EXIT2_LOAD_FRED = int(SecondaryVmExitControls.LOAD_IA32_FRED)
 
 ENTRY_LOAD_DEBUG = int(VmEntryControls.LOAD_DEBUG_CONTROLS)
 ENTRY_IA32E = int(VmEntryControls.IA_32E_MODE_GUEST)
@@ -118,15 +213,21 @@ ENTRY_LOAD_EFER = int(VmEntryControls.LOAD_IA32_EFER)
 ENTRY_LOAD_BNDCFGS = int(VmEntryControls.LOAD_IA32_BNDCFGS)
 ENTRY_LOAD_CET = int(VmEntryControls.LOAD_CET_STATE)
 ENTRY_LOAD_PKRS = int(VmEntryControls.LOAD_PKRS)
+ENTRY_LOAD_RTIT = int(VmEntryControls.LOAD_IA32_RTIT_CTL)
+ENTRY_LOAD_UINV = int(VmEntryControls.LOAD_UINV)
+ENTRY_LOAD_LBR_CTL = int(VmEntryControls.LOAD_GUEST_IA32_LBR_CTL)
+ENTRY_LOAD_FRED = int(VmEntryControls.LOAD_IA32_FRED)
 
 BLOCKING_BY_STI = int(InterruptibilityState.BLOCKING_BY_STI)
 BLOCKING_BY_MOV_SS = int(InterruptibilityState.BLOCKING_BY_MOV_SS)
 BLOCKING_BY_SMI = int(InterruptibilityState.BLOCKING_BY_SMI)
 BLOCKING_BY_NMI = int(InterruptibilityState.BLOCKING_BY_NMI)
+ENCLAVE_INTERRUPTION = int(InterruptibilityState.ENCLAVE_INTERRUPTION)
 
 # -- event injection (VM-entry interruption-information field) -----------------
 EVENT_VALID = 1 << 31
 EVENT_DELIVER_ERROR_CODE = 1 << 11
+EVENT_NESTED_EXCEPTION = 1 << 13  # FRED: the injected exception is nested
 EVENT_RESERVED_30_12: Final[int] = 0x7FFF_F000
 TYPE_EXTERNAL_INTERRUPT, TYPE_RESERVED, TYPE_NMI, TYPE_HARDWARE_EXCEPTION = 0, 1, 2, 3
 TYPE_SOFTWARE_INTERRUPT, TYPE_PRIVILEGED_SOFTWARE_EXCEPTION = 4, 5

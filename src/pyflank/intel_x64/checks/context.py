@@ -14,17 +14,17 @@ from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.registry import Problem
-from pyflank.intel_x64.cpu import MsrFault, PhysicalCpu
+from pyflank.intel_x64.cpu import (
+    MsrFault,
+    PhysicalCpu,
+    address_widths,
+    canonical,
+    perf_global_ctrl_defined,
+)
 from pyflank.intel_x64.fields import FIELD_BY_ENCODING
 from pyflank.intel_x64.vmcs import Vmcs
 
 _NAMES = {encoding: field.name for encoding, field in FIELD_BY_ENCODING.items()}
-
-
-def canonical(address: int, width: int) -> bool:
-    """Bits 63:width-1 all equal (a linear address the processor can form)."""
-    top = (address & b.MASK64) >> (width - 1)
-    return top == 0 or top == (1 << (65 - width)) - 1
 
 
 def upper_bits_identical(address: int, width: int) -> bool:
@@ -54,7 +54,12 @@ class EntryContext:
         # With "activate secondary controls" 0 the processor acts as if they were 0.
         secondary = v[f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
         self.proc2 = secondary if proc & b.PROC_SECONDARY else 0
-        self.exit = v[f.VM_EXIT_CONTROLS]
+        # Likewise the tertiary and the secondary VM-exit controls.
+        tertiary = v[f.TERTIARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+        self.proc3 = tertiary if proc & b.PROC_TERTIARY else 0
+        self.exit = exit_ = v[f.VM_EXIT_CONTROLS]
+        secondary_exit = v[f.SECONDARY_VM_EXIT_CONTROLS]
+        self.exit2 = secondary_exit if exit_ & b.EXIT_SECONDARY else 0
         self.entry = entry = v[f.VM_ENTRY_CONTROLS]
         self.ia32e_guest = bool(entry & b.ENTRY_IA32E)
         self.unrestricted = bool(self.proc2 & b.PROC2_UNRESTRICTED)
@@ -62,6 +67,8 @@ class EntryContext:
         self.cr4 = v[f.GUEST_CR4]
         self.rflags = v[f.GUEST_RFLAGS]
         self.v8086 = bool(self.rflags & b.RFLAGS_VM)
+        # The guest will use FRED transitions: IA-32e mode with CR4.FRED set.
+        self.fred_guest = self.ia32e_guest and bool(self.cr4 & b.CR4_FRED)
         self.event = event = v[f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD]
         self.event_valid = bool(event & b.EVENT_VALID)
         self.event_type = (event >> 8) & 0x7
@@ -106,28 +113,28 @@ class EntryContext:
 
     # -- CPUID -------------------------------------------------------------
     @cached_property
-    def _address_sizes(self) -> int:
-        if self.cpu.cpuid(0x80000000, 0)[0] < 0x80000008:
-            return 0x2024  # processors without the leaf: 36 physical, 32 linear bits
-        return self.cpu.cpuid(0x80000008, 0)[0]
+    def _address_sizes(self) -> tuple[int, int]:
+        return address_widths(self.cpu)
 
     @cached_property
     def physical_width(self) -> int:
-        return self._address_sizes & 0xFF
+        return self._address_sizes[0]
 
     @cached_property
     def linear_width(self) -> int:
-        return (self._address_sizes >> 8) & 0xFF
+        return self._address_sizes[1]
+
+    @cached_property
+    def sgx(self) -> bool:
+        """CPUID.(EAX=07H,ECX=0):EBX[2]: the processor supports SGX."""
+        if self.cpu.cpuid(0, 0)[0] < 7:
+            return False
+        return bool(self.cpu.cpuid(7, 0)[1] & 1 << 2)
 
     @cached_property
     def perf_global_ctrl_defined(self) -> int:
         """IA32_PERF_GLOBAL_CTRL bits that enable a counter this processor has."""
-        if self.cpu.cpuid(0, 0)[0] < 0xA:
-            return 0
-        eax, _, _, edx = self.cpu.cpuid(0xA, 0)
-        general = (1 << ((eax >> 8) & 0xFF)) - 1
-        fixed = ((1 << (edx & 0x1F)) - 1) << 32
-        return general | fixed
+        return perf_global_ctrl_defined(self.cpu)
 
     # -- helpers the rules share ----------------------------------------------
     def is_canonical(self, address: int) -> bool:

@@ -156,3 +156,33 @@ def mode_based_execute_needs_ept(ctx: EntryContext) -> Iterator[Problem]:
 def sub_page_permissions_need_ept(ctx: EntryContext) -> Iterator[Problem]:
     """With "sub-page write permissions for EPT" 1, "enable EPT" must be 1."""
     yield from _needs_ept(ctx, b.PROC2_SUB_PAGE, "sub-page write permissions for EPT")
+
+
+@_later("controls.sub_page_permissions.table_pointer")
+def sub_page_permission_table_pointer(ctx: EntryContext) -> Iterator[Problem]:
+    """With "sub-page write permissions for EPT" 1, the sub-page-permission-table
+    pointer (SPPTP) must be page aligned and within the physical-address width."""
+    if ctx.proc2 & b.PROC2_SUB_PAGE:
+        encoding = f.SUB_PAGE_PERMISSION_TABLE_POINTER
+        yield from _address(ctx, encoding, "the sub-page-permission-table pointer")
+
+
+@_later("controls.pt_guest_physical.requirements")
+def pt_guest_physical_requirements(ctx: EntryContext) -> Iterator[Problem]:
+    """With "Intel PT uses guest physical addresses" 1, "enable EPT", the "load
+    IA32_RTIT_CTL" VM-entry control and the "clear IA32_RTIT_CTL" VM-exit control
+    must all be 1."""
+    if ctx.proc2 & b.PROC2_PT_GUEST_PHYSICAL:
+        needs = (
+            ('"enable EPT"', ctx.proc2 & b.PROC2_EPT),
+            ('"load IA32_RTIT_CTL" (VM-entry)', ctx.entry & b.ENTRY_LOAD_RTIT),
+            ('"clear IA32_RTIT_CTL" (VM-exit)', ctx.exit & b.EXIT_CLEAR_RTIT),
+        )
+        missing = [name for name, present in needs if not present]
+        if missing:
+            fields = ctx.named(
+                f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
+                f.VM_ENTRY_CONTROLS,
+                f.VM_EXIT_CONTROLS,
+            )
+            yield f"Intel PT with guest-physical addresses needs {', '.join(missing)}", fields

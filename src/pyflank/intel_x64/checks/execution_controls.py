@@ -115,6 +115,18 @@ def tpr_shadow_required(ctx: EntryContext) -> Iterator[Problem]:
         yield 'APIC virtualization controls need "use TPR shadow"', fields
 
 
+@_later("controls.ipi_virtualization.tpr_shadow")
+def ipi_virtualization_needs_tpr_shadow(ctx: EntryContext) -> Iterator[Problem]:
+    """With "use TPR shadow" 0, the tertiary control "IPI virtualization" must be 0 too
+    (the later editions add it to the controls the rule above lists)."""
+    if not ctx.proc & b.PROC_TPR_SHADOW and ctx.proc3 & b.PROC3_IPI_VIRTUALIZATION:
+        fields = ctx.named(
+            f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
+            f.TERTIARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS,
+        )
+        yield 'IPI virtualization needs "use TPR shadow"', fields
+
+
 @_rule("controls.nmi.virtual_nmis")
 def virtual_nmis_need_nmi_exiting(ctx: EntryContext) -> Iterator[Problem]:
     """With "NMI exiting" 0, "virtual NMIs" must be 0."""

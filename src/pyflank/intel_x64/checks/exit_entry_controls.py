@@ -14,6 +14,7 @@ from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
 _exit = partial(rule, group=CheckGroup.CONTROLS, section="26.2.1.2")
 _exit_later = partial(rule, group=CheckGroup.CONTROLS, section="27.2.1.2")
 _entry = partial(rule, group=CheckGroup.CONTROLS, section="26.2.1.3")
+_entry_later = partial(rule, group=CheckGroup.CONTROLS, section="27.2.1.3")
 
 
 def _msr_area(ctx: EntryContext, count: int, address: int, what: str) -> Iterator[Problem]:
@@ -106,17 +107,24 @@ def event_type(ctx: EntryContext) -> Iterator[Problem]:
     yield f"interruption type {ctx.event_type} is reserved", ctx.named(_EVENT)
 
 
+# Other event (type 7): vector 0 is a pending MTF VM exit; a guest using FRED may also
+# be injected vector 1 (SYSCALL) or 2 (SYSENTER).
+_FRED_OTHER_EVENT_VECTORS = frozenset({0, 1, 2})
+
+
 @_entry("controls.entry.event_vector")
 def event_vector(ctx: EntryContext) -> Iterator[Problem]:
     """An injected event's vector must fit its type: NMI is vector 2, a hardware
-    exception at most 31, other event (pending MTF) vector 0."""
+    exception at most 31, other event vector 0 (pending MTF VM exit; 0-2 for a
+    guest that will use FRED, a later-edition addition)."""
     if not ctx.event_valid:
         return
     kind, vector = ctx.event_type, ctx.event_vector
+    other_ok = vector in _FRED_OTHER_EVENT_VECTORS if ctx.fred_guest else vector == 0
     if (
         (kind == b.TYPE_NMI and vector != 2)
         or (kind == b.TYPE_HARDWARE_EXCEPTION and vector > 31)
-        or (kind == b.TYPE_OTHER_EVENT and vector != 0)
+        or (kind == b.TYPE_OTHER_EVENT and not other_ok)
     ):
         yield f"vector {vector} does not fit interruption type {kind}", ctx.named(_EVENT)
 
@@ -125,25 +133,54 @@ def event_vector(ctx: EntryContext) -> Iterator[Problem]:
 def event_deliver_error_code(ctx: EntryContext) -> Iterator[Problem]:
     """The deliver-error-code bit must be 1 exactly when (unrestricted guest is 0
     or CR0.PE is 1) and a hardware exception that pushes an error code (8, 10-14,
-    17) is injected."""
+    17) is injected.  Where IA32_VMX_BASIC bit 56 is 1, a hardware exception into
+    protected mode may be injected with or without an error code."""
     if not ctx.event_valid:
         return
     protected = not ctx.unrestricted or bool(ctx.cr0 & b.CR0_PE)
-    expected = (
-        protected
-        and ctx.event_type == b.TYPE_HARDWARE_EXCEPTION
-        and ctx.event_vector in b.ERROR_CODE_VECTORS
-    )
+    hardware = ctx.event_type == b.TYPE_HARDWARE_EXCEPTION
+    if protected and hardware and ctx.msr(msrs.IA32_VMX_BASIC) & msrs.VMX_BASIC_NO_ERROR_CODE_CHECK:
+        return
+    expected = protected and hardware and ctx.event_vector in b.ERROR_CODE_VECTORS
     if expected != bool(ctx.event & b.EVENT_DELIVER_ERROR_CODE):
         word = "must" if expected else "must not"
-        yield f"this event {word} deliver an error code", ctx.named(_EVENT, f.GUEST_CR0)
+        fields = ctx.named(_EVENT, f.GUEST_CR0)
+        yield f"this event {word} deliver an error code", fields | _basic(ctx)
+
+
+def _basic(ctx: EntryContext) -> dict[str, int]:
+    return {"IA32_VMX_BASIC": ctx.msr(msrs.IA32_VMX_BASIC)}
+
+
+def _nested_exception_supported(ctx: EntryContext) -> bool:
+    return bool(ctx.msr(msrs.IA32_VMX_BASIC) & msrs.VMX_BASIC_NESTED_EXCEPTION)
 
 
 @_entry("controls.entry.event_reserved")
 def event_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """Bits 30:12 of the VM-entry interruption-information field are reserved."""
-    if ctx.event_valid and ctx.event & b.EVENT_RESERVED_30_12:
+    """Bits 30:12 of the VM-entry interruption-information field are reserved
+    (bit 13, nested exception, is not where IA32_VMX_BASIC bit 58 reports FRED's
+    nested-exception support)."""
+    if not ctx.event_valid:
+        return
+    reserved = b.EVENT_RESERVED_30_12
+    if _nested_exception_supported(ctx):
+        reserved &= ~b.EVENT_NESTED_EXCEPTION
+    if ctx.event & reserved:
         yield "reserved interruption-information bits 30:12 are set", ctx.named(_EVENT)
+
+
+@_entry_later("controls.entry.event_nested_exception")
+def event_nested_exception(ctx: EntryContext) -> Iterator[Problem]:
+    """Where IA32_VMX_BASIC bit 58 allows it, bit 13 (nested exception) of the
+    interruption information may be 1 only for a hardware exception."""
+    if (
+        ctx.event_valid
+        and ctx.event & b.EVENT_NESTED_EXCEPTION
+        and ctx.event_type != b.TYPE_HARDWARE_EXCEPTION
+        and _nested_exception_supported(ctx)
+    ):
+        yield "only a hardware exception can be marked nested", ctx.named(_EVENT) | _basic(ctx)
 
 
 @_entry("controls.entry.event_error_code")
@@ -172,6 +209,23 @@ def event_instruction_length(ctx: EntryContext) -> Iterator[Problem]:
         yield (
             f"instruction length {length} is out of range",
             ctx.named(f.VM_ENTRY_INSTRUCTION_LENGTH),
+        )
+
+
+@_entry_later("controls.entry.fred_event_length")
+def fred_event_instruction_length(ctx: EntryContext) -> Iterator[Problem]:
+    """Injecting a FRED SYSCALL or SYSENTER event (other event, vector 1 or 2, into a
+    guest that will use FRED), the VM-entry instruction length must be at most 15."""
+    if (
+        ctx.event_valid
+        and ctx.fred_guest
+        and ctx.event_type == b.TYPE_OTHER_EVENT
+        and ctx.event_vector in (1, 2)
+        and ctx[f.VM_ENTRY_INSTRUCTION_LENGTH] > 15
+    ):
+        yield (
+            "a FRED SYSCALL/SYSENTER injection longer than 15 bytes",
+            ctx.named(_EVENT, f.VM_ENTRY_INSTRUCTION_LENGTH),
         )
 
 

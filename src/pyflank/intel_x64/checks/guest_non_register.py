@@ -15,6 +15,7 @@ from pyflank.intel_x64.checks.segments import SS, dpl
 from pyflank.intel_x64.controls import ActivityState
 
 _rule = partial(rule, group=CheckGroup.GUEST_NON_REGISTER_STATE, section="26.3.1.5")
+_later = partial(rule, group=CheckGroup.GUEST_NON_REGISTER_STATE, section="27.3.1.5")
 
 _ACTIVE, _HLT, _SHUTDOWN, _WAIT_FOR_SIPI = (int(s) for s in ActivityState)
 _ACTIVITY = f.GUEST_ACTIVITY_STATE
@@ -168,6 +169,27 @@ def nmi_blocking_vs_virtual_nmi(ctx: EntryContext) -> Iterator[Problem]:
             "injecting a virtual NMI while virtual NMIs are blocked",
             ctx.named(_INTERRUPTIBILITY, _EVENT, f.PIN_BASED_VM_EXECUTION_CONTROLS),
         )
+
+
+@_rule("guest.interruptibility.enclave")
+def enclave_interruption(ctx: EntryContext) -> Iterator[Problem]:
+    """If bit 4 (enclave interruption) is 1, bit 1 (blocking by MOV SS) must be 0 and
+    the processor must support SGX (CPUID.(EAX=07H,ECX=0):EBX[2])."""
+    state = ctx[_INTERRUPTIBILITY]
+    if not state & b.ENCLAVE_INTERRUPTION:
+        return
+    if state & b.BLOCKING_BY_MOV_SS:
+        yield "an enclave interruption under MOV-SS blocking", ctx.named(_INTERRUPTIBILITY)
+    elif not ctx.sgx:
+        yield "an enclave interruption on a processor without SGX", ctx.named(_INTERRUPTIBILITY)
+
+
+@_later("guest.uinv.vector")
+def uinv_vector(ctx: EntryContext) -> Iterator[Problem]:
+    """With "load UINV" (VM-entry) 1, bits 15:8 of the guest UINV field must be 0:
+    the user-interrupt notification vector is 0-255."""
+    if ctx.entry & b.ENTRY_LOAD_UINV and ctx[f.GUEST_UINV] >> 8:
+        yield "the user-interrupt notification vector exceeds 255", ctx.named(f.GUEST_UINV)
 
 
 @_rule("guest.pending_debug.reserved")

@@ -9,14 +9,14 @@ from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext
-from pyflank.intel_x64.checks.host_state import fixed_bits, pat_bad_entries
+from pyflank.intel_x64.checks.host_state import fixed_bits
 from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.msrs import pat_bad_entries
 
 _rule = partial(rule, group=CheckGroup.GUEST_CONTROL_REGISTERS, section="26.3.1.1")
 _later = partial(rule, group=CheckGroup.GUEST_CONTROL_REGISTERS, section="27.3.1.1")
 
 _BNDCFGS_RESERVED = 0xFFC  # bits 11:2
-_S_CET_RESERVED = 0x3C0  # bits 9:6
 
 
 @_rule("guest.cr0.fixed_bits")
@@ -58,7 +58,7 @@ def cr4_fixed(ctx: EntryContext) -> Iterator[Problem]:
 @_rule("guest.debugctl.reserved")
 def debugctl_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load debug controls" 1, reserved IA32_DEBUGCTL bits must be 0."""
-    if ctx.entry & b.ENTRY_LOAD_DEBUG and ctx[f.GUEST_IA32_DEBUGCTL] & ~b.DEBUGCTL_DEFINED:
+    if ctx.entry & b.ENTRY_LOAD_DEBUG and ctx[f.GUEST_IA32_DEBUGCTL] & ~msrs.DEBUGCTL_DEFINED:
         yield "reserved IA32_DEBUGCTL bits are set", ctx.named(f.GUEST_IA32_DEBUGCTL)
 
 
@@ -70,11 +70,21 @@ def ia32e_needs_paging(ctx: EntryContext) -> Iterator[Problem]:
         yield "an IA-32e mode guest needs CR0.PG and CR4.PAE", fields
 
 
+def _cr4_bit_outside_ia32e(ctx: EntryContext, bit: int, message: str) -> Iterator[Problem]:
+    if not ctx.ia32e_guest and ctx.cr4 & bit:
+        yield message, ctx.named(f.GUEST_CR4, f.VM_ENTRY_CONTROLS)
+
+
 @_rule("guest.cr4.pcide")
 def pcide_needs_ia32e(ctx: EntryContext) -> Iterator[Problem]:
     """With "IA-32e mode guest" 0, guest CR4.PCIDE (bit 17) must be 0."""
-    if not ctx.ia32e_guest and ctx.cr4 & b.CR4_PCIDE:
-        yield "CR4.PCIDE outside IA-32e mode", ctx.named(f.GUEST_CR4, f.VM_ENTRY_CONTROLS)
+    yield from _cr4_bit_outside_ia32e(ctx, b.CR4_PCIDE, "CR4.PCIDE outside IA-32e mode")
+
+
+@_later("guest.cr4.fred_needs_ia32e")
+def fred_needs_ia32e(ctx: EntryContext) -> Iterator[Problem]:
+    """With "IA-32e mode guest" 0, guest CR4.FRED (bit 32) must be 0."""
+    yield from _cr4_bit_outside_ia32e(ctx, b.CR4_FRED, "CR4.FRED outside IA-32e mode")
 
 
 @_rule("guest.cr3.width")
@@ -127,7 +137,7 @@ def pat_memory_types(ctx: EntryContext) -> Iterator[Problem]:
 @_rule("guest.efer.reserved")
 def efer_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load IA32_EFER" (VM-entry) 1, reserved IA32_EFER bits must be 0."""
-    if ctx.entry & b.ENTRY_LOAD_EFER and ctx[f.GUEST_IA32_EFER] & ~b.EFER_DEFINED:
+    if ctx.entry & b.ENTRY_LOAD_EFER and ctx[f.GUEST_IA32_EFER] & ~msrs.EFER_DEFINED:
         yield "reserved guest IA32_EFER bits are set", ctx.named(f.GUEST_IA32_EFER)
 
 
@@ -172,32 +182,40 @@ def bndcfgs_canonical(ctx: EntryContext) -> Iterator[Problem]:
         yield "the IA32_BNDCFGS base is not canonical", ctx.named(f.GUEST_IA32_BNDCFGS)
 
 
-@_later("guest.cr4.cet_needs_wp")
-def cet_needs_wp(ctx: EntryContext) -> Iterator[Problem]:
-    """If guest CR4.CET (bit 23) is 1, guest CR0.WP (bit 16) must be 1."""
-    if ctx.cr4 & b.CR4_CET and not ctx.cr0 & b.CR0_WP:
-        yield "CR4.CET needs CR0.WP", ctx.named(f.GUEST_CR0, f.GUEST_CR4)
-
-
-@_later("guest.cet.s_cet_reserved")
-def s_cet_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, reserved bits 9:6 of IA32_S_CET must be 0."""
-    if ctx.entry & b.ENTRY_LOAD_CET and ctx[f.GUEST_IA32_S_CET] & _S_CET_RESERVED:
-        yield "reserved IA32_S_CET bits 9:6 are set", ctx.named(f.GUEST_IA32_S_CET)
-
-
-@_later("guest.cet.canonical")
-def cet_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-entry) 1, the guest IA32_S_CET and
-    IA32_INTERRUPT_SSP_TABLE_ADDR fields must be canonical."""
-    if ctx.entry & b.ENTRY_LOAD_CET:
-        for encoding in (f.GUEST_IA32_S_CET, f.GUEST_IA32_INTERRUPT_SSP_TABLE_ADDR):
-            if not ctx.is_canonical(ctx[encoding]):
-                yield "a guest CET address is not canonical", ctx.named(encoding)
-
-
 @_later("guest.pkrs.reserved")
 def pkrs_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load PKRS" (VM-entry) 1, bits 63:32 of the guest IA32_PKRS field must be 0."""
     if ctx.entry & b.ENTRY_LOAD_PKRS and ctx[f.GUEST_IA32_PKRS] >> 32:
         yield "reserved guest IA32_PKRS bits 63:32 are set", ctx.named(f.GUEST_IA32_PKRS)
+
+
+# IA32_LBR_CTL: LBREn; OS and USR where CPUID.1CH:EBX[0] reports CPL filtering;
+# CALL_STACK where EBX[2] reports call-stack mode; the branch-type bits 22:16 where
+# EBX[1] reports branch filtering.  Everything else is reserved.
+_LBR_CTL_ENABLE, _LBR_CTL_CPL, _LBR_CTL_CALL_STACK = 1 << 0, 0x6, 1 << 3
+_LBR_CTL_BRANCH_TYPES = 0x7F << 16
+
+
+def lbr_ctl_defined(ctx: EntryContext) -> int:
+    """The IA32_LBR_CTL bits this processor's architectural LBRs define."""
+    if ctx.cpu.cpuid(0, 0)[0] < 0x1C:
+        return _LBR_CTL_ENABLE
+    ebx = ctx.cpu.cpuid(0x1C, 0)[1]
+    defined = _LBR_CTL_ENABLE
+    defined |= _LBR_CTL_CPL if ebx & 1 << 0 else 0
+    defined |= _LBR_CTL_BRANCH_TYPES if ebx & 1 << 1 else 0
+    defined |= _LBR_CTL_CALL_STACK if ebx & 1 << 2 else 0
+    return defined
+
+
+@_later("guest.lbr_ctl.reserved")
+def lbr_ctl_reserved(ctx: EntryContext) -> Iterator[Problem]:
+    """With "load guest IA32_LBR_CTL" 1, bits reserved in IA32_LBR_CTL (per the
+    architectural-LBR capabilities of CPUID leaf 1CH) must be 0."""
+    if ctx.entry & b.ENTRY_LOAD_LBR_CTL:
+        value, defined = ctx[f.GUEST_IA32_LBR_CTL], lbr_ctl_defined(ctx)
+        if value & ~defined:
+            yield (
+                f"reserved IA32_LBR_CTL bits {value & ~defined:#x} are set",
+                ctx.named(f.GUEST_IA32_LBR_CTL),
+            )

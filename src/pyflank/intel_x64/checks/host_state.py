@@ -10,6 +10,7 @@ from pyflank.intel_x64 import msrs
 from pyflank.intel_x64.checks import bits as b
 from pyflank.intel_x64.checks.context import EntryContext
 from pyflank.intel_x64.checks.registry import CheckGroup, Problem, rule
+from pyflank.intel_x64.msrs import pat_bad_entries
 
 _registers = partial(rule, group=CheckGroup.HOST_STATE, section="26.2.2")
 _registers_later = partial(rule, group=CheckGroup.HOST_STATE, section="27.2.2")
@@ -22,11 +23,6 @@ _CR0_UNCHECKED = b.CR0_NW | b.CR0_CD
 def fixed_bits(value: int, fixed0: int, fixed1: int, unchecked: int = 0) -> int:
     """Bits of a CR0/CR4 value that break the IA32_VMX_CRn_FIXED0/1 pair (SDM A.7/A.8)."""
     return (fixed0 & ~value | value & ~fixed1) & ~unchecked & b.MASK64
-
-
-def pat_bad_entries(pat: int) -> list[int]:
-    """Indexes of IA32_PAT entries that hold no memory type WRMSR accepts."""
-    return [i for i in range(8) if (pat >> (8 * i)) & 0xFF not in b.PAT_MEMORY_TYPES]
 
 
 @_registers("host.cr0.fixed_bits")
@@ -95,7 +91,7 @@ def host_pat(ctx: EntryContext) -> Iterator[Problem]:
 @_registers("host.efer.reserved")
 def host_efer_reserved(ctx: EntryContext) -> Iterator[Problem]:
     """With "load IA32_EFER" (VM-exit) 1, reserved IA32_EFER bits must be 0."""
-    if ctx.exit & b.EXIT_LOAD_EFER and ctx[f.HOST_IA32_EFER] & ~b.EFER_DEFINED:
+    if ctx.exit & b.EXIT_LOAD_EFER and ctx[f.HOST_IA32_EFER] & ~msrs.EFER_DEFINED:
         yield "reserved host IA32_EFER bits are set", ctx.named(f.HOST_IA32_EFER)
 
 
@@ -109,31 +105,6 @@ def host_efer_mode(ctx: EntryContext) -> Iterator[Problem]:
         if bool(efer & b.EFER_LMA) != want or bool(efer & b.EFER_LME) != want:
             fields = ctx.named(f.HOST_IA32_EFER, f.VM_EXIT_CONTROLS)
             yield "host EFER.LMA/LME disagree with the host address-space size", fields
-
-
-@_registers_later("host.cr4.cet_needs_wp")
-def host_cet_needs_wp(ctx: EntryContext) -> Iterator[Problem]:
-    """If host CR4.CET (bit 23) is 1, host CR0.WP (bit 16) must be 1."""
-    if ctx[f.HOST_CR4] & b.CR4_CET and not ctx[f.HOST_CR0] & b.CR0_WP:
-        yield "host CR4.CET needs CR0.WP", ctx.named(f.HOST_CR0, f.HOST_CR4)
-
-
-@_registers_later("host.cet.canonical")
-def host_cet_canonical(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, the host IA32_S_CET and
-    IA32_INTERRUPT_SSP_TABLE_ADDR fields must be canonical."""
-    if ctx.exit & b.EXIT_LOAD_CET:
-        for encoding in (f.HOST_IA32_S_CET, f.HOST_IA32_INTERRUPT_SSP_TABLE_ADDR):
-            if not ctx.is_canonical(ctx[encoding]):
-                yield "a host CET address is not canonical", ctx.named(encoding)
-
-
-@_registers_later("host.cet.s_cet_reserved")
-def host_s_cet_reserved(ctx: EntryContext) -> Iterator[Problem]:
-    """With "load CET state" (VM-exit) 1, reserved bits 9:6 of host IA32_S_CET must
-    be 0."""
-    if ctx.exit & b.EXIT_LOAD_CET and ctx[f.HOST_IA32_S_CET] & 0x3C0:
-        yield "reserved host IA32_S_CET bits 9:6 are set", ctx.named(f.HOST_IA32_S_CET)
 
 
 @_registers_later("host.pkrs.reserved")

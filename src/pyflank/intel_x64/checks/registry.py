@@ -5,8 +5,9 @@ an edition from about 2016 in which "VM Entries" is chapter 26 of Vol. 3C
 (26.2 "Checks on VMX Controls and Host-State Area", 26.3 "Checking and Loading
 Guest State").  Later editions renumber the chapter (27 from about 2019, 29 in
 the newest) but keep the subsection numbers, so 26.3.1.2 there is 27.3.1.2 or
-29.3.1.2.  Rules that the 2016 edition does not have yet (CET, PKRS, tertiary
-controls, ...) carry the 27.x number of the edition that introduced them.
+29.3.1.2.  Rules that the 2016 edition does not have yet (CET, FRED, PKRS,
+tertiary controls, ...) carry a 27.x number: their subsection in the later
+editions, with the chapter number those editions started with.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from pyflank.intel_x64.checks.context import EntryContext
@@ -26,6 +27,7 @@ Problem = tuple[str, dict[str, int]]
 """What a check function yields: a message and the fields (name -> value) involved."""
 
 CheckFunction = Callable[["EntryContext"], Iterator[Problem]]
+T = TypeVar("T")
 
 
 class CheckGroup(Enum):
@@ -110,3 +112,16 @@ def rule(
         return function
 
     return register
+
+
+def applied(
+    helper: Callable[[EntryContext, T], Iterator[Problem]], arg: T, doc: str
+) -> CheckFunction:
+    """A check function that runs ``helper(ctx, arg)`` and states ``doc``: one rule
+    that the SDM gives the host and the guest alike, registered once per side."""
+
+    def check(ctx: EntryContext) -> Iterator[Problem]:
+        return helper(ctx, arg)
+
+    check.__doc__ = doc
+    return check

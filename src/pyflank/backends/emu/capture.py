@@ -1,0 +1,186 @@
+"""What a VM exit saves, read from unicorn: the registers, and the guest state that moved.
+
+Guest-state fields a guest can change without exiting (control registers, selectors,
+GDTR/IDTR/LDTR/TR, FS/GS bases, DR7) are checked at every exit; the hidden part of a
+segment register comes from the descriptor its selector names.  CR4.VMXE is reported set
+(VMX operation keeps it) and reads as 0 in the guest, as with a guest/host mask on it.
+
+Checking is cheap: the register file is copied out in place (``register_file``) and its
+bytes after the general registers compared with those of the last capture.  Equal,
+nothing moved; else only what did is read again: RFLAGS from the copy where the
+condition codes allow and through the API otherwise, and the system registers through
+the API, reported only if they differ from what was reported last.  A capture whose
+report does not reach the processor (an exception delivered without an exit, an entry
+that loads new state) is followed by ``forget``: the next capture then reports it all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const as x86
+
+from pyflank.backends.emu import cpu_msrs
+from pyflank.backends.emu.engine import RegisterBatch
+from pyflank.backends.emu.guest_state import save_segments, save_system_segment
+from pyflank.backends.emu.register_file import CC_AT, HEAD_VALUES, NEVER_SEEN
+from pyflank.backends.emu.register_probe import register_file
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.paging import guest_linear
+from pyflank.intel_x64.registers import CR4_VMXE
+from pyflank.processor import ExitInformation, ExitRecord
+
+if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Callable
+
+    from pyflank.backends.emu.engine import Engine
+    from pyflank.backends.emu.register_file import RawHead, RegisterFile
+    from pyflank.memory import GuestPhysicalMemory
+
+_unpack_head = HEAD_VALUES.unpack_from
+_EFER = 0xC000_0080
+Captured = tuple[tuple[int, ...], int, "dict[int, int] | None"]  # regs, RFLAGS, moved fields
+NO_EXIT = ExitInformation(-1)  # the information of a record that stands for no exit
+
+
+class StateCapture:
+    """The guest state of one engine, as the next exit record reports it."""
+
+    __slots__ = (
+        "_known", "_rflags_batch", "_seen_flags", "_seen_system", "dr7", "engine", "head",
+        "memory", "noted", "registers", "rflags", "seen", "seen_regs", "system", "write_gprs",
+    )  # fmt: skip
+
+    def __init__(self, engine: Engine, memory: GuestPhysicalMemory) -> None:
+        self.engine = engine
+        self.memory = memory
+        self.registers: RegisterFile = register_file(engine.uc, engine.handle)
+        self.head: RawHead = self.registers.head
+        self.dr7: ctypes.c_uint64 = self.registers.dr7
+        self.write_gprs: Callable[..., None] = self.registers.write_gprs  # QEMU's order
+        self._rflags_batch = RegisterBatch(engine.handle, (x86.UC_X86_REG_RFLAGS,))
+        # CR0 CR3 CR4 DR7, ES CS SS DS FS GS, FS/GS base: as last read (current while
+        # nothing moved, for the exits that compute addresses from them).
+        self.system: tuple[int, ...] = (0,) * 12
+        self.rflags = 0  # exact, as of the last capture
+        self.noted: dict[int, int] = {}  # fields the engine changed itself (a WRMSR let through)
+        self._known: tuple[tuple[int, ...], bytes] | None = None  # system state reported
+        # Of the last capture: the head's compared bytes; RIP, RSP, eflags and DR7; the
+        # system part and the rest of the flags' inputs.
+        self.seen = NEVER_SEEN
+        self.seen_regs = (-1, -1, -1, -1)
+        self._seen_system = self._seen_flags = b""
+
+    def capture(self) -> Captured:
+        """The registers (``ExitRecord.regs`` order), exact RFLAGS, and what moved."""
+        raw = self.head.raw
+        v: tuple[int, ...] = _unpack_head(raw)
+        guest = None
+        if (v[16], v[4], v[17], self.dr7.value) != self.seen_regs or not raw.endswith(self.seen):
+            guest = self.moved(raw, v)
+        if self.noted:
+            guest = self.take_noted(guest)
+        return v, self.rflags, guest
+
+    def record(self, info: ExitInformation, rip: int | None = None) -> ExitRecord:
+        """An exit record of the current state; ``rip``: where the exit is, if not RIP."""
+        v, rflags, guest = self.capture()
+        return ExitRecord(info, v, v[16] if rip is None else rip, rflags, guest)
+
+    def snapshot(self) -> ExitRecord:
+        """The current state, for a stop between exits."""
+        return self.record(NO_EXIT)
+
+    def take_noted(self, guest: dict[int, int] | None) -> dict[int, int]:
+        noted, self.noted = self.noted, {}
+        if guest:
+            noted.update(guest)
+        return noted
+
+    def forget(self) -> None:
+        """The state changed behind the last report: the next capture reports everything."""
+        self.seen = NEVER_SEEN
+        self._known = None
+
+    def moved(self, raw: bytes, v: tuple[int, ...]) -> dict[int, int] | None:
+        """Bring ``rflags``/``system`` up to date after the head changed; the system fields
+        that changed since the last report, or None (``raw``: the head, ``v``: its values).
+        """
+        regs = self.registers
+        rip, rsp, eflags = v[16], v[4], v[17]
+        dr7 = self.dr7.value
+        system_at = regs.system_at
+        seen_regs = self.seen_regs
+        guest = None
+        if (
+            self.seen is NEVER_SEEN
+            or self._known is None
+            or dr7 != seen_regs[3]
+            or not raw.endswith(self._seen_system)
+        ):
+            guest = self._through_api()
+        elif eflags != seen_regs[2] or raw[CC_AT:system_at] != self._seen_flags:
+            computed = regs.rflags(raw)
+            self.rflags = self._rflags_batch.read()[0] if computed is None else computed
+        self.seen_regs = (rip, rsp, eflags, dr7)
+        self.seen = raw[regs.compared_from(raw) :]
+        self._seen_system = raw[system_at:]
+        self._seen_flags = raw[CC_AT:system_at]
+        return guest
+
+    def _through_api(self) -> dict[int, int] | None:
+        """RFLAGS and the system registers, read with one batch; the fields that changed."""
+        saved = self.engine.saved
+        values = saved.read()
+        self.rflags = values[17]
+        system = values[18:]
+        self.system = system
+        mmrs = saved.mmr_bytes()
+        known = self._known
+        if known is not None and known[0] == system and known[1] == mmrs:
+            return None
+        guest: dict[int, int] = {}
+        self._system_fields(guest.__setitem__, system, saved.mmr_tuples(), known)
+        self._known = (system, mmrs)
+        return guest
+
+    def _system_fields(
+        self,
+        write: Callable[[int, int], None],
+        system: tuple[int, ...],
+        mmrs: tuple[tuple[int, int, int, int], ...],
+        known: tuple[tuple[int, ...], bytes] | None,
+    ) -> None:
+        cr0, cr3, cr4, dr7, *selectors = system[:10]
+        fs_base, gs_base = system[10:12]
+        write(f.GUEST_CR0, cr0)
+        write(f.GUEST_CR3, cr3)
+        write(f.GUEST_CR4, cr4 | CR4_VMXE)
+        write(f.GUEST_DR7, dr7)
+        write(f.GUEST_FS_BASE, fs_base)
+        write(f.GUEST_GS_BASE, gs_base)
+        gdtr, idtr, ldtr, tr = mmrs
+        write(f.GUEST_GDTR_BASE, gdtr[1])
+        write(f.GUEST_GDTR_LIMIT, gdtr[2])
+        write(f.GUEST_IDTR_BASE, idtr[1])
+        write(f.GUEST_IDTR_LIMIT, idtr[2])
+        save_system_segment(write, "LDTR", ldtr)
+        save_system_segment(write, "TR", tr)
+        efer = cpu_msrs.read_msr(self.engine, _EFER)
+        save_segments(
+            write,
+            guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer),
+            selectors,
+            known[0][4:10] if known else None,
+            gdt_base=gdtr[1],
+            gdt_limit=gdtr[2],
+        )
+
+    def full_state(self) -> dict[int, int]:
+        """Every guest-state field the guest can change without exiting, read afresh."""
+        saved = self.engine.saved
+        values = saved.read()
+        fields: dict[int, int] = {f.GUEST_RFLAGS: values[17]}
+        self._system_fields(fields.__setitem__, values[18:], saved.mmr_tuples(), None)
+        return fields

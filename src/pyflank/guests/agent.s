@@ -1,0 +1,37 @@
+# The guest agent: serves bfm's vmcalls from inside the guest, one loop per vCPU.
+#
+# Each vCPU (RDI = its id at entry) owns a mailbox slot in guest memory (MAILBOX_BASE +
+# id * MAILBOX_SLOT) holding r00-r15 and the DATA buffers, and a pair of ports
+# (MAILBOX_PORT + 2 * id: wait for a request; + 1: post the result).  The VMM service
+# fills the slot and answers the wait; the agent loads the registers, makes the real
+# VMCALL (or the doorbell the VMM advertises), stores the registers back and posts.
+# The service defines MAILBOX_BASE, MAILBOX_SLOT and MAILBOX_PORT before this file.
+
+.include "pyflank.inc"
+
+agent_start:
+    PYFLANK_INIT
+    mov rax, rdi
+    imul rax, rax, MAILBOX_SLOT
+    mov rbp, MAILBOX_BASE
+    add rbp, rax
+    lea rax, [rdi * 2 + MAILBOX_PORT]
+    mov qword ptr [rbp + 0x800], rax
+
+agent_wait:
+    mov rdx, qword ptr [rbp + 0x800]
+    in eax, dx
+    test eax, eax
+    jz agent_stop
+    VMCALL_LOAD_SLOTS rbp
+    call pyflank_vmcall
+    VMCALL_STORE_SLOTS rbp
+    mov rdx, qword ptr [rbp + 0x800]
+    inc edx
+    out dx, eax
+    jmp agent_wait
+
+agent_stop:
+    PYFLANK_HALT
+
+    PYFLANK_RUNTIME

@@ -1,0 +1,156 @@
+"""The exit controls: what an engine implements, and what the current ones make exit.
+
+Each engine states its implemented controls as a table, field -> (flag type, allowed
+bits); ``unsupported_controls`` names every bit outside it, with the engine's reason
+where it has one, plus the requirements every engine shares.  A VMCS that asks for an
+exit the engine cannot produce must never run as if the control were off.
+
+``exit_policy`` reads the control fields once per change and answers the questions an
+exit path asks ("does this OUT exit?") from plain attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntFlag
+from typing import Final
+
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import (
+    PIN_BASED_CONTROLS_DEFAULT1,
+    VM_ENTRY_CONTROLS_DEFAULT1,
+    VM_EXIT_CONTROLS_DEFAULT1,
+)
+from pyflank.intel_x64.controls import PinBasedControls as Pin
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.controls import VmEntryControls as Entry
+from pyflank.intel_x64.controls import VmExitControls as Exit
+from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
+from pyflank.intel_x64.vmcs import Vmcs
+
+SupportedControls = Mapping[int, tuple[type[IntFlag], int]]
+
+# Every control field: a handler writing one may change what exits.
+CONTROL_ENCODINGS: Final = frozenset(
+    e.encoding for e in ALL_FIELDS if e.type is FieldType.CONTROL and not e.is_high
+)
+
+# Rows every engine implements.  Interrupt/NMI exiting never fire (the platform has no
+# interrupt sources); the host-side exit controls describe the host, which is Python.
+PIN_BASED_SUPPORTED = (
+    PIN_BASED_CONTROLS_DEFAULT1
+    | Pin.EXTERNAL_INTERRUPT_EXITING
+    | Pin.NMI_EXITING
+    | Pin.VIRTUAL_NMIS
+)
+VM_EXIT_SUPPORTED = (
+    VM_EXIT_CONTROLS_DEFAULT1
+    | Exit.SAVE_DEBUG_CONTROLS
+    | Exit.HOST_ADDRESS_SPACE_SIZE
+    | Exit.LOAD_IA32_PERF_GLOBAL_CTRL
+    | Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT
+    | Exit.SAVE_IA32_PAT
+    | Exit.LOAD_IA32_PAT
+    | Exit.SAVE_IA32_EFER
+    | Exit.LOAD_IA32_EFER
+)
+VM_ENTRY_SUPPORTED = (
+    VM_ENTRY_CONTROLS_DEFAULT1
+    | Entry.LOAD_DEBUG_CONTROLS
+    | Entry.IA_32E_MODE_GUEST
+    | Entry.LOAD_IA32_PAT
+    | Entry.LOAD_IA32_EFER
+)
+
+
+def flag_names(flag_type: type[IntFlag], bits: int, why: Mapping[int, str] = {}) -> str:
+    names = []
+    for bit in range(64):
+        mask = 1 << bit
+        if not bits & mask:
+            continue
+        try:
+            name = flag_type(mask).name or f"bit {bit}"
+        except ValueError:
+            name = f"reserved bit {bit}"
+        names.append(f"{name} ({why[mask]})" if mask in why else name)
+    return ", ".join(names)
+
+
+def unsupported_controls(
+    vmcs: Vmcs,
+    supported: SupportedControls,
+    why: Mapping[type[IntFlag], Mapping[int, str]] = {},
+) -> list[str]:
+    """Every control bit outside ``supported``, and the shared requirements."""
+    problems = []
+    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    for encoding, (flag_type, allowed) in supported.items():
+        secondary = encoding == f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+        if secondary and not proc & Proc.ACTIVATE_SECONDARY_CONTROLS:
+            continue
+        extra = vmcs.read(encoding) & ~allowed
+        if extra:
+            names = flag_names(flag_type, extra, why.get(flag_type, {}))
+            problems.append(f"{flag_type.__name__}: {names}")
+    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
+        problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
+    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
+        if vmcs.read(mask):
+            problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ExitPolicy:
+    """What the current controls make exit, in the form an exit path tests."""
+
+    hlt: bool
+    rdtsc: bool
+    rdtscp_enabled: bool
+    wbinvd: bool
+    vmfunc_enabled: bool
+    io_unconditional: bool
+    io_bitmaps: tuple[int, int] | None
+    msr_bitmap: int | None
+    exception_bitmap: int
+    pfec_mask: int
+    pfec_match: int
+    cr3_targets: tuple[int, ...]
+    mov_dr: bool
+
+    @property
+    def io_exits(self) -> bool:
+        return self.io_unconditional or self.io_bitmaps is not None
+
+
+def exit_policy(vmcs: Vmcs) -> ExitPolicy:
+    """Summarise the controls of ``vmcs`` (checked against the engine elsewhere)."""
+    read = vmcs.read
+    proc = read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    proc2 = read(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    if not proc & Proc.ACTIVATE_SECONDARY_CONTROLS:
+        proc2 = 0
+    io_bitmaps = None
+    if proc & Proc.USE_IO_BITMAPS:
+        io_bitmaps = (read(f.ADDRESS_OF_IO_BITMAP_A), read(f.ADDRESS_OF_IO_BITMAP_B))
+    return ExitPolicy(
+        hlt=bool(proc & Proc.HLT_EXITING),
+        rdtsc=bool(proc & Proc.RDTSC_EXITING),
+        rdtscp_enabled=bool(proc2 & Proc2.ENABLE_RDTSCP),
+        wbinvd=bool(proc2 & Proc2.WBINVD_EXITING),
+        vmfunc_enabled=bool(proc2 & Proc2.ENABLE_VM_FUNCTIONS),
+        # SDM: with "use I/O bitmaps" on, "unconditional I/O exiting" is ignored.
+        io_unconditional=bool(proc & Proc.UNCONDITIONAL_IO_EXITING) and io_bitmaps is None,
+        io_bitmaps=io_bitmaps,
+        msr_bitmap=read(f.ADDRESS_OF_MSR_BITMAPS) if proc & Proc.USE_MSR_BITMAPS else None,
+        exception_bitmap=read(f.EXCEPTION_BITMAP),
+        pfec_mask=read(f.PAGE_FAULT_ERROR_CODE_MASK),
+        pfec_match=read(f.PAGE_FAULT_ERROR_CODE_MATCH),
+        cr3_targets=tuple(
+            read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
+        ),
+        mov_dr=bool(proc & Proc.MOV_DR_EXITING),
+    )

@@ -1,0 +1,281 @@
+"""The VMX transitions of one vCPU, written once for every engine.
+
+``exit(record)`` is the exit half: the record's registers go to StateSave and its
+exit-information fields and moved guest state to the VMCS (a field keeping its value is
+not stored again: the handler cannot VMWRITE these, so the last values are known), the
+exit is counted and traced, and ``dispatch()`` runs.  The entry half reads the verdict
+(``vmcs.state``: resumed, halted, promoted) and builds the ``EntryPlan``: controls the
+handler changed are checked against the engine and summarised, guest state it changed
+is checked as VM entry checks it (SDM 26.3.1) -- a violation is a VM-entry-failure exit
+to the handler, and a vCPU that keeps failing is given up on -- and an event written to
+the VM-entry interruption-information field is taken for injection.
+
+Bochs is the model: many exit producers (engines), one sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.intel_x64 import checks, exit_reasons
+from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
+from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
+from pyflank.intel_x64.qualifications import InterruptionType
+from pyflank.intel_x64.vmcs import Vmcs, VmcsState
+from pyflank.processor.launch import refused_launch
+from pyflank.processor.policy import CONTROL_ENCODINGS, ExitPolicy, exit_policy
+from pyflank.processor.records import (
+    EXIT_INFORMATION_FIELDS,
+    EntryPlan,
+    Event,
+    ExitInformation,
+    ExitRecord,
+    Stop,
+    StopReason,
+)
+
+MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
+_LAUNCHED = VmcsState.LAUNCHED
+_GUEST_RIP, _GUEST_RSP, _GUEST_RFLAGS = f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS
+_TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
+_ENTRY_FAILURE = int(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE) | VM_ENTRY_FAILURE
+_VALID = 1 << 31
+_SOFTWARE_EVENTS = frozenset(
+    {
+        InterruptionType.SOFTWARE_INTERRUPT,
+        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        InterruptionType.SOFTWARE_EXCEPTION,
+    }
+)
+# Guest-state fields a VM entry checks and loads.  RIP and RSP come from StateSave.
+GUEST_STATE: frozenset[int] = frozenset(
+    e.encoding for e in ALL_FIELDS if e.type is FieldType.GUEST_STATE and not e.is_high
+)
+_CHECKED_GUEST_STATE = GUEST_STATE - {f.GUEST_RIP, f.GUEST_RSP}
+_UNSET_INFO = ExitInformation(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1)
+Unsupported = Callable[[Vmcs], list[str]]
+
+
+class VmxProcessor:
+    """VM exits and entries of ``handler``'s vCPU; ``unsupported`` names the controls the
+    engine cannot honour (empty when it can run them)."""
+
+    __slots__ = (
+        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp",
+        "engine", "exits", "fields", "handler", "state", "trace", "unsupported", "vmcs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        handler: ExitHandlerIntelX64,
+        unsupported: Unsupported,
+        *,
+        engine: str = "engine",
+        trace: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.vmcs = handler.m_vmcs
+        self.state = handler.m_state_save
+        self.unsupported = unsupported
+        self.engine = engine
+        self.exits = 0  # VM exits dispatched to the handler
+        self.trace: list[tuple[int, int]] | None = [] if trace else None
+        self.fields: Mapping[int, int] = self.vmcs.view()
+        self._info = _UNSET_INFO  # what the VMCS holds of the exit-information fields
+        self._rip = self._rsp = self._rflags = -1  # GUEST_RIP, RSP, RFLAGS as last stored
+        self._resume = EntryPlan((), 0)  # the plan of an exit that only resumes
+        self._failures = 0
+        self._reload_all = False  # a failed entry loaded nothing: the next loads it all
+
+    # -- VMLAUNCH ---------------------------------------------------------------------
+    def launch(self) -> EntryPlan | Stop:
+        """The first entry: VMLAUNCH's checks, then the whole guest state is loaded."""
+        refused = refused_launch(self.handler)
+        if refused is not None:
+            return Stop(StopReason.ERROR, refused)
+        vmcs = self.vmcs
+        vmcs.load()
+        vmcs.launch()
+        self._reload_all = True
+        vmcs.dirty.update(CONTROL_ENCODINGS)  # the engine learns every control
+        return self._entry(launch=True)
+
+    # -- VM exit ------------------------------------------------------------------------
+    def exit(self, record: ExitRecord) -> EntryPlan | Stop:
+        """One VM exit: store it, ``dispatch()``, and the next entry (or why not)."""
+        info, regs, rip, rflags, guest, detail = record
+        if info is not self._info:  # (the same object again: the same, ordinary exit)
+            if info[0] == _ENTRY_FAILURE:  # the engine refused the entry: nothing loaded
+                if self._failures >= MAX_ENTRY_FAILURES:
+                    return self._give_up(detail)
+                self._failures += 1
+                self._reload_all = True
+                self.handler.log(f"VM entry failed: {detail}")
+            elif self._failures:
+                self._failures = 0  # the guest ran since
+            if info != self._info:
+                self._store_information(info)
+            if info[0] == _ENTRY_FAILURE:
+                self._info = ExitInformation(*info)  # never "the same object" next time
+        s = self.state
+        (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
+        ) = regs  # fmt: skip
+        s.rip = rip
+        if rflags != self._rflags:
+            self.vmcs.processor_write(_GUEST_RFLAGS, rflags)
+            self._rflags = rflags
+        if rip != self._rip or regs[4] != self._rsp:
+            write = self.vmcs.processor_write
+            write(_GUEST_RIP, rip)
+            write(_GUEST_RSP, regs[4])
+            self._rip, self._rsp = rip, regs[4]
+        if guest:
+            write = self.vmcs.processor_write
+            for encoding, value in guest.items():
+                write(encoding, value)
+        self.exits += 1
+        if self.trace is not None:
+            self.trace.append((info[0] & 0xFFFF, rip))
+        self.handler.dispatch()
+        vmcs = self.vmcs
+        if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
+            plan = self._resume  # consumed by the engine before its next exit: reused
+            plan.regs = (
+                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+            )  # fmt: skip
+            plan.rip = s.rip
+            return plan
+        return self._entry()
+
+    def stopped(self, stop: Stop) -> Stop:
+        """The engine stopped between exits: its last state goes to StateSave and VMCS."""
+        record = stop.state
+        if record is not None:
+            s = self.state
+            (
+                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
+            ) = record.regs  # fmt: skip
+            s.rip = record.rip
+            self._store_flow(s.rip, s.rsp, record.rflags)
+            write = self.vmcs.processor_write
+            for encoding, value in (record.guest or {}).items():
+                write(encoding, value)
+        if stop.reason not in (StopReason.HALTED, StopReason.PROMOTED, StopReason.SHUTDOWN):
+            self.handler.log(f"vcpu stopped ({stop.reason.value}): {stop.message}")
+        return stop
+
+    # -- VM entry -----------------------------------------------------------------------
+    def _entry(self, *, launch: bool = False) -> EntryPlan | Stop:
+        """The entry after the handler ran (the verdict, then what it changed)."""
+        vmcs = self.vmcs
+        self._rip = self._rflags = -1  # the handler may have written them
+        while True:
+            if vmcs.state is not _LAUNCHED:
+                return self._verdict()
+            dirty = vmcs.dirty
+            policy: ExitPolicy | None = None
+            if not dirty.isdisjoint(CONTROL_ENCODINGS):
+                problems = self.unsupported(vmcs)
+                if problems:
+                    why = "; ".join(problems)
+                    return Stop(StopReason.ERROR, f"unsupported on the {self.engine}: {why}")
+                policy = exit_policy(vmcs)
+            changed = _CHECKED_GUEST_STATE if self._reload_all else dirty & _CHECKED_GUEST_STATE
+            if changed:
+                violations = checks.check_guest_state(vmcs, self.handler.m_cpu)
+                if violations:
+                    if self._failures >= MAX_ENTRY_FAILURES:
+                        return self._give_up(str(violations[0]))
+                    self._entry_failure(violations)
+                    continue
+            event = self._event(dirty)
+            dirty.clear()
+            self._reload_all = False
+            s = self.state
+            return EntryPlan(
+                (
+                    s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                    s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+                ),
+                s.rip,
+                frozenset(changed),
+                self.fields,
+                policy,
+                event,
+                launch,
+            )  # fmt: skip
+
+    def _entry_failure(self, violations: list[checks.Violation]) -> None:
+        """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""
+        findings = "; ".join(map(str, violations))
+        self.handler.log(f"VM entry failed: guest state fails the VM-entry checks: {findings}")
+        self._failures += 1
+        self._reload_all = True
+        self.vmcs.dirty.clear()  # what the handler writes now is its fix
+        self._store_information(ExitInformation(_ENTRY_FAILURE))
+        self.exits += 1
+        if self.trace is not None:
+            self.trace.append((_ENTRY_FAILURE & 0xFFFF, self.state.rip))
+        self.handler.dispatch()
+
+    def _event(self, dirty: set[int]) -> Event | None:
+        """The event of the VM-entry interruption-information field, if valid.
+
+        SDM 27.2: VM exits clear the valid bit; it is cleared here, once the event is
+        the engine's to deliver, so the handler never sees it set again.
+        """
+        if f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD not in dirty:
+            return None
+        read = self.vmcs.read
+        info = read(f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD)
+        if not info & _VALID:
+            return None
+        self.vmcs.processor_write(f.VM_ENTRY_INTERRUPTION_INFORMATION_FIELD, info & ~_VALID)
+        kind = InterruptionType((info >> 8) & 7)
+        error = read(f.VM_ENTRY_EXCEPTION_ERROR_CODE) if info >> 11 & 1 else None
+        return_rip = self.state.rip
+        if kind in _SOFTWARE_EVENTS:
+            return_rip += read(f.VM_ENTRY_INSTRUCTION_LENGTH)
+        return Event(info & 0xFF, kind, error, return_rip)
+
+    def _verdict(self) -> Stop:
+        vmcs = self.vmcs
+        reason = vmcs.read(f.VM_EXIT_REASON)
+        what = exit_reasons.description(reason)
+        if vmcs.state is VmcsState.PROMOTED:
+            return Stop(StopReason.PROMOTED, f"promoted at exit: {what}")
+        if vmcs.state is VmcsState.HALTED and reason & 0xFFFF == _TRIPLE_FAULT:
+            # The handler did not resume: the processor shuts down.
+            return Stop(StopReason.SHUTDOWN, "triple fault, not resumed by the handler")
+        return Stop(StopReason.HALTED, f"the exit handler halted the vCPU at: {what}")
+
+    def _give_up(self, why: str) -> Stop:
+        message = f"VM entry kept failing: {why}" if why else "VM entry kept failing"
+        self.handler.log(f"vcpu stopped (error): {message}")
+        return Stop(StopReason.ERROR, message)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _store_information(self, info: ExitInformation) -> None:
+        write = self.vmcs.processor_write
+        for encoding, value, old in zip(EXIT_INFORMATION_FIELDS, info, self._info, strict=True):
+            if value != old:
+                write(encoding, value)
+        self._info = info
+
+    def _store_flow(self, rip: int, rsp: int, rflags: int) -> None:
+        write = self.vmcs.processor_write
+        write(f.GUEST_RIP, rip)
+        write(f.GUEST_RSP, rsp)
+        write(f.GUEST_RFLAGS, rflags)
+        self._rip, self._rsp, self._rflags = rip, rsp, rflags
+
+    def vmcs_written(self) -> None:
+        """Someone else wrote the VMCS (a debugger, a restore): store every field anew."""
+        self._info = _UNSET_INFO
+        self._rip = self._rflags = -1
