@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from emu_helpers import run
 
+from faulty_handlers import Unprintable, raising
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 
@@ -23,19 +24,6 @@ other:
 """
 
 
-class Unprintable(Exception):
-    def __str__(self) -> str:
-        raise ValueError("nope")
-
-
-def raising(exc: BaseException) -> type[ExitHandlerIntelX64]:
-    class Raises(ExitHandlerIntelX64):
-        def handle_rdmsr(self) -> None:
-            raise exc
-
-    return Raises
-
-
 @pytest.mark.parametrize(
     ("exc", "text"),
     [
@@ -46,11 +34,11 @@ def raising(exc: BaseException) -> type[ExitHandlerIntelX64]:
     ],
 )
 def test_handler_exception_is_the_stop_reason(exc: BaseException, text: str) -> None:
-    _, results = run(PROGRAM, raising(exc), vcpus=2)
+    _, results = run(PROGRAM, raising(exc, "handle_rdmsr"), vcpus=2)
     first, second = results
     assert first.reason is StopReason.HANDLER_ERROR, first.message
     assert text in first.message
-    assert "in handle_rdmsr (test_handler_errors.py:" in first.message
+    assert "in fail (faulty_handlers.py:" in first.message  # the frame that raised
     assert "on exit 31 (rdmsr)" in first.message
     assert first.state.r12 == 0  # the guest never went past the RDMSR
     assert text in first.debug_ring

@@ -5,24 +5,12 @@ from collections.abc import Callable
 
 import pytest
 
+from faulty_handlers import Unprintable, raising
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.exit_handler.fault import handler_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.vmcs import VmcsState
 from pyflank.testing import HARNESS_RIP, ExitHarness
-
-
-class UnprintableError(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("__str__ is broken too")
-
-
-def raising(exc: BaseException) -> type[ExitHandlerIntelX64]:
-    class Raises(ExitHandlerIntelX64):
-        def handle_cpuid(self) -> None:
-            raise exc
-
-    return Raises
 
 
 @pytest.mark.parametrize(
@@ -32,7 +20,7 @@ def raising(exc: BaseException) -> type[ExitHandlerIntelX64]:
         (SystemExit(3), "SystemExit: 3"),
         (GeneratorExit(), "GeneratorExit"),
         (RecursionError("deep"), "RecursionError: deep"),
-        (UnprintableError(), "UnprintableError: <__str__ raised>"),
+        (Unprintable(), "Unprintable: <__str__ raised>"),
         (ValueError("x" * 10_000), "ValueError: xxx"),
     ],
 )
@@ -83,13 +71,13 @@ def test_a_handler_without_its_debug_ring_still_halts(
     class RingGone(ExitHandlerIntelX64):
         def handle_cpuid(self) -> None:
             break_ring(self)
-            raise UnprintableError
+            raise Unprintable
 
     h = ExitHarness(RingGone)
     h.exit(ExitReason.CPUID, length=2)
     assert h.vmcs.state is VmcsState.HALTED
     fault = handler_fault(h.handler)
-    assert fault is not None and "UnprintableError" in fault.describe()
+    assert fault is not None and "Unprintable" in fault.describe()
 
 
 def test_a_broken_halt_still_halts() -> None:

@@ -148,6 +148,8 @@ def run_program(
         except KeyboardInterrupt:  # the vCPUs are stopped: report what they did
             interrupted = True
             results = [v.result for v in vm.vcpus if v.result is not None]
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the VM could not start
+            raise CommandError(f"the VM could not run: {type(exc).__name__}: {exc}") from None
         elapsed = time.monotonic() - started
     vcpus = f"{request.vcpus} vCPU{'s' if request.vcpus > 1 else ''}"
     say(f"bfm run: {loaded} on {choice.name}, {vcpus}, {request.memory >> 20} MiB: "

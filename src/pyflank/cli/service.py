@@ -99,13 +99,17 @@ class VmmService:
         self.stopped = threading.Event()
         self.record = ServiceRecord.of_this_process()
         self._stops: dict[int, VcpuResult] = {}
+        self._failure = ""  # why the VM as a whole could not run, if it could not
         self._vm_thread = threading.Thread(target=self._run_vm, name="vm", daemon=True)
 
     def _run_vm(self) -> None:
         try:
             self.vm.run(timeout=None, on_stop=self._vcpu_stopped)
+        except BaseException as exc:  # noqa: BLE001 - the VM could not run: say so, serve on
+            log.error("the VM could not run: %s: %s", type(exc).__name__, exc)
+            self._failure = f"the VM could not run: {type(exc).__name__}: {exc}"
         finally:
-            self.mailbox.stop("the VM has stopped")  # nobody is left to answer a request
+            self.mailbox.stop(self._failure or "the VM has stopped")  # nobody will answer
 
     def _vcpu_stopped(self, result: VcpuResult) -> None:
         self._stops[result.vcpuid] = result
@@ -117,7 +121,10 @@ class VmmService:
         states: list[dict[str, Any]] = []
         for vcpu in self.vm.vcpus:
             result = self._stops.get(vcpu.vcpuid)
-            if result is None:
+            if result is None and self._failure:
+                states.append({"vcpuid": vcpu.vcpuid, "state": "stopped", "reason": "error",
+                               "message": self._failure})  # fmt: skip
+            elif result is None:
                 states.append({"vcpuid": vcpu.vcpuid, "state": "running"})
             else:
                 stop = {"reason": result.reason.value, "message": result.message}

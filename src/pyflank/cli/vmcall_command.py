@@ -45,26 +45,26 @@ Printer = Callable[[dict[str, Any]], str]
 _VERSIONS = SIGNATURES[VmcallOpcode.VERSIONS]
 
 
+def _u64(text: str, base: int, malformed: str, out_of_range: str) -> int:
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise UsageError(malformed) from None
+    if not 0 <= value < 1 << 64:
+        raise UsageError(out_of_range)
+    return value
+
+
 def number(text: str, option: str = "") -> int:
     """A non-negative integer below 2**64 (decimal, 0x hex, 0o, 0b)."""
     where = f"{option}: " if option else ""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise UsageError(f"{where}not a number: {text!r}") from None
-    if not 0 <= value < 1 << 64:
-        raise UsageError(f"{where}out of range (0 to 2**64 - 1): {text}")
-    return value
+    return _u64(
+        text, 0, f"{where}not a number: {text!r}", f"{where}out of range (0 to 2**64 - 1): {text}"
+    )
 
 
 def _hex(text: str) -> int:
-    try:
-        value = int(text, 16)
-    except ValueError:
-        raise UsageError(f"malformed hex value: {text!r}") from None
-    if not 0 <= value < 1 << 64:
-        raise UsageError(f"hex value out of range: {text!r}")
-    return value
+    return _u64(text, 16, f"malformed hex value: {text!r}", f"hex value out of range: {text!r}")
 
 
 def request(args: list[str]) -> tuple[dict[str, Any], Printer]:
