@@ -93,12 +93,18 @@ def fuzz_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _fuzz_command_line(root: Path, capsys: pytest.CaptureFixture[str], examples: int) -> None:
+    tried = 0
+
     @settings(FUZZ, max_examples=examples)
     @given(argv=_argv(root))
     def check(argv: list[str]) -> None:
+        nonlocal tried
+        tried += 1
         _check_command_line(argv, capsys)
 
     check()
+    with capsys.disabled():
+        print(f"\nfuzz: {tried} command lines tried, none failed")
 
 
 def test_fuzz_the_command_line(fuzz_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,23 +181,29 @@ def _exchange(bfm: Bfm, line: bytes) -> dict[str, object]:
     return reply
 
 
-def _fuzz_socket(bfm: Bfm, examples: int) -> None:
+def _fuzz_socket(bfm: Bfm, examples: int, capsys: pytest.CaptureFixture[str]) -> None:
+    tried = 0
+
     @settings(FUZZ, max_examples=examples)
     @given(line=LINES)
     def check(line: bytes) -> None:
+        nonlocal tried
+        tried += 1
         _exchange(bfm, line)
 
     check()
+    with capsys.disabled():
+        print(f"\nfuzz: {tried} service messages tried, none failed")
     assert bfm("status").out == "VMM_RUNNING"
     assert bfm("vmcall", "string", "unformatted", "still here").out == (
         "received from vmm: still here"
     )
 
 
-def test_fuzz_the_service_socket(service: Bfm) -> None:
-    _fuzz_socket(service, SHORT)
+def test_fuzz_the_service_socket(service: Bfm, capsys: pytest.CaptureFixture[str]) -> None:
+    _fuzz_socket(service, SHORT, capsys)
 
 
 @pytest.mark.slow
-def test_fuzz_the_service_socket_long(service: Bfm) -> None:
-    _fuzz_socket(service, LONG)
+def test_fuzz_the_service_socket_long(service: Bfm, capsys: pytest.CaptureFixture[str]) -> None:
+    _fuzz_socket(service, LONG, capsys)
