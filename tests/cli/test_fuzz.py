@@ -12,8 +12,9 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bfm_helpers import Bfm
@@ -92,19 +93,33 @@ def fuzz_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make(tmp_path / "odd")
 
 
-def _fuzz_command_line(root: Path, capsys: pytest.CaptureFixture[str], examples: int) -> None:
+def fuzz(
+    inputs: st.SearchStrategy[Any],
+    check_one: Callable[[Any], None],
+    examples: int,
+    what: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``check_one`` on ``examples`` inputs drawn from ``inputs``; says how many it tried."""
     tried = 0
 
     @settings(FUZZ, max_examples=examples)
-    @given(argv=_argv(root))
-    def check(argv: list[str]) -> None:
+    @given(inputs)
+    def check(value: Any) -> None:
         nonlocal tried
         tried += 1
-        _check_command_line(argv, capsys)
+        check_one(value)
 
     check()
     with capsys.disabled():
-        print(f"\nfuzz: {tried} command lines tried, none failed")
+        print(f"\nfuzz: {tried} {what} tried, none failed")
+
+
+def _fuzz_command_line(root: Path, capsys: pytest.CaptureFixture[str], examples: int) -> None:
+    def one(argv: list[str]) -> None:
+        _check_command_line(argv, capsys)
+
+    fuzz(_argv(root), one, examples, "command lines", capsys)
 
 
 def test_fuzz_the_command_line(fuzz_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,18 +197,7 @@ def _exchange(bfm: Bfm, line: bytes) -> dict[str, object]:
 
 
 def _fuzz_socket(bfm: Bfm, examples: int, capsys: pytest.CaptureFixture[str]) -> None:
-    tried = 0
-
-    @settings(FUZZ, max_examples=examples)
-    @given(line=LINES)
-    def check(line: bytes) -> None:
-        nonlocal tried
-        tried += 1
-        _exchange(bfm, line)
-
-    check()
-    with capsys.disabled():
-        print(f"\nfuzz: {tried} service messages tried, none failed")
+    fuzz(LINES, lambda line: _exchange(bfm, line), examples, "service messages", capsys)
     assert bfm("status").out == "VMM_RUNNING"
     assert bfm("vmcall", "string", "unformatted", "still here").out == (
         "received from vmm: still here"
