@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench bench-reference docs lint clean venv linux-assets
+.PHONY: run test soak bench bench-reference docs picture lint clean venv linux-assets
 
 venv: $(STAMP)
 
@@ -37,11 +37,17 @@ bench-reference: $(STAMP)
 DOCS_OUT     ?= build/docs
 DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank.abi \
                 pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
-                pyflank.platform pyflank.backends pyflank.cli
+                pyflank.platform pyflank.backends pyflank.cli pyflank.observe \
+                pyflank.observe.format pyflank.observe.plot
 
 docs: $(STAMP)
 	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)
 	@echo "API reference: $(DOCS_OUT)/index.html"
+
+# The README's picture of a run's exits (pyflank.observe.plot), from examples/observe_run.py.
+picture: $(STAMP)
+	$(BIN)/python examples/observe_run.py build/observe
+	cp build/observe/exits.png docs/exits.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks

@@ -32,7 +32,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,10 @@ from pyflank.backends.base import (
 from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.exit_handler.fault import capture, handler_fault
+from pyflank.exit_handler.state_save import GENERAL_REGISTERS
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
+from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
 from pyflank.platform.assemble import assemble
@@ -57,16 +60,25 @@ from pyflank.platform.boot import (
     identity_page_tables,
     write_descriptor_tables,
 )
-from pyflank.platform.bus import PortBus
+from pyflank.platform.devices.bus import PortBus
+from pyflank.platform.devices.clock import VirtualClock
+from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
+from pyflank.platform.devices.uart import Uart16550
+from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage
+from pyflank.platform.linux.cmdline import compose
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
-from pyflank.platform.serial import Serial16550
-from pyflank.processor import EntryPlan, ExitRecord, Stop, VmxProcessor
+from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
+from pyflank.processor.machine import Machine
+from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
+from pyflank.processor.time import TSC_HZ
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
 log = logging.getLogger("pyflank")
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
+LINUX_MEMORY_SIZE = 256 * 1024 * 1024
+RTC_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z: the RTC of a PC Vm, for repeatable runs
 STOP_PATIENCE = 5.0  # seconds an interrupted run waits for its vCPUs to stop
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
 BackendFactory = Callable[[GuestPhysicalMemory, PortIo], Backend]
@@ -108,6 +120,8 @@ def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
             step = decide(happened)
         elif isinstance(happened, Stop):
             return processor.stopped(happened)
+        elif isinstance(happened, Pause):
+            step = processor.pause(happened)
         else:
             step = happened
     return step
@@ -128,6 +142,8 @@ class Vcpu:
         """Its guest registers (RIP, RSP, RDI set at boot)."""
         self.debug_ring: DebugRing = handler.m_debug_ring
         """Its handler's log."""
+        self.backend = vm.backend.name
+        """The backend's name ("emu", "kvm", ...)."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
@@ -142,7 +158,20 @@ class Vcpu:
         """Set when its thread is done with the engine (``result`` is then final)."""
         self._thread: threading.Thread | None = None
 
-    def _attach(self, backend: Backend, *, trace: bool) -> None:
+    def count_instructions(self) -> Callable[[], int] | None:
+        """Start counting guest instructions (observers ask, before the run); a reader of
+        the count, or None where the engine cannot count them."""
+        assert self.engine is not None, "the engine exists while the Vm runs"
+        return self.engine.count_instructions()
+
+    def _attach(
+        self,
+        backend: Backend,
+        *,
+        trace: bool,
+        machine: Machine | None = None,
+        observers: Sequence[VmObserver] = (),
+    ) -> None:
         """Make this vCPU's engine and processor (after the guest is loaded)."""
         engine = self.engine = backend.create_vcpu(self.vcpuid)
         if engine.cpu is not None:
@@ -150,9 +179,22 @@ class Vcpu:
         leaves = engine.cpuid_leaves()
         if leaves is not None:
             engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
+        watching = [w for w in (o.attach(self) for o in observers) if w is not None]
         self.processor = VmxProcessor(
-            self.handler, backend.unsupported, engine=f"{backend.name} backend", trace=trace
+            self.handler,
+            backend.unsupported,
+            engine=f"{backend.name} backend",
+            trace=trace,
+            machine=machine,
+            observer=compose_observers(watching),
         )
+
+    def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
+        """Ask the running vCPU to stop (any thread): its engine, and a halted processor."""
+        if self.engine is not None:
+            self.engine.request_stop(reason)
+        if self.processor is not None:
+            self.processor.request_stop(reason)
 
     def start(self, on_stop: StopCallback | None) -> None:
         """Run on a thread of its own; ``finished`` is set when it is done."""
@@ -185,6 +227,11 @@ class Vcpu:
         except BaseException as exc:  # an engine failure stops this vCPU only
             log.exception("vCPU %d failed", self.vcpuid)
             stop = Stop(StopReason.ERROR, f"the engine raised {capture(exc).exception}")
+        if processor.observer is not None:
+            try:
+                processor.observer.stopped(stop)
+            except Exception:  # an observer's failure loses no result
+                log.exception("vCPU %d: an observer failed at the stop", self.vcpuid)
         reason, message = stop.reason, stop.message
         fault = handler_fault(self.handler)
         if fault is not None:  # dispatch() halted the vCPU: say why, not just "halted"
@@ -202,7 +249,14 @@ class Vcpu:
 
 
 class Vm:
-    """Guest RAM, COM1, boot state, and ``vcpus`` vCPUs each with its own exit handler."""
+    """Guest RAM, a platform, boot state, and ``vcpus`` vCPUs each with its own exit handler.
+
+    ``platform``: "minimal" (COM1 without interrupts: what short guest programs need) or
+    "pc" (the legacy PC Linux runs on: 8259 pair, 8254, CMOS, i8042, COM1 with interrupts,
+    all on virtual time).  ``serial`` is COM1 (``serial_output``; ``serial.feed`` gives it
+    input); ``bus`` the port bus (``insert`` a device at a port range before the run);
+    ``console`` receives each byte COM1 sends, as it sends it.
+    """
 
     def __init__(
         self,
@@ -213,19 +267,35 @@ class Vm:
         backend: str | BackendFactory = "emu",
         layout: BootLayout | None = None,
         trace: bool = False,
+        observers: Sequence[VmObserver] = (),
+        platform: str = "minimal",
+        console: Callable[[int], None] | None = None,
+        _setup: bool = True,
     ) -> None:
         self.layout = layout or BootLayout()
         """Where the boot structures, stacks and program live in guest-physical memory."""
         self.trace = trace
+        self.observers = checked_observers(observers)
+        """What watches the run's exits (``pyflank.observe``: statistics, traces, breaks)."""
         self.memory = GuestPhysicalMemory(memory_size)
         """Guest RAM, shared by every vCPU (and readable after the run)."""
         write_descriptor_tables(self.memory, self.layout, vcpus)
         self.page_tables: PageTableBuilder = identity_page_tables(self.memory, self.layout)
         """The guest's page tables (all of RAM identity-mapped); ``map`` adds mappings."""
-        self.serial = Serial16550()
-        """COM1."""
-        self.bus = PortBus(self.serial)  # devices attached later are on it too
-        """The port I/O bus; ``attach`` a device before the run."""
+        self.platform: PcPlatform | None = None
+        """The PC platform (``platform="pc"``): 8259 pair, 8254, CMOS, i8042, COM1 with
+        interrupts, on virtual time; None for the minimal one (COM1, no interrupts)."""
+        if platform == "pc":
+            config = PcConfig(memory_size=memory_size, rtc_start=RTC_EPOCH)
+            self.platform = PcPlatform(VirtualClock(), config, console=console)
+            self.serial: Uart16550 = self.platform.com1
+            self.bus: PortBus = self.platform.io
+        elif platform == "minimal":
+            self.serial = Uart16550(sink=console)
+            self.bus = PortBus()
+            self.bus.insert(self.serial, *PC_PORTS["com1"], "com1")
+        else:
+            raise ValueError(f"platform {platform!r}: choose 'minimal' or 'pc'")
         if isinstance(backend, str):
             self.backend: Backend = open_backend(backend, self.memory, self.bus)
         else:
@@ -247,11 +317,65 @@ class Vm:
             vcpu.state.rsp = self.layout.stack_top(vcpu.vcpuid)
             vcpu.state.rdi = vcpu.vcpuid
         self.set_entry(self.layout.load_address)
+        self.linux: LinuxBoot | None = None
+        """What ``boot_linux`` put where (kernel, initrd, command line, zero page)."""
+        self._ran = False
+        self._started: list[Vcpu] = []
+        if _setup:
+            self._setup()
+
+    def _setup(self) -> None:
         for vcpu in self.vcpus:  # the extension chooses its exits, on the boot state
             vcpu.handler.setup(vcpu.vmcs)
             self._check_controls(vcpu, f"{type(vcpu.handler).__name__}.setup asks for ")
-        self._ran = False
-        self._started: list[Vcpu] = []
+
+    @classmethod
+    def boot_linux(
+        cls,
+        kernel: bytes | str | Path,
+        *,
+        initrd: bytes | str | Path | None = None,
+        append: str = "console=ttyS0",
+        handler: HandlerFactory = ExitHandlerIntelX64,
+        memory_size: int = LINUX_MEMORY_SIZE,
+        backend: str | BackendFactory = "emu",
+        trace: bool = False,
+        console: Callable[[int], None] | None = None,
+    ) -> Vm:
+        """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
+
+        ``append`` is the command line as QEMU takes it; the platform adds what its
+        hardware needs (``platform.linux.cmdline``: no ACPI, APICs or PCI, the TSC rate).
+        The one vCPU starts at the 64-bit entry with RSI at the zero page.  ``console``
+        receives COM1's output as it is sent; ``serial.feed`` types into the guest.
+        """
+        vm = cls(
+            handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
+            console=console, _setup=False,
+        )  # fmt: skip
+        boot = load_bzimage(
+            vm.memory,
+            _read(kernel),
+            cmdline=compose(append, tsc_khz=TSC_HZ // 1000),
+            initrd=None if initrd is None else _read(initrd),
+        )
+        vcpu = vm.vcpus[0]
+        for encoding, value in boot.entry.vmcs_fields().items():
+            vcpu.vmcs.write(encoding, value)
+        state = vcpu.state
+        state.update({name: 0 for name in GENERAL_REGISTERS} | dict(boot.entry.registers))
+        state.rip, state.rsp = boot.entry.rip, boot.entry.rsp
+        # Linux reads the clock with RDTSCP once its alternatives are patched in.
+        secondary = f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+        wanted = vcpu.vmcs.read(secondary) | Proc2.ENABLE_RDTSCP
+        primary = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+        vcpu.vmcs.write(primary, vcpu.vmcs.read(primary) | Proc.ACTIVATE_SECONDARY_CONTROLS)
+        vcpu.vmcs.write(secondary, wanted)
+        if vm.backend.unsupported(vcpu.vmcs):  # an engine that cannot: RDTSCP follows it
+            vcpu.vmcs.write(secondary, wanted & ~Proc2.ENABLE_RDTSCP)
+        vm.linux = boot
+        vm._setup()
+        return vm
 
     # -- loading ------------------------------------------------------------------------
     def set_entry(self, rip: int) -> None:
@@ -342,8 +466,9 @@ class Vm:
                 log.error("vCPU threads did not stop: the backend stays allocated")
 
     def _run(self, timeout: float | None, on_stop: StopCallback | None) -> list[VcpuResult]:
-        for vcpu in self.vcpus:
-            vcpu._attach(self.backend, trace=self.trace)
+        for vcpu in self.vcpus:  # without local APICs only the boot vCPU takes interrupts
+            machine = self.platform if vcpu.vcpuid == 0 else None
+            vcpu._attach(self.backend, trace=self.trace, machine=machine, observers=self.observers)
         try:
             for vcpu in self.vcpus:
                 vcpu.start(on_stop)
@@ -356,6 +481,11 @@ class Vm:
             # An exception or Ctrl-C while waiting: the vCPUs must still stop before the
             # engines go.  Bounded, so a vCPU blocked in a device cannot hang the caller.
             self._stop_vcpus(StopReason.STOPPED, patience=STOP_PATIENCE)
+        for observer in self.observers:
+            try:
+                observer.finished()
+            except Exception:  # an observer's failure loses no result
+                log.exception("an observer failed at the end of the run")
         return [vcpu.result or _lost_result(vcpu) for vcpu in self.vcpus]
 
     def _stop_vcpus(self, reason: StopReason, patience: float | None = None) -> None:
@@ -371,8 +501,7 @@ class Vm:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 try:
-                    if vcpu.engine is not None:
-                        vcpu.engine.request_stop(reason)
+                    vcpu.request_stop(reason)
                     vcpu.finished.wait(0.01)
                 except KeyboardInterrupt:
                     if deadline is None:
@@ -416,3 +545,7 @@ def _stop_stranded() -> None:
 
 _STRANDED: list[Vm] = []
 atexit.register(_stop_stranded)
+
+
+def _read(source: bytes | str | Path) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pyflank import testing, vmm
+from pyflank import observe, testing, vmm
 from pyflank.exit_handler import debug_ring, exit_handler_intel_x64, state_save
+from pyflank.observe import base, breaks, plot, replay, statistics, trace, tracefile
+from pyflank.processor import observer
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTED = (
@@ -23,7 +25,21 @@ DOCUMENTED = (
     testing.ExitHarness,
     state_save.StateSave,
     debug_ring.DebugRing,
+    observe.ExitStatistics,
+    observe.ReasonStatistics,
+    observe.ExitTrace,
+    observe.BreakOnExit,
+    observe.BreakHit,
+    observe.Trace,
+    observe.TracedExit,
+    observe.ReplayResult,
+    observe.Divergence,
+    observe.Observer,
+    observer.VcpuObserver,
+    observer.VmObserver,
+    observer.ObservedVcpu,
 )
+OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay, base, plot)
 
 
 def _undocumented() -> list[str]:
@@ -33,7 +49,7 @@ def _undocumented() -> list[str]:
             function = member.fget if isinstance(member, property) else member
             if not name.startswith("_") and callable(function) and not function.__doc__:
                 missing.append(f"{cls.__qualname__}.{name}")
-    for module in (vmm, testing, exit_handler_intel_x64):
+    for module in (vmm, testing, exit_handler_intel_x64, *OBSERVE_MODULES):
         for name, member in vars(module).items():
             ours = getattr(member, "__module__", "") == module.__name__
             kind = inspect.isfunction(member) or inspect.isclass(member)

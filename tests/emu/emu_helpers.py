@@ -142,6 +142,27 @@ class Recorder(ExitHandlerIntelX64):
         super().dispatch()
 
 
+# set_gate: IDT entry ECX (of ``idt``) -> a 64-bit gate to RAX in the boot code segment,
+# EDX its type/DPL/P byte, R8D its IST index.  Clobbers RAX, RCX, RDI.
+SET_GATE = """
+set_gate:
+    lea rdi, [rip + idt]
+    shl rcx, 4
+    add rdi, rcx
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x08
+    mov byte ptr [rdi + 4], r8b
+    mov byte ptr [rdi + 5], dl
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    ret
+"""
+INTERRUPT_GATE = 0x8E  # present, DPL 0, 64-bit interrupt gate
+
+
 def idt_source(vectors: int = 32) -> str:
     """``setup_idt`` (call it first) and handlers that record the event and halt:
     R12 = vector, R14 = error code (or -1), R15 = the saved RIP, R13 = saved CS."""
@@ -150,7 +171,8 @@ def idt_source(vectors: int = 32) -> str:
         pop = "pop r14" if vector in ERROR_CODE_VECTORS else "mov r14, -1"
         stubs.append(f"vector_{vector}:\n    mov r12, {vector}\n    {pop}\n    jmp idt_common\n")
     gates = "\n".join(
-        f"    lea rax, [rip + vector_{v}]\n    mov rcx, {v}\n    call set_gate"
+        f"    lea rax, [rip + vector_{v}]\n    mov rcx, {v}\n    mov edx, {INTERRUPT_GATE}\n"
+        "    xor r8d, r8d\n    call set_gate"
         for v in range(vectors)
     )
     return f"""
@@ -161,20 +183,7 @@ setup_idt:
     mov [rax + 2], rdi
     lidt [rax]
     ret
-set_gate:
-    lea rdi, [rip + idt]
-    shl rcx, 4
-    add rdi, rcx
-    mov word ptr [rdi], ax
-    mov word ptr [rdi + 2], 0x08
-    mov byte ptr [rdi + 4], 0
-    mov byte ptr [rdi + 5], 0x8E
-    mov rdx, rax
-    shr rdx, 16
-    mov word ptr [rdi + 6], dx
-    shr rdx, 16
-    mov dword ptr [rdi + 8], edx
-    ret
+{SET_GATE}
 {"".join(stubs)}
 idt_common:
     mov r15, [rsp]
@@ -195,8 +204,10 @@ def with_idt(body: str, vectors: int = 32) -> str:
 
 
 __all__ = [
+    "INTERRUPT_GATE",
     "RUNTIME",
     "SDK",
+    "SET_GATE",
     "ExitRecord",
     "Proc",
     "Proc2",

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
+import pytest
 from emu_helpers import Recorder, kvm_gap, run1, with_idt
+from small_kernel import kernel_source, user_pages
 
 from pyflank.backends.base import StopReason
+from pyflank.backends.emu.register_probe import FORCE_API
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import InterruptionInformation, InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.processor.delivery import PF_FETCH, PF_PRESENT, PF_USER
+from pyflank.vmm import Vm
 
 UNMAPPED = 0x70_0000_0000  # beyond the identity map
+SUPERVISOR_PAGE = 0x600000
 
 
 def _bitmap(bits: int, mask: int = 0, match: int = 0) -> Callable[[Vmcs], None]:
@@ -106,3 +113,33 @@ def test_a_fault_during_delivery_with_its_bit_set_exits_with_idt_vectoring() -> 
     assert (original.vector, original.type, original.valid) == (
         3, InterruptionType.SOFTWARE_EXCEPTION, True,
     )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.environ.get(FORCE_API) == "api", reason="through unicorn's API: no error codes but #PF's"
+)
+def test_general_protection_pushes_the_selector_as_its_error_code() -> None:
+    # A selector beyond the GDT limit: #GP(selector).
+    _, result = run1(with_idt("    mov eax, 0x1238\n mov ds, eax\n hlt"))
+    assert (result.state.r12, result.state.r14) == (13, 0x1238)
+
+
+def test_a_user_mode_page_fault_reports_user_and_fetch() -> None:
+    kvm_gap("emulator")  # IRETQ to ring 3
+    # Ring 3 jumps to a supervisor page: #PF(P, U, I/D), CR2 = the target.
+    source = kernel_source(
+        "    jmp enter_user\n",
+        user=f"    mov rax, {SUPERVISOR_PAGE:#x}\n    jmp rax\n",
+        gates={14: ("on_pf", 0, 0)},
+        extra="on_pf:\n    pop r14\n    mov r11, cr2\n    hlt\n",
+    )
+
+    def setup(vm: Vm) -> None:
+        user_pages(vm)
+        vm.page_tables.protect(SUPERVISOR_PAGE, 0x200000, writable=True, user=False)
+
+    _, result = run1(source, setup=setup)
+    assert (result.state.r14, result.state.r11) == (
+        PF_PRESENT | PF_USER | PF_FETCH,
+        SUPERVISOR_PAGE,
+    )

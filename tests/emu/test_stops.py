@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from emu_helpers import Proc, Recorder, controls, kvm_gap, run1
 
 from pyflank.backends.base import StopReason
+from pyflank.backends.emu import stop_gate
 from pyflank.intel_x64.exit_reasons import ExitReason
 
 
@@ -93,3 +95,42 @@ def test_jmp_self_times_out() -> None:
     _, result = run1("here: jmp here", timeout=0.2)
     assert result.reason is StopReason.TIMEOUT
     assert result.state.rip == 0x100000
+
+
+# A read-modify-write of memory, then of a register: stopped between two instructions,
+# the memory counter is the register counter (+1 between the two increments).
+_RMW_LOOP = """
+    lea rbx, [rip + counter]
+    xor r8, r8
+spin:
+    inc qword ptr [rbx]
+    inc r8
+    jmp spin
+.balign 4096
+counter: .quad 0
+"""
+_SPIN, _AFTER_MEMORY, _JMP = 0x10000A, 0x10000D, 0x100010
+
+
+def _stops_are_exact(attempts: int) -> None:
+    for attempt in range(attempts):
+        vm, result = run1(_RMW_LOOP, timeout=0.004 + attempt % 5 * 0.003)
+        s = result.state
+        assert result.reason is StopReason.TIMEOUT
+        counter = vm.memory.read_u64(0x101000)
+        assert s.rip in (_SPIN, _AFTER_MEMORY, _JMP), hex(s.rip)
+        ahead = 1 if s.rip == _AFTER_MEMORY else 0
+        assert counter == s.r08 + ahead, f"stop {attempt}: RIP {s.rip:#x}, {counter} vs {s.r08}"
+
+
+def test_timeout_stops_are_exact() -> None:
+    _stops_are_exact(30)
+
+
+@pytest.mark.parametrize("backend", ["emu"], indirect=True)
+def test_timeout_stops_are_exact_with_the_ctypes_stop_hook(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where no native hook can be built (another host ABI, no executable page).
+    monkeypatch.setattr(stop_gate, "native_hook", lambda: None)
+    _stops_are_exact(5)

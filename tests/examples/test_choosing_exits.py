@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from test_examples import example
 
+from counting import CountingExits
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
@@ -33,18 +34,6 @@ class AsksForRdtscExits(ExitHandlerIntelX64):
 def test_a_control_the_backend_cannot_honour_is_refused_at_setup(backend: str) -> None:
     with pytest.raises(ValueError, match=rf"AsksForRdtscExits.setup asks for .*{backend} backend"):
         Vm(AsksForRdtscExits, backend=backend)
-
-
-class CountingExits(ExitHandlerIntelX64):
-    """Bareflank's cpuid-count example, ported the obvious way: count in handle_exit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[int, int] = {}
-
-    def handle_exit(self, reason: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        super().handle_exit(reason)
 
 
 COUNTED = """

@@ -99,3 +99,13 @@ def test_json_commands() -> None:
     assert result.reason is StopReason.GUEST_HLT
     assert s.rdx == BF_VMCALL_SUCCESS
     assert vm.memory.read(s.r11, s.r12) == b'{"result":42}'
+
+
+def test_observe_run(tmp_path: Path, capsys: object) -> None:
+    observe = example("observe_run")
+    observe.main(tmp_path)
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.startswith("halted: 2318 exits")
+    assert "replayed 2318 exits: every decision matches the recording" in out
+    assert (tmp_path / "exits.png").read_bytes().startswith(b"\x89PNG")
+    assert len((tmp_path / "exits.jsonl").read_text().splitlines()) == 2318 + 3

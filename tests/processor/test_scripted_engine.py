@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from counting import CountingExits
 from pyflank.abi import (
     BF_VMCALL_SUCCESS,
     VMCALL_MAGIC_NUMBER,
@@ -16,7 +17,6 @@ from pyflank.abi import (
     hypervisor_leaves,
 )
 from pyflank.backends.base import PortIo
-from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.vmcs import Vmcs
@@ -65,6 +65,9 @@ class ScriptedEngine:
             return Stop(StopReason.GUEST_HLT, "the script ended")
         return self.script.pop(0)(plan.regs, plan.rip)
 
+    def count_instructions(self) -> None:
+        return None  # a script has no instructions
+
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         self.script.clear()
 
@@ -95,18 +98,6 @@ class ScriptedBackend:
         pass
 
 
-class Counting(ExitHandlerIntelX64):
-    """Bareflank's exit-counting example, the obvious way."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[int, int] = {}
-
-    def handle_exit(self, reason: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        super().handle_exit(reason)
-
-
 def test_a_handler_runs_through_vm_on_a_scripted_engine() -> None:
     class Backend(ScriptedBackend):
         script = [
@@ -118,7 +109,7 @@ def test_a_handler_runs_through_vm_on_a_scripted_engine() -> None:
             ),
         ]
 
-    vm = Vm(Counting, backend=Backend)
+    vm = Vm(CountingExits, backend=Backend)
     [result] = vm.run(timeout=5)
     assert result.reason is StopReason.GUEST_HLT, result.message
     assert result.exits == 3
@@ -133,5 +124,5 @@ def test_a_handler_runs_through_vm_on_a_scripted_engine() -> None:
     assert vmcall[0][SDM_ORDER.index("rdx")] == BF_VMCALL_SUCCESS  # the status
     assert vmcall[0][SDM_ORDER.index("rbx")] == VMCALL_VERSION  # r03: the protocol version
     assert vmcall[1] == start + 7
-    assert isinstance(handler, Counting)
+    assert isinstance(handler, CountingExits)
     assert handler.counts == {ExitReason.CPUID: 1, ExitReason.RDMSR: 1, ExitReason.VMCALL: 1}

@@ -19,7 +19,7 @@ from pyflank.processor.records import StopReason
 if TYPE_CHECKING:
     from pyflank.intel_x64.cpu import CpuidRegisters, PhysicalCpu
     from pyflank.intel_x64.vmcs import Vmcs
-    from pyflank.processor import EntryPlan, ExitRecord, Stop
+    from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop
 
 __all__ = [
     "Backend",
@@ -59,7 +59,9 @@ class VcpuEngine(Protocol):
 
     def cpuid_leaves(self) -> Iterable[tuple[int, int]] | None: ...  # None: CPUID exits
     def set_cpuid(self, answers: dict[tuple[int, int], CpuidRegisters | None]) -> None: ...
-    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop: ...
+    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop | Pause: ...
+    # Before the run: count guest instructions from now on; the count's reader, or None.
+    def count_instructions(self) -> Callable[[], int] | None: ...
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None: ...
     def close(self) -> None: ...
 

@@ -194,11 +194,15 @@ class ModelCpu:
     def wrmsr(self, msr: int, value: int) -> None:
         if msr not in self.msrs:
             raise MsrFault(msr, write=True)
+        self.msrs[msr] = self.accepted(msr, value)
+
+    def accepted(self, msr: int, value: int) -> int:
+        """``value`` as a WRMSR to ``msr`` stores it; ``MsrFault`` if the MSR refuses it."""
         value &= _MASK64
         fault = wrmsr_fault(self, msr, value)
         if fault is not None:
             raise fault
-        self.msrs[msr] = value
+        return value
 
     def wbinvd(self) -> None:
         self.wbinvd_count += 1

@@ -188,4 +188,5 @@ WRMSR_RULES: Final[dict[int, WrmsrRule]] = {
     **{msr: backed.rule for msr, backed in VMCS_BACKED_MSRS.items()},
     IA32_KERNEL_GS_BASE: LINEAR_ADDRESS,
     IA32_LSTAR: LINEAR_ADDRESS,
+    IA32_TSC_AUX: WrmsrRule(defined=0xFFFF_FFFF),  # bits 63:32 reserved
 }

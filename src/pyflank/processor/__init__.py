@@ -14,6 +14,7 @@ from pyflank.processor.records import (
     Event,
     ExitInformation,
     ExitRecord,
+    Pause,
     Stop,
     StopReason,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ExitInformation",
     "ExitPolicy",
     "ExitRecord",
+    "Pause",
     "Stop",
     "StopReason",
     "VmxProcessor",

@@ -107,6 +107,10 @@ def unsupported_controls(
 class ExitPolicy:
     """What the current controls make exit, in the form an exit path tests."""
 
+    external_interrupts: bool  # "external-interrupt exiting"
+    acknowledge_on_exit: bool  # "acknowledge interrupt on exit"
+    interrupt_window: bool
+    preemption_timer: bool
     hlt: bool
     rdtsc: bool
     rdtscp_enabled: bool
@@ -120,6 +124,7 @@ class ExitPolicy:
     pfec_match: int
     cr3_targets: tuple[int, ...]
     mov_dr: bool
+    tsc_offset: int  # added to the TSC the guest reads ("use TSC offsetting")
 
     @property
     def io_exits(self) -> bool:
@@ -136,7 +141,12 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
     io_bitmaps = None
     if proc & Proc.USE_IO_BITMAPS:
         io_bitmaps = (read(f.ADDRESS_OF_IO_BITMAP_A), read(f.ADDRESS_OF_IO_BITMAP_B))
+    pin = read(f.PIN_BASED_VM_EXECUTION_CONTROLS)
     return ExitPolicy(
+        external_interrupts=bool(pin & Pin.EXTERNAL_INTERRUPT_EXITING),
+        acknowledge_on_exit=bool(read(f.VM_EXIT_CONTROLS) & Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        interrupt_window=bool(proc & Proc.INTERRUPT_WINDOW_EXITING),
+        preemption_timer=bool(pin & Pin.ACTIVATE_VMX_PREEMPTION_TIMER),
         hlt=bool(proc & Proc.HLT_EXITING),
         rdtsc=bool(proc & Proc.RDTSC_EXITING),
         rdtscp_enabled=bool(proc2 & Proc2.ENABLE_RDTSCP),
@@ -153,4 +163,5 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
         mov_dr=bool(proc & Proc.MOV_DR_EXITING),
+        tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
     )

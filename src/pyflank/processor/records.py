@@ -30,8 +30,11 @@ class StopReason(Enum):
     PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
     GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest
+    POWER_OFF = "power off"  # the guest powered the machine off (a platform device)
+    RESET = "reset"  # the guest reset the machine (the keyboard controller's reset line)
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
+    BREAK = "break"  # an observer broke on an exit, before the handler saw it
     # KVM only: its instruction emulator met a guest instruction it cannot run (and that
     # stands for no VM exit); on hardware VMX the instruction would simply have executed.
     EMULATION_FAILURE = "emulation failure"
@@ -81,7 +84,9 @@ class ExitRecord(NamedTuple):
     is; ``rflags``: RFLAGS, exact.  ``guest``: other guest-state fields (VMCS encoding ->
     value) that changed since the engine's last record, or None when nothing did.
     ``detail``: why, for an exit the engine made up itself (a VM entry its hardware
-    refused), written to the debug ring.
+    refused), written to the debug ring.  ``executed``: how much guest code has run, in
+    the engine's deterministic units (guest time follows it, ``processor.time``), or -1
+    for an engine that does not measure it.
     """
 
     info: ExitInformation
@@ -90,6 +95,7 @@ class ExitRecord(NamedTuple):
     rflags: int
     guest: Mapping[int, int] | None = None
     detail: str = ""
+    executed: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,16 @@ class Stop:
     message: str = ""
     state: ExitRecord | None = None
     simple: ClassVar[bool] = False  # as ``EntryPlan.simple``: nothing to resume in place
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The engine stopped between exits and the guest can go on: it ran the guest code
+    the plan allowed (``EntryPlan.budget``), or it executed HLT with interrupts enabled
+    (``halted``: activity state HLT, RIP past the HLT).  ``state``: the guest state then."""
+
+    state: ExitRecord
+    halted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +140,18 @@ class EntryPlan:
     ``launch``: the first entry, which loads the whole guest state.  ``simple``: only
     registers to load, so an engine can resume in place.
 
+    An engine that measures guest progress runs at most ``budget`` units of guest code
+    (None: no limit) before it pauses, and keeps guest time as ``time.guest_ns(executed,
+    idle_ns)`` (its RDTSC answers from it).
+
     An engine consumes a plan before it reports the next exit, so the processor reuses
     the plan of an exit that only resumes (a plan is a message, not a record to keep).
     """
 
-    __slots__ = ("changed", "event", "fields", "launch", "policy", "regs", "rip", "simple")
+    __slots__ = (
+        "budget", "changed", "event", "fields", "idle_ns", "launch", "policy", "regs", "rip",
+        "simple",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -148,6 +171,8 @@ class EntryPlan:
         self.event = event
         self.launch = launch
         self.simple = not changed and event is None and policy is None
+        self.budget: int | None = None
+        self.idle_ns = 0
 
     def __repr__(self) -> str:
         parts = [f"rip={self.rip:#x}"]

@@ -15,7 +15,9 @@ Bochs is the model: many exit producers (engines), one sink.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import checks, exit_reasons
@@ -24,7 +26,17 @@ from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
+from pyflank.platform.devices.power import MachineEvent
+from pyflank.processor.interrupts import (
+    INTERRUPT_WINDOW_EXIT,
+    GuestClock,
+    Interrupt,
+    external_interrupt_exit,
+    pending_event,
+)
 from pyflank.processor.launch import refused_launch
+from pyflank.processor.machine import Machine
+from pyflank.processor.observer import ReasonTrace, VcpuObserver, compose_observers
 from pyflank.processor.policy import CONTROL_ENCODINGS, ExitPolicy, exit_policy
 from pyflank.processor.records import (
     EXIT_INFORMATION_FIELDS,
@@ -32,12 +44,15 @@ from pyflank.processor.records import (
     Event,
     ExitInformation,
     ExitRecord,
+    Pause,
     Stop,
     StopReason,
 )
 
 MAX_ENTRY_FAILURES = 64  # consecutive failed entries the handler resumed into: give up
 _LAUNCHED = VmcsState.LAUNCHED
+_GUEST_HLT, _POWER_OFF, _RESET = StopReason.GUEST_HLT, StopReason.POWER_OFF, StopReason.RESET
+_INTERRUPT_EXITS = 16  # interrupt exits in a row before the guest is let run
 _GUEST_RIP, _GUEST_RSP, _GUEST_RFLAGS = f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
 _ENTRY_FAILURE = int(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE) | VM_ENTRY_FAILURE
@@ -60,11 +75,13 @@ Unsupported = Callable[[Vmcs], list[str]]
 
 class VmxProcessor:
     """VM exits and entries of ``handler``'s vCPU; ``unsupported`` names the controls the
-    engine cannot honour (empty when it can run them)."""
+    engine cannot honour (empty when it can run them).  ``observer`` watches every exit
+    (``processor.observer``); ``trace`` keeps (reason, RIP) of each in ``trace``."""
 
     __slots__ = (
-        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp",
-        "engine", "exits", "fields", "handler", "state", "trace", "unsupported", "vmcs",
+        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp", "_stop",
+        "_stop_reason", "clock", "engine", "exits", "fields", "handler", "machine", "observer",
+        "policy", "state", "trace", "unsupported", "vmcs",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +91,8 @@ class VmxProcessor:
         *,
         engine: str = "engine",
         trace: bool = False,
+        machine: Machine | None = None,
+        observer: VcpuObserver | None = None,
     ) -> None:
         self.handler = handler
         self.vmcs = handler.m_vmcs
@@ -81,13 +100,27 @@ class VmxProcessor:
         self.unsupported = unsupported
         self.engine = engine
         self.exits = 0  # VM exits dispatched to the handler
-        self.trace: list[tuple[int, int]] | None = [] if trace else None
+        reasons = ReasonTrace() if trace else None
+        self.trace: list[tuple[int, int]] | None = reasons.exits if reasons else None
+        watching = [o for o in (observer, reasons) if o is not None]
+        self.observer = compose_observers(watching)  # None: the exit path calls nothing
         self.fields: Mapping[int, int] = self.vmcs.view()
         self._info = _UNSET_INFO  # what the VMCS holds of the exit-information fields
         self._rip = self._rsp = self._rflags = -1  # GUEST_RIP, RSP, RFLAGS as last stored
         self._resume = EntryPlan((), 0)  # the plan of an exit that only resumes
         self._failures = 0
         self._reload_all = False  # a failed entry loaded nothing: the next loads it all
+        self.policy: ExitPolicy = exit_policy(self.vmcs)  # as of the last entry
+        # The machine's interrupts and time, where there is one (a PC for Linux).
+        self.machine = machine
+        self.clock = GuestClock(machine) if machine is not None else None
+        self._stop = threading.Event()
+        self._stop_reason = StopReason.STOPPED
+
+    def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
+        """Wake a vCPU idling in HLT so that it stops (any thread)."""
+        self._stop_reason = reason
+        self._stop.set()
 
     # -- VMLAUNCH ---------------------------------------------------------------------
     def launch(self) -> EntryPlan | Stop:
@@ -105,7 +138,7 @@ class VmxProcessor:
     # -- VM exit ------------------------------------------------------------------------
     def exit(self, record: ExitRecord) -> EntryPlan | Stop:
         """One VM exit: store it, ``dispatch()``, and the next entry (or why not)."""
-        info, regs, rip, rflags, guest, detail = record
+        info, regs, rip, rflags, guest, detail, executed = record
         if info is not self._info:  # (the same object again: the same, ordinary exit)
             if info[0] == _ENTRY_FAILURE:  # the engine refused the entry: nothing loaded
                 if self._failures >= MAX_ENTRY_FAILURES:
@@ -137,10 +170,18 @@ class VmxProcessor:
             write = self.vmcs.processor_write
             for encoding, value in guest.items():
                 write(encoding, value)
-        self.exits += 1
-        if self.trace is not None:
-            self.trace.append((info[0] & 0xFFFF, rip))
-        self.handler.dispatch()
+        clock = self.clock
+        if clock is not None:
+            clock.ran(executed)
+            if clock.machine.machine.request is not None:
+                return self._machine_request()
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+        else:
+            stop = self._observed(ExitRecord._make(record))
+            if stop is not None:
+                return stop
         vmcs = self.vmcs
         if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
             plan = self._resume  # consumed by the engine before its next exit: reused
@@ -149,29 +190,115 @@ class VmxProcessor:
                 s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
             )  # fmt: skip
             plan.rip = s.rip
-            return plan
+            return plan if clock is None else self._with_machine(plan)
         return self._entry()
 
+    def pause(self, pause: Pause) -> EntryPlan | Stop:
+        """The engine paused between exits: time passes, and interrupts may be due."""
+        self._store_state(pause.state)
+        clock = self.clock
+        if clock is None:
+            if pause.halted:  # nothing could ever wake it: the run is over
+                return self.stopped(Stop(_GUEST_HLT, "HLT with interrupts enabled: nothing "
+                                         "would wake the vCPU"))  # fmt: skip
+            return self._next_entry()
+        clock.ran(pause.state.executed)
+        if clock.machine.machine.request is not None:
+            return self._machine_request()
+        if pause.halted:
+            while pending_event(clock.machine, self.policy, self.vmcs) is Interrupt.NONE:
+                if not clock.idle(self._stop):
+                    return Stop(self._stop_reason, "stopped while the guest was halted")
+        return self._next_entry()
+
     def stopped(self, stop: Stop) -> Stop:
-        """The engine stopped between exits: its last state goes to StateSave and VMCS."""
-        record = stop.state
-        if record is not None:
-            s = self.state
-            (
-                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
-                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
-            ) = record.regs  # fmt: skip
-            s.rip = record.rip
-            self._store_flow(s.rip, s.rsp, record.rflags)
-            write = self.vmcs.processor_write
-            for encoding, value in (record.guest or {}).items():
-                write(encoding, value)
+        """The engine stopped between exits: its last state goes to StateSave and VMCS.
+        A guest that asked the machine to power off (or reset) before it stopped did."""
+        if stop.state is not None:
+            self._store_state(stop.state)
+        if self.clock is not None and self.clock.machine.machine.request is not None:
+            return self._machine_request()
         if stop.reason not in (StopReason.HALTED, StopReason.PROMOTED, StopReason.SHUTDOWN):
             self.handler.log(f"vcpu stopped ({stop.reason.value}): {stop.message}")
         return stop
 
+    def _store_state(self, record: ExitRecord) -> None:
+        """Guest state the engine reports between exits (a stop, a pause)."""
+        s = self.state
+        (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15, _, _,
+        ) = record.regs  # fmt: skip
+        s.rip = record.rip
+        self._store_flow(s.rip, s.rsp, record.rflags)
+        write = self.vmcs.processor_write
+        for encoding, value in (record.guest or {}).items():
+            write(encoding, value)
+
+    # -- interrupts and time ------------------------------------------------------------
+    def _with_machine(self, plan: EntryPlan | Stop) -> EntryPlan | Stop:
+        """The entry as the machine's interrupts and timers make it (SDM 26.6.5)."""
+        clock = self.clock
+        assert clock is not None
+        for _ in range(_INTERRUPT_EXITS):  # a handler may resume without taking one
+            if not isinstance(plan, EntryPlan):
+                return plan
+            if plan.event is not None:
+                break  # an injected event goes first
+            decision = pending_event(clock.machine, self.policy, self.vmcs)
+            if decision is Interrupt.NONE:
+                break
+            if decision is Interrupt.DELIVER:
+                vector = clock.machine.interrupts.acknowledge()
+                event = Event(vector, InterruptionType.EXTERNAL_INTERRUPT, None, plan.rip)
+                plan = EntryPlan(plan.regs, plan.rip, plan.changed, plan.fields, plan.policy,
+                                 event, plan.launch)  # fmt: skip
+                break
+            if not plan.simple:
+                break  # the guest state of this plan is not loaded yet: at the next entry
+            if decision is Interrupt.EXIT:
+                plan = self._exit_now(external_interrupt_exit(clock.machine, self.policy))
+            else:
+                plan = self._exit_now(INTERRUPT_WINDOW_EXIT)
+        if isinstance(plan, EntryPlan):
+            plan.budget = clock.budget()
+            plan.idle_ns = clock.idle_ns
+        return plan
+
+    def _machine_request(self) -> Stop:
+        """The guest powered the machine off or reset it (a device recorded it)."""
+        assert self.clock is not None
+        request = self.clock.machine.machine.request
+        assert request is not None
+        reason = _POWER_OFF if request.event is MachineEvent.POWER_OFF else _RESET
+        status = "" if request.exit_status is None else f", exit status {request.exit_status}"
+        return Stop(reason, f"{request.event.value} through {request.source}{status}")
+
+    def _exit_now(self, info: ExitInformation) -> EntryPlan | Stop:
+        """An exit the processor makes itself, at the instruction the guest would run next."""
+        vmcs, s = self.vmcs, self.state
+        self._store_flow(s.rip, s.rsp, vmcs.read(_GUEST_RFLAGS))
+        self._store_information(info)
+        stop = self._dispatch_made(info)
+        if stop is not None:
+            return stop
+        return self._next_entry(machine=False)
+
+    def _next_entry(self, *, machine: bool = True) -> EntryPlan | Stop:
+        """The entry after the handler ran, or after a pause (StateSave holds the guest)."""
+        vmcs, s = self.vmcs, self.state
+        if vmcs.state is _LAUNCHED and not vmcs.dirty and not self._reload_all:
+            regs = (
+                s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+                s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+            )  # fmt: skip
+            plan: EntryPlan | Stop = EntryPlan(regs, s.rip)
+        else:
+            plan = self._entry(machine=False)
+        return self._with_machine(plan) if machine and self.clock is not None else plan
+
     # -- VM entry -----------------------------------------------------------------------
-    def _entry(self, *, launch: bool = False) -> EntryPlan | Stop:
+    def _entry(self, *, launch: bool = False, machine: bool = True) -> EntryPlan | Stop:
         """The entry after the handler ran (the verdict, then what it changed)."""
         vmcs = self.vmcs
         self._rip = self._rflags = -1  # the handler may have written them
@@ -185,20 +312,22 @@ class VmxProcessor:
                 if problems:
                     why = "; ".join(problems)
                     return Stop(StopReason.ERROR, f"unsupported on the {self.engine}: {why}")
-                policy = exit_policy(vmcs)
+                policy = self.policy = exit_policy(vmcs)
             changed = _CHECKED_GUEST_STATE if self._reload_all else dirty & _CHECKED_GUEST_STATE
             if changed:
                 violations = checks.check_guest_state(vmcs, self.handler.m_cpu)
                 if violations:
                     if self._failures >= MAX_ENTRY_FAILURES:
                         return self._give_up(str(violations[0]))
-                    self._entry_failure(violations)
+                    stop = self._entry_failure(violations)
+                    if stop is not None:
+                        return stop
                     continue
             event = self._event(dirty)
             dirty.clear()
             self._reload_all = False
             s = self.state
-            return EntryPlan(
+            plan = EntryPlan(
                 (
                     s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
                     s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
@@ -210,19 +339,45 @@ class VmxProcessor:
                 event,
                 launch,
             )  # fmt: skip
+            return self._with_machine(plan) if machine and self.clock is not None else plan
 
-    def _entry_failure(self, violations: list[checks.Violation]) -> None:
+    def _entry_failure(self, violations: list[checks.Violation]) -> Stop | None:
         """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""
         findings = "; ".join(map(str, violations))
         self.handler.log(f"VM entry failed: guest state fails the VM-entry checks: {findings}")
         self._failures += 1
         self._reload_all = True
         self.vmcs.dirty.clear()  # what the handler writes now is its fix
-        self._store_information(ExitInformation(_ENTRY_FAILURE))
+        info = ExitInformation(_ENTRY_FAILURE)
+        self._store_information(info)
+        return self._dispatch_made(info)
+
+    def _dispatch_made(self, info: ExitInformation) -> Stop | None:
+        """``dispatch()`` an exit the processor made itself (StateSave holds the guest),
+        observed as any other; a stop if an observer breaks on it."""
+        if self.observer is None:
+            self.exits += 1
+            self.handler.dispatch()
+            return None
+        s = self.state
+        regs = (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+        )  # fmt: skip
+        return self._observed(ExitRecord(info, regs, s.rip, self.vmcs.read(_GUEST_RFLAGS)))
+
+    def _observed(self, record: ExitRecord) -> Stop | None:
+        """``dispatch()`` between the observer's two calls; its stop, if it breaks."""
+        observer = self.observer
+        assert observer is not None
+        stop = observer.exiting(record)
+        if stop is not None:
+            return stop
         self.exits += 1
-        if self.trace is not None:
-            self.trace.append((_ENTRY_FAILURE & 0xFFFF, self.state.rip))
+        start = perf_counter_ns()
         self.handler.dispatch()
+        observer.exited(record, perf_counter_ns() - start)
+        return None
 
     def _event(self, dirty: set[int]) -> Event | None:
         """The event of the VM-entry interruption-information field, if valid.

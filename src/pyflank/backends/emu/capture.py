@@ -25,6 +25,7 @@ from pyflank.backends.emu.engine import RegisterBatch
 from pyflank.backends.emu.guest_state import save_segments, save_system_segment
 from pyflank.backends.emu.register_file import CC_AT, HEAD_VALUES, NEVER_SEEN
 from pyflank.backends.emu.register_probe import register_file
+from pyflank.backends.emu.stop_gate import GateState
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.registers import CR4_VMXE
@@ -49,7 +50,8 @@ class StateCapture:
 
     __slots__ = (
         "_known", "_rflags_batch", "_seen_flags", "_seen_system", "dr7", "engine", "head",
-        "memory", "noted", "registers", "rflags", "seen", "seen_regs", "system", "write_gprs",
+        "memory", "noted", "progress", "registers", "rflags", "seen", "seen_regs", "system",
+        "write_gprs",
     )  # fmt: skip
 
     def __init__(self, engine: Engine, memory: GuestPhysicalMemory) -> None:
@@ -65,6 +67,7 @@ class StateCapture:
         self.system: tuple[int, ...] = (0,) * 12
         self.rflags = 0  # exact, as of the last capture
         self.noted: dict[int, int] = {}  # fields the engine changed itself (a WRMSR let through)
+        self.progress = GateState(0, 0, 0)  # the engine's progress count (the vCPU's gate)
         self._known: tuple[tuple[int, ...], bytes] | None = None  # system state reported
         # Of the last capture: the head's compared bytes; RIP, RSP, eflags and DR7; the
         # system part and the rest of the flags' inputs.
@@ -86,11 +89,20 @@ class StateCapture:
     def record(self, info: ExitInformation, rip: int | None = None) -> ExitRecord:
         """An exit record of the current state; ``rip``: where the exit is, if not RIP."""
         v, rflags, guest = self.capture()
-        return ExitRecord(info, v, v[16] if rip is None else rip, rflags, guest)
+        rip = v[16] if rip is None else rip
+        return ExitRecord(info, v, rip, rflags, guest, "", self.progress.executed)
 
     def snapshot(self) -> ExitRecord:
         """The current state, for a stop between exits."""
         return self.record(NO_EXIT)
+
+    def pause_state(self, rip: int | None = None) -> ExitRecord:
+        """The current state at a pause, with the interrupt shadow (interruptibility);
+        ``rip`` past a HLT, whose execution ended any shadow (``sti; hlt`` waits)."""
+        record = self.record(NO_EXIT, rip)
+        blocked = int(rip is None and self.registers.interrupt_shadow(self.head.raw))
+        guest = {**(record.guest or {}), f.GUEST_INTERRUPTIBILITY_STATE: blocked}
+        return record._replace(guest=guest)
 
     def take_noted(self, guest: dict[int, int] | None) -> dict[int, int]:
         noted, self.noted = self.noted, {}

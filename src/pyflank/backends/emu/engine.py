@@ -49,6 +49,7 @@ _emu_start.restype = ctypes.c_int
 _emu_stop = _lib.uc_emu_stop
 _emu_stop.argtypes = [ctypes.c_void_p]
 _emu_stop.restype = ctypes.c_int
+emu_stop: Any = _emu_stop  # for ``stop_gate``'s hook
 _hook_add = _lib.uc_hook_add
 _hook_add.restype = ctypes.c_int
 _hook_del = _lib.uc_hook_del
@@ -64,7 +65,10 @@ OUT_CB = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
 )
 INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
-INVALID_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+BLOCK_CB = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
 
 # Ignored (the exit list is used instead): emulation runs until something stops it.
 NO_END = 0
@@ -261,16 +265,25 @@ class Engine:
         self.uc.context_restore(context)
 
     # -- hooks --------------------------------------------------------------------------
-    def hook(self, kind: int, callback: Any, *extra: ctypes.c_int) -> int:
+    def hook(
+        self,
+        kind: int,
+        callback: Any,
+        *extra: ctypes.c_int,
+        begin: int = 1,
+        end: int = 0,
+        user_data: int = 0,
+    ) -> int:
+        """Add a hook; it fires for addresses in [begin, end] (every address: begin > end)."""
         handle = _binding.uc_hook_h()
         status = _hook_add(
             self.handle,
             ctypes.byref(handle),
             ctypes.c_int(kind),
             callback,
-            ctypes.c_void_p(0),
-            ctypes.c_uint64(1),
-            ctypes.c_uint64(0),
+            ctypes.c_void_p(user_data),
+            ctypes.c_uint64(begin),
+            ctypes.c_uint64(end),
             *extra,
         )
         _check(status, f"hook_add({kind})")

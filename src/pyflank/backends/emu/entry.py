@@ -10,12 +10,13 @@ so with its exception-bitmap bit set, or a triple fault, becomes an exit record 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as x86
 
-from pyflank.backends.emu import cpu_msrs, svm
+from pyflank.backends.emu import cpu_msrs, fast_calls, svm
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -26,6 +27,7 @@ from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, T
 if TYPE_CHECKING:
     from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
+    from pyflank.backends.emu.fast_calls import GuestSyscall
     from pyflank.backends.emu.hooks import ExitHooks, GuestEvent
     from pyflank.memory import GuestPhysicalMemory
 
@@ -105,12 +107,26 @@ class EntryLoader:
             self.start_rip = outcome.rip
             return None
         # A privilege change: load all of the guest's current state, with the new CS/SS.
-        current = {**self.capture.full_state(), **self.capture.noted}
-        values = {**self.fields, **current}
+        values = self._current_state()
         values.update(self._segments(outcome, values))
         gprs = e.resume_at.read()[:16]
         self.start_rip = self._full_entry(values, gprs, outcome.rip, outcome.rsp, outcome.rflags)
         return None
+
+    def fast_system_call(self, call: GuestSyscall) -> None:
+        """Carry out SYSCALL, SYSENTER or SYSEXIT (``fast_calls``): a full entry."""
+        values = self._current_state()
+        read = functools.partial(cpu_msrs.read_msr, self.engine)
+        gprs = self.engine.resume_at.read()[:16]
+        landing = fast_calls.land(call, read, gprs, values[f.GUEST_RFLAGS])
+        values.update(landing.segments)
+        self.start_rip = self._full_entry(
+            values, landing.gprs, landing.rip, landing.rsp, landing.rflags
+        )
+
+    def _current_state(self) -> dict[int, int]:
+        """The guest state now, in VMCS fields: the last exit's, with what moved since."""
+        return {**self.fields, **self.capture.full_state(), **self.capture.noted}
 
     def _deliver(self, event: Event, cpu: CpuView) -> Landing | ExitInformation:
         """Deliver ``event``: where it lands, or the exit it became."""
@@ -194,7 +210,7 @@ class EntryLoader:
     def _host_state(self) -> None:
         """VMXON's world: the stub runs at CPL 0 in 64-bit mode on its own tables."""
         e = self.engine
-        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
+        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)
         e.write_msr_raw(_EFER, svm.HOST_EFER)
@@ -208,16 +224,15 @@ class EntryLoader:
         stub; where emulation starts."""
         e = self.engine
         values[f.GUEST_RFLAGS] = rflags
+        # The MSRs VMLOAD loads that the VMCS does not hold keep the engine's values (the
+        # guest's, or what the handler's CPU wrote before the launch).
+        preserved = {off: cpu_msrs.read_msr(e, msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()}
         if self.in_guest_mode:
             dr6 = e.read(x86.UC_X86_REG_DR6)
             cr2 = e.read(x86.UC_X86_REG_CR2)
-            preserved = {
-                off: cpu_msrs.read_msr(e, msr) for off, msr in svm.VMLOAD_ONLY_MSRS.items()
-            }
             efer = cpu_msrs.read_msr(e, _EFER)
         else:
             dr6, cr2, efer = 0xFFFF_0FF0, 0, svm.HOST_EFER
-            preserved = dict.fromkeys(svm.VMLOAD_ONLY_MSRS, 0)
         policy = self.hooks.policy
         assert policy is not None
         vmcb = svm.build_vmcb(
@@ -233,13 +248,14 @@ class EntryLoader:
         e.write_physical(svm.VMCB, vmcb)
         cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
         cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
-        e.resume_at.write((*gprs[:4], rsp, *gprs[5:16], svm.STUB))
-        # The stub runs at CPL 0 in 64-bit mode on its own page tables and GDT.
+        # The stub runs on its own page tables, GDT, TSS and stack, and calls through its
+        # gate into ring 0 (VMLOAD/VMRUN load the guest's TR, CR4 and RSP back).
+        e.resume_at.write((*gprs[:4], svm.HOST_STACK_TOP, *gprs[5:16], svm.STUB))
         cpu_msrs.write_msr(e, _EFER, efer | svm.EFER_SVME)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
-        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, 8 * len(svm.HOST_GDT_ENTRIES) - 1, 0)
-        e.write(x86.UC_X86_REG_CS, svm.HOST_CODE_SELECTOR)
-        e.write(x86.UC_X86_REG_SS, svm.HOST_DATA_SELECTOR)
+        e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)  # no SMEP/SMAP/PKE of the guest's
+        e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
+        e.write_mmr(x86.UC_X86_REG_TR, 0, svm.HOST_TSS, svm.HOST_TSS_LIMIT, svm.TSS_BUSY_FLAGS)
         e.write(x86.UC_X86_REG_RFLAGS, 2)
         e.write(x86.UC_X86_REG_RAX, svm.VMCB)
         self.in_guest_mode = True

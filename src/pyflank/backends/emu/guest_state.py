@@ -3,7 +3,9 @@
 A guest can load a segment register, a control register, GDTR/IDTR or a base MSR
 without exiting.  unicorn exposes selectors but not the hidden part of ES..GS, so that is
 rebuilt from the descriptor the selector names, which is what the load put there.
-TR and LDTR come with their hidden part.
+TR and LDTR come with their hidden part -- but after LTR, QEMU keeps the type the
+descriptor had *before* LTR marked it busy, so TR is reported busy, as the processor
+holds it (SDM 26.3.1.2 requires it of an IA-32e guest's TR).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pyflank.intel_x64.registers import AR_UNUSABLE
 from pyflank.memory import GuestLinear, GuestMemoryError, PageFault
 
 UNUSABLE = AR_UNUSABLE
+_AVAILABLE_TSS = frozenset({0x1, 0x9})  # 16-bit, 32/64-bit TSS types before LTR
+_TSS_BUSY = 0x2  # the busy bit of a TSS type
 _Q = struct.Struct("<Q")
 SEGMENT_NAMES = ("ES", "CS", "SS", "DS", "FS", "GS")
 SEGMENT_FIELDS = tuple(
@@ -105,7 +109,10 @@ def save_segments(
 def save_system_segment(write: FieldWrite, name: str, mmr: tuple[int, int, int, int]) -> None:
     selector, base, limit, flags = mmr
     sel_field, base_field, limit_field, rights_field = SYSTEM_SEGMENT_FIELDS[name]
+    rights = qemu_flags_rights(flags, selector)
+    if name == "TR" and rights & 0xF in _AVAILABLE_TSS and not rights & UNUSABLE:
+        rights |= _TSS_BUSY
     write(sel_field, selector)
     write(base_field, base)
     write(limit_field, limit)
-    write(rights_field, qemu_flags_rights(flags, selector))
+    write(rights_field, rights)

@@ -13,16 +13,19 @@ they resume differently:
   RIP, an event, changed guest state, a stop) *drains*: the CPU state is saved, guest RAM
   turns read-only so the rest of the block cannot write memory, emulation stops at the
   block's end, and the run loop restores the saved state and makes the VM entry itself.
-* exception-kind hooks (SVM intercepts, #UD for VMX instructions, guest exceptions) are
-  precise: the block was left before the instruction.  A simple plan writes the
-  registers and RIP in place; anything else stops emulation for the run loop.
+* SVM intercepts (of instructions, and of every exception and software interrupt, which
+  is how #UD brings the VMX instructions) are precise: the block was left before the
+  instruction.  A simple plan writes the registers and RIP in place; anything else stops
+  emulation for the run loop.
 
 What the run loop must do next is left in ``outcome``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -34,21 +37,27 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import read_code
+from pyflank.backends.emu.fast_calls import UNKNOWN_TO_QEMU, FastCall, GuestSyscall, sysenter_fault
+from pyflank.backends.emu.guest_state import descriptor_fields, read_descriptor
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
 from pyflank.intel_x64 import decode as dec
-from pyflank.intel_x64.cpu import ModelCpu, wrmsr_fault
+from pyflank.intel_x64.cpu import MsrFault, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
+from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
+from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE, RFLAGS_IF
 from pyflank.processor import (
     EntryPlan,
     Event,
     ExitInformation,
     ExitPolicy,
     ExitRecord,
+    Pause,
     Stop,
     StopReason,
+    time,
 )
 from pyflank.processor.delivery import (
     ERROR_CODE_VECTORS,
@@ -63,6 +72,7 @@ if TYPE_CHECKING:
     from pyflank.backends.base import PortIo
     from pyflank.backends.emu.capture import StateCapture
     from pyflank.backends.emu.engine import Engine
+    from pyflank.backends.emu.physical_cpu import EngineCpu
     from pyflank.memory import GuestPhysicalMemory
 
 log = logging.getLogger("pyflank.backends.emu")
@@ -77,10 +87,13 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
-Outcome = EntryPlan | Stop | ExitRecord | GuestEvent
+Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall
 
 _GUEST_HLT = StopReason.GUEST_HLT
+_TSC_AUX = 0xC000_0103
+_MASK64 = (1 << 64) - 1
 _EFER = 0xC000_0080
+_EFER_SCE_LMA = EFER_SCE | EFER_LMA
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
 _RDTSCP = int(ExitReason.RDTSCP)
@@ -88,6 +101,10 @@ _IO = int(ExitReason.IO_INSTRUCTION)
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
 _SKIP = 1
 _VALID = 1 << 31
+_SOFTWARE_INTERRUPT = InterruptionType.SOFTWARE_INTERRUPT
+_EXCEPTION_INTERCEPTS = range(svm.SVM_EXIT_EXCP_BASE, svm.SVM_EXIT_EXCP_BASE + 32)
+_VECTOR_OF = 4  # INTO's
+_Q = struct.Struct("<Q")
 _CPUID_INFO: Final = ExitInformation(_CPUID, 0, 2)  # an unprefixed CPUID's, prebuilt
 _OPCODE: Final = b"\x0f\xa2"  # CPUID
 _unpack_head = HEAD_VALUES.unpack_from
@@ -125,14 +142,20 @@ class ExitHooks:
 
     __slots__ = (
         "_callbacks", "_code2", "_code2_args", "_code_at", "_dr7", "_drain_context", "_head",
-        "_model", "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "decide", "draining",
-        "engine", "memory", "outcome", "policy", "ports",
+        "_progress", "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "cpu", "decide",
+        "draining", "engine", "idle_ns", "memory", "outcome", "policy", "ports", "timed",
     )  # fmt: skip
 
     def __init__(
-        self, engine: Engine, capture: StateCapture, memory: GuestPhysicalMemory, ports: PortIo
+        self,
+        engine: Engine,
+        capture: StateCapture,
+        memory: GuestPhysicalMemory,
+        ports: PortIo,
+        cpu: EngineCpu,
     ) -> None:
         self.engine = engine
+        self.cpu = cpu  # what an RDMSR/WRMSR that does not exit reaches
         self.capture = capture
         self.memory = memory
         self.ports = ports
@@ -143,6 +166,10 @@ class ExitHooks:
         self._drain_context: Any = None
         self._head = capture.head
         self._dr7 = capture.dr7
+        self._progress = capture.progress  # the block gate's count of guest code run
+        # With a machine (plans carry a budget), guest time is virtual: RDTSC answers it.
+        self.timed = False
+        self.idle_ns = 0
         self._write_gprs = capture.write_gprs
         self._code_at, self._code2, self._code2_args = (
             engine.code_at,
@@ -156,25 +183,48 @@ class ExitHooks:
             eng.IN_CB(self._on_in),
             eng.OUT_CB(self._on_out),
             eng.INTR_CB(self._on_interrupt),
-            eng.INVALID_CB(self._on_invalid),
+            eng.SYSCALL_CB(functools.partial(self._on_fast_call, FastCall.SYSCALL)),
+            eng.SYSCALL_CB(functools.partial(self._on_fast_call, FastCall.SYSENTER)),
         )
-        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, invalid = self._callbacks
+        cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall, sysenter = self._callbacks
         engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
         engine.hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
         engine.hook_instruction(x86.UC_X86_INS_IN, in_cb)
         engine.hook_instruction(x86.UC_X86_INS_OUT, out_cb)
         engine.hook(uc_const.UC_HOOK_INTR, intr)
-        engine.hook(uc_const.UC_HOOK_INSN_INVALID, invalid)
+        engine.hook_instruction(x86.UC_X86_INS_SYSCALL, syscall)
+        engine.hook_instruction(x86.UC_X86_INS_SYSENTER, sysenter)
         self._rdtsc_hook: int | None = None
-        self._model = ModelCpu()  # what the WRMSR rules ask of the processor (address widths)
 
     def set_policy(self, policy: ExitPolicy) -> None:
         self.policy = policy
-        if policy.rdtsc and self._rdtsc_hook is None:
+        self._sync_rdtsc_hook()
+
+    def set_timing(self, timed: bool, idle_ns: int) -> None:
+        """Whether guest time is virtual (a machine's), and the time spent idle so far."""
+        self.idle_ns = idle_ns
+        if timed is not self.timed:
+            self.timed = timed
+            self._sync_rdtsc_hook()
+
+    def _sync_rdtsc_hook(self) -> None:
+        wanted = self.timed or (self.policy is not None and self.policy.rdtsc)
+        if wanted and self._rdtsc_hook is None:
             self._rdtsc_hook = self.engine.hook_instruction(x86.UC_X86_INS_RDTSC, self._rdtsc_cb)
-        elif not policy.rdtsc and self._rdtsc_hook is not None:
+        elif not wanted and self._rdtsc_hook is not None:
             self.engine.unhook(self._rdtsc_hook)
             self._rdtsc_hook = None
+
+    def _virtual_tsc(self, *, rdtscp: bool) -> None:
+        """Carry out RDTSC (RDTSCP) from virtual time, in place, as the hardware would."""
+        assert self.policy is not None
+        now = time.guest_ns(self._progress.executed, self.idle_ns)
+        value = time.tsc(now) + self.policy.tsc_offset & _MASK64
+        regs = list(_unpack_head(self._head.raw)[:16])
+        regs[0], regs[2] = value & 0xFFFF_FFFF, value >> 32  # EDX:EAX
+        if rdtscp:
+            regs[1] = cpu_msrs.read_msr(self.engine, _TSC_AUX) & 0xFFFF_FFFF  # ECX
+        self._write_gprs(*regs)
 
     # -- leaving a hook ---------------------------------------------------------------
     def take(self) -> Outcome | None:
@@ -251,7 +301,7 @@ class ExitHooks:
                 info = ExitInformation(_CPUID, 0, length)
             # An ExitRecord's fields as a plain tuple: the processor unpacks it by
             # position, and building the named tuple would cost a tenth of this exit.
-            record: Any = (info, v, rip, c.rflags, guest, "")
+            record: Any = (info, v, rip, c.rflags, guest, "", self._progress.executed)
             plan = self.decide(record)
             if plan.simple and plan.rip == rip + length and plan.regs[4] == rsp:  # type: ignore[union-attr]
                 self._write_gprs(*plan.regs)  # type: ignore[union-attr]
@@ -264,6 +314,10 @@ class ExitHooks:
     def _on_rdtsc(self, _uc: int, _data: int) -> int:
         try:
             if self.draining:
+                return _SKIP
+            assert self.policy is not None
+            if not self.policy.rdtsc:  # hooked for the virtual TSC only
+                self._virtual_tsc(rdtscp=False)
                 return _SKIP
             record = self._record(ExitInformation(_RDTSC))
             rip = record.rip
@@ -281,7 +335,10 @@ class ExitHooks:
             policy = self.policy
             assert policy is not None
             if policy.rdtscp_enabled and not policy.rdtsc:
-                return 0  # runs natively
+                if not self.timed:
+                    return 0  # runs natively
+                self._virtual_tsc(rdtscp=True)
+                return _SKIP
             rip = self.engine.read(x86.UC_X86_REG_RIP)
             length = int(dec.decode(self.engine.fetch(rip), rip).len)
             if not policy.rdtscp_enabled:
@@ -384,33 +441,18 @@ class ExitHooks:
         try:
             if self.draining:
                 return
-            if number >= svm.SVM_EXCEPTION_BASE:
-                self._intercept(number - svm.SVM_EXCEPTION_BASE)
-            else:
-                self._exception(number)
+            if number < svm.SVM_EXCEPTION_BASE:
+                # Only the VM-entry stub runs outside SVM guest mode.
+                rip = self.engine.read(x86.UC_X86_REG_RIP)
+                raise RuntimeError(f"exception {number} in the VM-entry stub at {rip:#x}")
+            self._intercept(number - svm.SVM_EXCEPTION_BASE)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
-
-    def _on_invalid(self, _uc: int, _data: int) -> bool:
-        try:
-            if self.draining:
-                return True
-            rip = self.engine.read(x86.UC_X86_REG_RIP)
-            ins = dec.decode(self.engine.fetch(rip), rip)
-            reason = None if ins.is_invalid else dec.VMX_EXITS.get(ins.mnemonic)
-            if reason is ExitReason.VMFUNC and not self.policy.vmfunc_enabled:  # type: ignore[union-attr]
-                reason = None  # SDM: VMFUNC is #UD unless "enable VM functions" is 1
-            if reason is None:
-                self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
-                return True
-            qualification, info = dec.vmx_instruction_information(ins)
-            record = self._record(ExitInformation(int(reason), qualification, ins.len, info))
-            self._finish_precise(self.decide(record))
-        except BaseException as exc:  # noqa: BLE001
-            self._fail(exc)
-        return True
 
     def _intercept(self, code: int) -> None:
+        if code in _EXCEPTION_INTERCEPTS:
+            self._exception(code - svm.SVM_EXIT_EXCP_BASE)
+            return
         rip = self.engine.read(x86.UC_X86_REG_RIP)
         fetched = self.engine.fetch(rip)
         policy = self.policy
@@ -423,6 +465,8 @@ class ExitHooks:
                 self._instruction_exit(ExitReason.HLT, length)
             else:
                 self._guest_hlt(rip + length)
+        elif code == svm.SVM_EXIT_SWINT:
+            self._software_interrupt(rip, fetched)
         elif code == svm.SVM_EXIT_WBINVD:
             length = _length(fetched, rip)
             if dec.decode(fetched, rip).mnemonic == Mnemonic.INVD:
@@ -474,9 +518,53 @@ class ExitHooks:
         self.engine.write(x86.UC_X86_REG_RIP, next_rip)
 
     def _guest_hlt(self, next_rip: int) -> None:
-        record = self.capture.snapshot()
-        state = record._replace(rip=next_rip)
-        self._leave_precise(Stop(_GUEST_HLT, "HLT without HLT exiting", state))
+        """HLT that does not exit: the vCPU waits for an interrupt (activity state HLT),
+        or, with interrupts disabled, for nothing that can ever come."""
+        state = self.capture.pause_state(next_rip)
+        if state.rflags & RFLAGS_IF:
+            self._leave_precise(Pause(state, halted=True))
+        else:
+            self._leave_precise(Stop(_GUEST_HLT, "HLT with interrupts disabled", state))
+
+    # -- SYSCALL, SYSENTER, SYSEXIT -------------------------------------------------------
+    # The hooks run in a QEMU helper that then only steps RIP past the instruction and
+    # ends the block: a precise place to stop.  The #UD ones are intercepts, precise too.
+    def _on_fast_call(self, kind: FastCall, _uc: int, _data: int) -> None:
+        try:
+            if not self.draining:
+                self._fast_call(kind, self.engine.read(x86.UC_X86_REG_RIP))
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _fast_call(self, kind: FastCall, rip: int) -> None:
+        fault = self._fast_call_fault(kind)
+        if fault is not None:
+            error = 0 if fault == VECTOR_GP else None
+            self._guest_exception(fault, InterruptionType.HARDWARE_EXCEPTION, error, rip)
+            return
+        length = int(dec.decode(self.engine.fetch(rip), rip).len)
+        self._leave_precise(GuestSyscall(rip + length, kind))
+
+    def _fast_call_fault(self, kind: FastCall) -> int | None:
+        """The exception the SDM has the instruction raise instead, if any."""
+        if kind is FastCall.SYSCALL:
+            return None if self._syscall_enabled() else VECTOR_UD
+        read = functools.partial(cpu_msrs.read_msr, self.engine)
+        cpl = self.engine.read(x86.UC_X86_REG_CS) & 3
+        return VECTOR_GP if sysenter_fault(read, kind, cpl) else None
+
+    def _syscall_enabled(self) -> bool:
+        """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
+        e = self.engine
+        efer = cpu_msrs.read_msr(e, _EFER)
+        if efer & _EFER_SCE_LMA != _EFER_SCE_LMA:
+            return False
+        values = e.saved.read()
+        gdtr = e.saved.mmr_tuples()[0]
+        cr0, cr3, cs = values[18], values[19], values[23]
+        linear = guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer)
+        descriptor = read_descriptor(linear, gdtr[1], gdtr[2], cs)
+        return descriptor is not None and bool(descriptor_fields(descriptor)[2] & AR_L)
 
     # -- RDMSR / WRMSR ------------------------------------------------------------------
     def _msr_exits(self, msr: int, write: bool) -> bool:
@@ -500,52 +588,91 @@ class ExitHooks:
         if self._msr_exits(msr, write):
             self._instruction_exit(ExitReason.WRMSR if write else ExitReason.RDMSR, length)
             return
-        # Not an exit: the access reaches the processor's own MSR.
-        if write:
-            high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
-            value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
-            if wrmsr_fault(self._model, msr, value) is not None:
-                self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
-                return
-            cpu_msrs.write_msr(e, msr, value)
-            backed = VMCS_BACKED_MSRS.get(msr)
-            if backed is not None:
-                self.capture.noted[backed.field] = value
-        else:
-            value = cpu_msrs.read_msr(e, msr)
-            e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-            e.write(x86.UC_X86_REG_RDX, value >> 32)
+        # Not an exit: the access reaches the processor's own MSR -- the guest's value of a
+        # VMCS-backed one (the engine holds it), else what the handler's CPU has.
+        backed = VMCS_BACKED_MSRS.get(msr)
+        try:
+            if write:
+                high = e.read(x86.UC_X86_REG_RDX) & 0xFFFF_FFFF
+                value = high << 32 | e.read(x86.UC_X86_REG_RAX) & 0xFFFF_FFFF
+                if backed is None:
+                    self.cpu.wrmsr(msr, value)
+                else:
+                    fault = wrmsr_fault(self.cpu, msr, value)
+                    if fault is not None:
+                        raise fault
+                    cpu_msrs.write_msr(e, msr, value)
+                    self.capture.noted[backed.field] = value
+            else:
+                value = self.cpu.rdmsr(msr) if backed is None else cpu_msrs.read_msr(e, msr)
+                e.write(x86.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+                e.write(x86.UC_X86_REG_RDX, value >> 32)
+        except MsrFault:
+            self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
+            return
         self._step(rip + length)
 
     # -- guest exceptions -----------------------------------------------------------------
     def _exception(self, vector: int) -> None:
-        """An exception the guest raised (never #UD: that comes through ``_on_invalid``)."""
-        rip = self.engine.read(x86.UC_X86_REG_RIP)
+        """An exception the guest raised; RIP is at the instruction (or past it, a trap's)."""
+        e = self.engine
+        rip = e.read(x86.UC_X86_REG_RIP)
+        if vector == VECTOR_UD:
+            self._invalid_opcode(rip)
+            return
+        if vector == VECTOR_PF:
+            # Intercepted, the fault left CR2 alone: set it as the fault itself does (a
+            # handler that reinjects the #PF has no other way to).
+            (address,) = _Q.unpack(e.read_physical(svm.PAGE_FAULT_ADDRESS, 8))
+            e.write(x86.UC_X86_REG_CR2, address)
         kind = InterruptionType.HARDWARE_EXCEPTION
-        address = rip
-        # INT n, INT3 and INT1 report RIP past the instruction: find which one it was.
-        before = self.engine.fetch(rip - 2)[:2] if rip >= 2 else b""
-        if vector == VECTOR_BP and before[1:] == b"\xcc":
-            kind, address = InterruptionType.SOFTWARE_EXCEPTION, rip - 1
-        elif vector == VECTOR_DB and before[1:] == b"\xf1":
-            kind, address = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION, rip - 1
-        elif before == bytes((0xCD, vector)) or vector >= 32:
-            kind = InterruptionType.SOFTWARE_INTERRUPT
-            address = rip - 2
-            if vector == VECTOR_BP:
-                kind = InterruptionType.SOFTWARE_EXCEPTION
-        error = self._error_code(vector) if kind is InterruptionType.HARDWARE_EXCEPTION else None
-        self._guest_exception(vector, kind, error, address, rip - address)
+        self._guest_exception(vector, kind, self._error_code(vector), rip)
+
+    def _software_interrupt(self, rip: int, fetched: bytes) -> None:
+        """INT n, INT3 or INTO at ``rip`` (QEMU makes INT3 and INTO software interrupts)."""
+        ins = dec.decode(fetched, rip)
+        if ins.mnemonic == Mnemonic.INT3:
+            vector, kind = VECTOR_BP, InterruptionType.SOFTWARE_EXCEPTION
+        elif ins.mnemonic == Mnemonic.INTO:
+            vector, kind = _VECTOR_OF, InterruptionType.SOFTWARE_EXCEPTION
+        else:
+            vector, kind = ins.immediate8, _SOFTWARE_INTERRUPT
+        self._guest_exception(vector, kind, None, rip, ins.len)
+
+    def _invalid_opcode(self, rip: int) -> None:
+        """#UD at ``rip``: a VMX instruction's exit, what QEMU's AMD model refuses and the
+        Intel one has (INT1; SYSENTER/SYSEXIT in 64-bit mode), or a #UD."""
+        ins = dec.decode(self.engine.fetch(rip), rip)
+        if not ins.is_invalid and ins.mnemonic == Mnemonic.INT1:
+            kind = InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION
+            self._guest_exception(VECTOR_DB, kind, None, rip, ins.len)
+            return
+        fast_call = UNKNOWN_TO_QEMU.get(ins.mnemonic)
+        if fast_call is not None and not ins.is_invalid:
+            self._fast_call(fast_call, rip)
+            return
+        reason = None if ins.is_invalid else dec.VMX_EXITS.get(ins.mnemonic)
+        if reason is ExitReason.VMFUNC and not self.policy.vmfunc_enabled:  # type: ignore[union-attr]
+            reason = None  # SDM: VMFUNC is #UD unless "enable VM functions" is 1
+        if reason is None:
+            self._guest_exception(VECTOR_UD, InterruptionType.HARDWARE_EXCEPTION, None, rip)
+            return
+        qualification, info = dec.vmx_instruction_information(ins)
+        record = self._record(ExitInformation(int(reason), qualification, ins.len, info))
+        self._finish_precise(self.decide(record))
 
     def _error_code(self, vector: int) -> int | None:
         if vector not in ERROR_CODE_VECTORS:
             return None
+        exact = self.capture.registers.error_code  # QEMU's own, where it can be read
+        if exact is not None:
+            return exact.value
         if vector == VECTOR_PF:
             system = self.engine.saved.read()[18:]  # CR0, CR3, ..., current
             efer = cpu_msrs.read_msr(self.engine, _EFER) & ~svm.EFER_SVME
             rip = self.engine.read(x86.UC_X86_REG_RIP)
             return page_fault_error_code(self.engine, self.memory, efer, rip, system)
-        return 0  # unicorn does not report error codes; 0 is what #GP/#SS/#AC mostly push
+        return 0  # what #GP/#SS/#AC mostly push
 
     def _guest_exception(
         self,
@@ -559,7 +686,8 @@ class ExitHooks:
     ) -> None:
         """An exception raised by the instruction at ``address``: exit or deliver."""
         leave = self._leave_precise if precise else self._leave_helper
-        if not self._exception_exits(vector, error):
+        # SDM 25.2: INT n is not an exception; the exception bitmap never applies to it.
+        if kind is _SOFTWARE_INTERRUPT or not self._exception_exits(vector, error):
             leave(GuestEvent(Event(vector, kind, error, address + length), address))
             return
         interruption = vector | kind << 8 | (error is not None) << 11 | _VALID

@@ -45,6 +45,7 @@ SEGMENTS_AT: Final = 184  # ES CS SS DS FS GS, then LDTR TR GDTR IDTR
 CR_AT: Final = SEGMENTS_AT + 10 * SEGMENT_SIZE
 DF_MASK: Final = 0x400
 ZF_PF: Final = 0x44
+HF_INHIBIT_IRQ: Final = 1 << 3  # in hflags (SYSTEM_AT): STI/MOV SS shadow
 
 # The general registers in QEMU's order, then RIP: the first 136 bytes of a head.
 QEMU_GPR_IDS: Final = (
@@ -75,17 +76,21 @@ class RegisterFile(Protocol):
     bytes that change whenever a system register does; ``dr7.value`` changes with DR7
     where the head does not cover it.  ``compared_from(raw)``: where the bytes compared
     between exits start.  ``rflags(raw)``: RFLAGS where the head alone gives it, else
-    None.  ``write_gprs`` takes the 16 GPRs in QEMU's order.
+    None.  ``write_gprs`` takes the 16 GPRs in QEMU's order.  ``error_code``: the error
+    code of the exception being raised (an intercept's), where it can be read.
     """
 
     head: RawHead
     dr7: ctypes.c_uint64
     system_at: int
     write_gprs: Callable[..., None]
+    error_code: ctypes.c_uint32 | None
 
     def compared_from(self, raw: bytes) -> int: ...
 
     def rflags(self, raw: bytes) -> int | None: ...
+
+    def interrupt_shadow(self, raw: bytes) -> bool: ...  # blocking by STI or MOV SS
 
 
 class InPlace:
@@ -93,8 +98,18 @@ class InPlace:
 
     system_at = SYSTEM_AT
 
-    def __init__(self, env: int, dr7_at: int, cc_op_clr: int, cc_op_eflags: int) -> None:
+    def __init__(
+        self,
+        env: int,
+        dr7_at: int,
+        cc_op_clr: int,
+        cc_op_eflags: int,
+        error_code_at: int | None = None,
+    ) -> None:
         array = (ctypes.c_char * HEAD_SIZE).from_address(env)
+        self.error_code = (
+            None if error_code_at is None else ctypes.c_uint32.from_address(env + error_code_at)
+        )
         self.head: RawHead = array
         self.dr7 = ctypes.c_uint64.from_address(env + dr7_at)
         # A memoryview exports its buffer faster than a ctypes array; a partial of a C
@@ -107,6 +122,10 @@ class InPlace:
         # XOR r,r leaves no condition-code value live: a loop's counter left in cc_dst
         # would otherwise look like an RFLAGS change at every exit.
         return CC_OP_AT if _U32.unpack_from(raw, CC_OP_AT)[0] == self._clr else CC_AT
+
+    def interrupt_shadow(self, raw: bytes) -> bool:
+        """QEMU's HF_INHIBIT_IRQ: the instruction after STI or MOV SS takes no interrupt."""
+        return bool(_U32.unpack_from(raw, SYSTEM_AT)[0] & HF_INHIBIT_IRQ)
 
     def rflags(self, raw: bytes) -> int | None:
         """QEMU's ``cpu_compute_eflags`` for the two states whose flags need no helper:
@@ -131,6 +150,7 @@ class ThroughApi:
         self._gprs = RegisterBatch(handle, QEMU_GPR_IDS)
         self.head: RawHead = self
         self.dr7 = ctypes.c_uint64(0)  # DR7 is in the batch
+        self.error_code: ctypes.c_uint32 | None = None  # no API reports it
         self.write_gprs: Callable[..., None] = self._write
 
     @property
@@ -140,6 +160,9 @@ class ThroughApi:
 
     def compared_from(self, raw: bytes) -> int:
         return self.system_at
+
+    def interrupt_shadow(self, raw: bytes) -> bool:
+        return False  # not reachable through the API: taken as no shadow
 
     def rflags(self, raw: bytes) -> int | None:
         return int(_U64.unpack_from(raw, FLAGS_AT)[0])

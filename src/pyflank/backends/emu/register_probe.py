@@ -5,9 +5,11 @@ written through the API are searched for in the memory that ``uc_struct``'s poin
 lead to, through ``/proc/self/mem``: a read there fails cleanly where a stray pointer
 would fault.  The same engine runs a few instructions to learn QEMU's numbering of the
 condition-code states whose RFLAGS the exit path computes itself, checking the result
-against ``uc_reg_read``.  Every engine is then checked field by field before its
-register file is used in place; if anything disagrees, the exit path goes through the
-API instead.
+against ``uc_reg_read``, and two throwaway engines each raise a #GP whose error code
+(the selector) shows where QEMU keeps the error code of the exception being raised, which
+no API reports.  Every engine is then checked field by field before its register file is
+used in place; if anything disagrees, the exit path goes through the API instead (and
+exceptions report reconstructed error codes).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pyflank.intel_x64.registers import RFLAGS_IF
 _UC_STRUCT_SCAN = 4096  # bytes of uc_struct searched for the pointer to the CPU
 _CPU_WINDOW = 0x20000  # bytes after a candidate pointer searched for the registers
 _DR_WINDOW = 0x4000  # bytes of CPUX86State searched for DR7
+_ERROR_CODE_WINDOW = 128  # bytes before DR7 searched for the error code (it precedes DR0)
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _GPRS_RIP = struct.Struct("<17Q")  # the start of the head: GPRs (QEMU order), RIP
@@ -62,6 +65,7 @@ class Layout:
     dr7_at: int  # in CPUX86State
     cc_op_clr: int  # QEMU's CC_OP_CLR
     cc_op_eflags: int  # QEMU's CC_OP_EFLAGS
+    error_code_at: int | None  # in CPUX86State: the raised exception's error code
 
 
 class _Memory:
@@ -166,6 +170,48 @@ def _cc_ops(uc: Any, env: int, dr7_at: int, memory: _Memory) -> tuple[int, int] 
     return clr_op, eflags_op
 
 
+def _selector_fault(selector: int) -> bytes:
+    """MOV EAX, selector; MOV DS, EAX: #GP(selector) on an engine with an empty GDT."""
+    return b"\xb8" + _U32.pack(selector) + b"\x8e\xd8"
+
+
+def _error_code_offsets(uc: Any, env: int, dr7_at: int, memory: _Memory, selector: int) -> set[int]:
+    """Where ``selector`` is, as a 32-bit word, near DR7 when its #GP reaches the hook."""
+    seen: list[bytes] = []
+
+    def on_interrupt(engine: Any, number: int, _data: Any) -> None:
+        if number == 13:
+            seen.append(memory.read(env + dr7_at - _ERROR_CODE_WINDOW, _ERROR_CODE_WINDOW))
+        engine.emu_stop()
+
+    code = _selector_fault(selector)
+    uc.mem_write(_CODE, code)
+    uc.hook_add(uc_const.UC_HOOK_INTR, on_interrupt)
+    uc.emu_start(_CODE, _CODE + len(code))
+    if len(seen) != 1 or len(seen[0]) != _ERROR_CODE_WINDOW:
+        return set()
+    window = seen[0]
+    return {
+        dr7_at - _ERROR_CODE_WINDOW + at
+        for at in range(0, _ERROR_CODE_WINDOW, 4)
+        if _U32.unpack_from(window, at)[0] == selector
+    }
+
+
+def _find_error_code(pointer_at: int, delta: int, dr7_at: int, memory: _Memory) -> int | None:
+    """The error code's offset: the one place two fresh engines' #GPs leave theirs."""
+    found: set[int] | None = None
+    for selector in (0x1238, 0x2340):
+        uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_64)
+        uc.mem_map(_CODE, 0x1000, uc_const.UC_PROT_ALL)  # (unicorn makes its CPU now)
+        cpu = memory.pointer(_handle(uc) + pointer_at)
+        if cpu is None:
+            return None
+        offsets = _error_code_offsets(uc, cpu + delta, dr7_at, memory, selector)
+        found = offsets if found is None else found & offsets
+    return found.pop() if found is not None and len(found) == 1 else None
+
+
 def _discover() -> Layout | None:
     """The layout, learned on a throwaway engine."""
     uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_64)
@@ -185,7 +231,8 @@ def _discover() -> Layout | None:
         ops = _cc_ops(uc, env, dr7_at, memory)
         if ops is None:
             return None
-        return Layout(pointer_at, delta, dr7_at, *ops)
+        error_code_at = _find_error_code(pointer_at, delta, dr7_at, memory)
+        return Layout(pointer_at, delta, dr7_at, *ops, error_code_at)
     finally:
         memory.close()
 
@@ -273,4 +320,4 @@ def register_file(uc: Any, handle: ctypes.c_void_p) -> RegisterFile:
     if found is None:
         return ThroughApi(handle)
     env, layout = found
-    return InPlace(env, layout.dr7_at, layout.cc_op_clr, layout.cc_op_eflags)
+    return InPlace(env, layout.dr7_at, layout.cc_op_clr, layout.cc_op_eflags, layout.error_code_at)

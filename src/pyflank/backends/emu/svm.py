@@ -7,10 +7,23 @@ unicorn hands to the interrupt hook with the guest's registers untouched, becaus
 swallows the exception before QEMU's #VMEXIT would switch to the host state.  So the
 guest never leaves guest mode, and the intercepts give precise exits for free.
 
+Every exception and every INT n/INT3/INTO is intercepted too.  QEMU delivers nothing
+itself here (pyflank does, through the guest IDT), and an exception it raised but never
+delivered would stay "in flight" (``old_exception``: the guest's next #GP becomes a #DF)
+and leave its "software interrupt" flag set (the next intercept then reports the RIP after
+that INT3).  An intercept does neither: QEMU clears ``old_exception`` on a #VMEXIT and
+checks the intercept before it notes anything, and it reports a fault at its instruction
+with a #PF's address in the VMCB (EXITINFO2) instead of CR2, as AMD's processors do.
+
 Every VM entry that loads guest state (the launch, and any resume whose guest-state fields
-the handler changed) runs a two-instruction stub, ``VMLOAD; VMRUN``, against a VMCB built
-from the VMCS.  The stub, the VMCB and the permission maps live in a private region above
-guest RAM and above the guest's MAXPHYADDR, mapped only by the stub's own page tables.
+the handler changed) runs a stub, ``VMLOAD; VMRUN``, against a VMCB built from the VMCS.
+The stub, the VMCB and the permission maps live in a private region above guest RAM and
+above the guest's MAXPHYADDR, mapped only by the stub's own page tables.  VMLOAD and VMRUN
+need CPL 0, and the guest may have stopped in ring 3 (or in a 32-bit code segment), which
+unicorn's API cannot change (a CS write sets only the selector).  So the stub starts with
+a far call through a 64-bit call gate of its own GDT: from any CPL, that lands in its
+64-bit ring-0 code segment (on its own TSS's stack when the CPL changes), as a VMM
+entered from user mode would.
 """
 
 from __future__ import annotations
@@ -26,16 +39,32 @@ HOST_BASE: Final = 0xFF_0000_0000  # 1 GiB aligned, below QEMU's 40 physical add
 HOST_SIZE: Final = 0x10000
 HOST_PML4: Final = HOST_BASE
 HOST_PDPT: Final = HOST_BASE + 0x1000
-STUB: Final = HOST_BASE + 0x2000
+STUB: Final = HOST_BASE + 0x2000  # entered at the guest's CPL
+STUB_RING0: Final = STUB + 0x10  # where the call gate lands, in ring 0
 VMCB: Final = HOST_BASE + 0x3000
 HSAVE: Final = HOST_BASE + 0x4000
 MSRPM: Final = HOST_BASE + 0x5000  # 8 KiB
 IOPM: Final = HOST_BASE + 0x8000  # 12 KiB
 HOST_GDT: Final = HOST_BASE + 0xC000
+HOST_TSS: Final = HOST_BASE + 0xD000
+HOST_STACK_TOP: Final = HOST_BASE + HOST_SIZE
 HOST_CODE_SELECTOR: Final = 0x08
-HOST_DATA_SELECTOR: Final = 0x10
-HOST_GDT_ENTRIES: Final = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)
+HOST_GATE_SELECTOR: Final = 0x18
+HOST_TSS_LIMIT: Final = 0x67
+TSS_BUSY_FLAGS: Final = 0x8B00  # a present, busy 64-bit TSS, as QEMU caches descriptor flags
 
+
+def _call_gate(target: int) -> tuple[int, int]:
+    """A present 64-bit call gate (DPL 3: callable from any CPL) to the host code segment."""
+    low = target & 0xFFFF | HOST_CODE_SELECTOR << 16 | 0xEC << 40 | (target >> 16 & 0xFFFF) << 48
+    return low, target >> 32
+
+
+# null, 64-bit ring-0 code, ring-0 data, the call gate (16 bytes)
+HOST_GDT_ENTRIES: Final = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF, *_call_gate(STUB_RING0))
+HOST_GDT_LIMIT: Final = 8 * len(HOST_GDT_ENTRIES) - 1
+# CALL FAR [RIP + 0] (m16:32; a gate ignores the offset), then the far pointer.
+CALL_THROUGH_GATE: Final = bytes.fromhex("ff1d00000000") + struct.pack("<IH", 0, HOST_GATE_SELECTOR)
 VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
 
 MSR_VM_HSAVE_PA: Final = 0xC0010117
@@ -52,6 +81,8 @@ SVM_EXIT_CR3_WRITE: Final = 0x13
 SVM_EXIT_CR8_WRITE: Final = 0x18
 SVM_EXIT_DR_READ: Final = 0x20
 SVM_EXIT_DR_WRITE: Final = 0x30
+SVM_EXIT_EXCP_BASE: Final = 0x40  # + vector: an exception the guest raised
+SVM_EXIT_SWINT: Final = 0x75  # INT n, INT3, INTO (QEMU raises INT3 and INTO as INT n)
 SVM_EXIT_RDPMC: Final = 0x6F
 SVM_EXIT_PAUSE: Final = 0x77
 SVM_EXIT_HLT: Final = 0x78
@@ -67,8 +98,12 @@ def _intercept(code: int) -> int:
 
 
 ALWAYS_INTERCEPTED: Final = (
-    _intercept(SVM_EXIT_MSR) | _intercept(SVM_EXIT_HLT) | _intercept(SVM_EXIT_WBINVD)
+    _intercept(SVM_EXIT_MSR)
+    | _intercept(SVM_EXIT_HLT)
+    | _intercept(SVM_EXIT_WBINVD)
+    | _intercept(SVM_EXIT_SWINT)
 )
+ALL_EXCEPTIONS: Final = 0xFFFF_FFFF  # the exception-intercept word: vectors 0-31
 # Primary processor-based controls that map onto an SVM intercept of the same event.
 CONTROL_INTERCEPTS: Final = {
     Proc.INVLPG_EXITING: _intercept(SVM_EXIT_INVLPG),
@@ -84,9 +119,11 @@ CR_INTERCEPTS: Final = {  # control -> (read mask, write mask) of the CR interce
 
 # VMCB control-area offsets
 _CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x00, 0x02, 0x04, 0x06
-_INTERCEPT_WORD = 0x0C
+_EXCEPTION_INTERCEPTS, _INTERCEPT_WORD = 0x08, 0x0C
 _IOPM_BASE, _MSRPM_BASE, _TSC_OFFSET, _ASID = 0x40, 0x48, 0x50, 0x58
+_EXIT_INFO_2 = 0x80
 _EVENT_INJECTION = 0xA8
+PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF
 # VMCB state-save-area offsets
 _SEGMENTS = 0x400  # es, cs, ss, ds, fs, gs, gdtr, ldtr, idtr, tr: 16 bytes each
 _CPL, _EFER = 0x4CB, 0x4D0
@@ -125,9 +162,12 @@ def host_region() -> bytes:
     def put(address: int, data: bytes) -> None:
         region[address - HOST_BASE : address - HOST_BASE + len(data)] = data
 
-    put(HOST_PML4 + 8 * ((HOST_BASE >> 39) & 0x1FF), _Q.pack(HOST_PDPT | 0x3))
-    put(HOST_PDPT + 8 * ((HOST_BASE >> 30) & 0x1FF), _Q.pack(HOST_BASE | 0x83))  # 1 GiB page
-    put(STUB, VMLOAD_VMRUN)
+    # User-accessible: the stub's first instruction may run in ring 3.
+    put(HOST_PML4 + 8 * ((HOST_BASE >> 39) & 0x1FF), _Q.pack(HOST_PDPT | 0x7))
+    put(HOST_PDPT + 8 * ((HOST_BASE >> 30) & 0x1FF), _Q.pack(HOST_BASE | 0x87))  # 1 GiB page
+    put(STUB, CALL_THROUGH_GATE)
+    put(STUB_RING0, VMLOAD_VMRUN)
+    put(HOST_TSS + 4, _Q.pack(HOST_STACK_TOP))  # RSP0
     put(MSRPM, b"\xff" * 0x2000)  # every RDMSR/WRMSR is intercepted; VMX bitmaps apply later
     put(HOST_GDT, b"".join(_Q.pack(d) for d in HOST_GDT_ENTRIES))
     return bytes(region)
@@ -179,6 +219,7 @@ def build_vmcb(
     word, cr_read, cr_write = intercepts(proc)
     dr_intercepts = 0xFF if mov_dr_exiting else 0
     struct.pack_into("<HHHH", vmcb, _CR_READ, cr_read, cr_write, dr_intercepts, dr_intercepts)
+    struct.pack_into("<I", vmcb, _EXCEPTION_INTERCEPTS, ALL_EXCEPTIONS)
     _Q.pack_into(vmcb, _INTERCEPT_WORD, word)
     _Q.pack_into(vmcb, _IOPM_BASE, IOPM)
     _Q.pack_into(vmcb, _MSRPM_BASE, MSRPM)

@@ -3,17 +3,20 @@ at the next exit the processor must see, or at a stop.
 
 The parts: ``StateCapture`` reads what an exit saves, ``ExitHooks`` turn unicorn's hooks
 into exit records (deciding in place where leaving unicorn would cost more than the exit),
-``EntryLoader`` loads plans and delivers events through the guest IDT.
+``EntryLoader`` loads plans and delivers events through the guest IDT, and ``EngineCpu``
+is the handler's physical CPU (``cpu``), whose SYSCALL and TSC_AUX MSRs are unicorn's.
 
-Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs,
-and HLT stops the vCPU as "guest HLT" (with RFLAGS.IF=1 too: the platform has no
-interrupt source that could ever wake it).
+Events that do not exit behave as the hardware would: IN/OUT reach ``ports``, RDTSC runs
+(from virtual time where a machine keeps it), SYSCALL and SYSENTER enter ring 0 (carried
+out here: unicorn's do nothing), and HLT with interrupts enabled pauses the vCPU until an
+interrupt comes (the processor's business); with interrupts disabled it ends the run.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from unicorn import x86_const as x86
 
@@ -23,10 +26,14 @@ from pyflank.backends.emu import svm
 from pyflank.backends.emu.capture import StateCapture
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import EntryLoader
+from pyflank.backends.emu.fast_calls import GuestSyscall
 from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
+from pyflank.backends.emu.icount import InstructionCounter
+from pyflank.backends.emu.physical_cpu import EngineCpu
+from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
-from pyflank.processor import EntryPlan, ExitRecord, Stop, StopReason
+from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, StopReason
 
 log = logging.getLogger("pyflank.backends.emu")
 
@@ -41,12 +48,15 @@ class EmuVcpu:
         e.map_host_memory(0, memory.size, memory.address)
         e.map_private(svm.HOST_BASE, svm.HOST_SIZE)
         e.write_physical(svm.HOST_BASE, svm.host_region())
-        self.hooks = ExitHooks(e, self.capture, memory, ports)
+        self.cpu = EngineCpu(e)
+        """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
+        self.stop_gate = StopGate(e)
+        self.capture.progress = self.stop_gate.state
+        self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
-
-    cpu = None  # the handler keeps its CPU model
+        self.instructions: InstructionCounter | None = None  # made when someone asks
 
     def cpuid_leaves(self) -> None:
         return None  # CPUID exits: nothing to sample
@@ -54,17 +64,19 @@ class EmuVcpu:
     def set_cpuid(self, answers: dict[tuple[int, int], CpuidRegisters | None]) -> None:
         raise NotImplementedError("the software CPU traps CPUID")
 
-    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop:
+    def run(self, plan: EntryPlan, decide: Decide) -> ExitRecord | EntryPlan | Stop | Pause:
         """Enter the guest with ``plan``; the next exit, a plan decided in place that needs
-        a VM entry of its own, or a stop.
+        a VM entry of its own, a pause (the plan's budget spent, or HLT with interrupts
+        enabled), or a stop.
 
-        After ``request_stop`` (a timeout) the saved RIP can point at a read-modify-write
-        instruction that already completed: unicorn 2.1.4 does not resynchronise RIP when
-        emulation stops asynchronously.  Every other stop is at an exit, and precise.
+        Every stop is precise: at an exit, or (``request_stop``) at the start of a block,
+        between two instructions (``stop_gate``).
         """
         self.hooks.decide = decide
+        self.hooks.set_timing(plan.budget is not None, plan.idle_ns)
+        self.stop_gate.allow(plan.budget)
         try:
-            outcome: ExitRecord | EntryPlan | Stop | None = self.loader.enter(plan)
+            outcome: ExitRecord | EntryPlan | Stop | Pause | None = self.loader.enter(plan)
             while outcome is None:
                 outcome = self._execute()
             return outcome
@@ -72,7 +84,7 @@ class EmuVcpu:
             log.exception("software CPU failed")
             return Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}", self._state())
 
-    def _execute(self) -> ExitRecord | EntryPlan | Stop | None:
+    def _execute(self) -> ExitRecord | EntryPlan | Stop | Pause | None:
         """Emulate until something stops it; None to go on."""
         if self._stop_request is not None:
             return Stop(self._stop_request, "", self._state())
@@ -80,12 +92,17 @@ class EmuVcpu:
         outcome = self.hooks.take()
         if isinstance(outcome, GuestEvent):
             return self.loader.deliver_guest(outcome)
+        if isinstance(outcome, GuestSyscall):
+            self.loader.fast_system_call(outcome)
+            return None
         if outcome is not None:
             return outcome
         if self._stop_request is not None:
             return Stop(self._stop_request, "", self._state())
         if status:
             return Stop(StopReason.ERROR, f"emulator: {eng.UcError(status)}", self._state())
+        if self.stop_gate.spent:  # at a block start: the time slice is over
+            return Pause(self.capture.pause_state())
         self.loader.start_rip = self.engine.read(x86.UC_X86_REG_RIP)
         return None
 
@@ -93,12 +110,18 @@ class EmuVcpu:
         """The guest's state now, when it is in the guest (a stop between exits)."""
         return self.capture.snapshot() if self.loader.in_guest_mode else None
 
+    def count_instructions(self) -> Callable[[], int]:
+        """Count guest instructions from now on (``icount``); the count's reader."""
+        if self.instructions is None:
+            self.instructions = InstructionCounter(self.engine)
+        return self.instructions.count
+
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Ask the vCPU to stop (any thread); it stops at the next block boundary."""
         with self._stop_lock:
             if self._stop_request is None:
                 self._stop_request = reason
-        self.engine.stop()
+        self.stop_gate.request()
 
     def close(self) -> None:
         pass  # the engine is freed with the vCPU

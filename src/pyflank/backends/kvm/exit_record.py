@@ -34,7 +34,7 @@ class ExitRecords:
         image = regs.sregs_image()
         if image != regs.sregs_seen:  # the guest rarely changes them between exits
             guest = self.moved(image)
-        return _make((info, self.sdm_order(values), start, values[17], guest, ""))
+        return _make((info, self.sdm_order(values), start, values[17], guest, "", -1))
 
     def moved(self, image: bytes) -> dict[int, int]:
         """The sregs changed (``image``: their bytes now): the fields, and what was noted."""

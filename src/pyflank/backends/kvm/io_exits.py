@@ -112,7 +112,7 @@ class IoExits:
         if image != registers.sregs_seen:
             guest = self.records.moved(image)
         # An ExitRecord's fields as a plain tuple: the processor unpacks it by position.
-        record: Any = (info, order(values), site.start, values[17], guest, "")
+        record: Any = (info, order(values), site.start, values[17], guest, "", -1)
         return record  # type: ignore[no-any-return]
 
     def _site(self, access: int, count: int) -> IoSite:

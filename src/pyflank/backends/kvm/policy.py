@@ -42,6 +42,10 @@ GAPS: Final[dict[str, str]] = {
     "vmcall": "VMCALL/VMMCALL are KVM hypercalls that may never return: guests use the doorbell",
     "emulator": "KVM's ring-0 instruction emulator (kvm_pvm) lacks some instructions (INT n, ...)",
     "io_strings": "string I/O exits come mid-instruction from KVM's emulator, no linear address",
+    "linux": "Linux needs guest time and timer interrupts, which the KVM engine does not "
+    "drive (no in-kernel irqchip and PIT); on kvm_pvm the kernel stops first at the "
+    "emulator's missing LOCK CMPXCHG16B",
+    "instruction_count": "KVM does not count guest instructions: exit traces hold no count",
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING

@@ -128,6 +128,9 @@ class KvmVcpu:
         finally:
             kicker.detach()
 
+    def count_instructions(self) -> None:
+        return None  # GAPS["instruction_count"]
+
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Make ``run`` return soon with ``reason``; callable from any thread."""
         if self._requested is None:

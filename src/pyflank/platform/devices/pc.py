@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pyflank.platform.devices.bus import BusDevice, PortBus, Window
-from pyflank.platform.devices.clock import Clock, Timed
+from pyflank.platform.devices.clock import Timed, VirtualClock
 from pyflank.platform.devices.i8042 import COMMAND, DATA, I8042
 from pyflank.platform.devices.irq import InterruptController, IrqLine
 from pyflank.platform.devices.manager import DeviceManager
@@ -54,7 +54,7 @@ class PcConfig:
 class PcPlatform:
     def __init__(
         self,
-        clock: Clock,
+        clock: VirtualClock,
         config: PcConfig | None = None,
         *,
         console: Callable[[int], None] | None = None,

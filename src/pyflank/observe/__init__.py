@@ -1,0 +1,54 @@
+"""Observe a run: exit statistics, exit traces, break on exit, offline replay, pictures.
+
+Observers watch every exit of a ``Vm`` without the handler changing (hvpp's statistics
+and debug-break handlers and its compositor, as ``Vm(observers=[...])``)::
+
+    stats, trace = ExitStatistics(), ExitTrace("run.jsonl")
+    Vm(MyHandler, observers=[stats, trace]).run()
+    print(stats.table())
+    print(replay("run.jsonl", MyChangedHandler).describe())   # no CPU needed
+    plot_exits(read_trace("run.jsonl"), "exits.png")          # pip install pyflank[plot]
+
+``python -m pyflank.observe`` reads a trace from the command line (``stats``, ``plot``,
+``replay``).
+Without observers the exit path costs what it did before (``processor.observer``).  An
+observer of your own subclasses ``Observer`` (``observe.base``), or implements
+``VmObserver`` itself.
+"""
+
+import importlib
+
+from pyflank.observe.base import Observer
+from pyflank.observe.breaks import BreakHit, BreakOnExit
+from pyflank.observe.replay import Divergence, ReplayResult, replay
+from pyflank.observe.statistics import ExitStatistics, ReasonStatistics
+from pyflank.observe.trace import ExitTrace
+from pyflank.observe.tracefile import Trace, TracedExit, TraceError, read_trace
+from pyflank.processor.observer import ObservedVcpu, VcpuObserver, VmObserver
+
+__all__ = [
+    "BreakHit",
+    "BreakOnExit",
+    "Divergence",
+    "ExitStatistics",
+    "ExitTrace",
+    "ObservedVcpu",
+    "Observer",
+    "ReasonStatistics",
+    "ReplayResult",
+    "Trace",
+    "TraceError",
+    "TracedExit",
+    "VcpuObserver",
+    "VmObserver",
+    "read_trace",
+    "replay",
+]
+
+
+def __getattr__(name: str) -> object:
+    # ``plot_exits`` (``observe.plot``) needs the optional matplotlib: imported when asked for,
+    # and not in ``__all__``, so that ``import *`` and the API reference never need it.
+    if name == "plot_exits":
+        return importlib.import_module("pyflank.observe.plot").plot_exits
+    raise AttributeError(f"module 'pyflank.observe' has no attribute {name!r}")
