@@ -19,8 +19,9 @@ Limits of the software CPU with several vCPUs: each runs its own unicorn engine 
 shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
 instructions atomic between engines, and an engine does not notice another engine writing
 code it has already translated.  Guests that synchronise vCPUs through shared memory
-(spinlocks) or patch each other's code need the KVM backend.  Taking turns would not fix
-it cheaply: unicorn resumes imprecisely after an asynchronous stop (see ``EmuVcpu.run``).
+(spinlocks) or patch each other's code need the KVM backend.  (Each engine stops exactly
+at a block start -- ``backends.emu.stop_gate`` -- so taking turns would be correct, but it
+would serialise the vCPUs.)
 """
 
 from __future__ import annotations

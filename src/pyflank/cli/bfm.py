@@ -31,19 +31,33 @@ def _vmcall(rt: RuntimeDir, cpuid: int, words: list[str]) -> str:
 def _run_guest(line: CommandLine) -> int:
     from pyflank.cli.guest_run import RunRequest, run_program  # noqa: PLC0415 - heavy
 
-    assert line.program is not None
     request = RunRequest(
         program=line.program,
         program_format=line.program_format,
+        kernel=line.kernel,
+        initrd=line.initrd,
+        append=RunRequest.append if line.append is None else line.append,
         backend=line.backend,
         vcpus=line.vcpus,
-        memory=line.memory or RunRequest.memory,
+        memory=line.memory,
         extension=line.extension,
         timeout=line.timeout,
         verbose=line.verbose,
         quiet=line.quiet,
     )
-    return run_program(request, sys.stdout.buffer, sys.stderr, RuntimeDir.default())
+    return run_program(
+        request, sys.stdout.buffer, sys.stderr, RuntimeDir.default(), _keyboard(line)
+    )
+
+
+def _keyboard(line: CommandLine) -> int | None:
+    """Standard input's file descriptor, for a kernel's console (None: nothing to type)."""
+    if line.kernel is None or sys.stdin is None:
+        return None
+    try:
+        return sys.stdin.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 def execute(line: CommandLine, rt: RuntimeDir) -> str:

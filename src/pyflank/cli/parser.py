@@ -35,9 +35,10 @@ Usage: bfm [OPTION]... load <extension>
   or:  bfm [OPTION]... dump [--vcpuid N]
   or:  bfm [OPTION]... vmcall [--cpuid N] <cmd>
   or:  bfm [OPTION]... run <program> [--backend B] [--vcpus N] [--memory SIZE] [...]
+  or:  bfm [OPTION]... run --kernel FILE [--initrd FILE] [--append CMDLINE] [...]
   or:  bfm [OPTION]... check <vmcs.json>
 pyflank manager: load an exit handler, run the VMM, talk to it from inside the guest;
-or run a guest program of your own under a handler ('bfm run').
+or run a guest program of your own, or boot Linux, under a handler ('bfm run').
 'bfm COMMAND --help' describes one command.
 
 Options:
@@ -73,6 +74,9 @@ class CommandLine:
     extension: str | None = None
     program: Path | None = None
     program_format: str = "auto"
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
     timeout: float | None = None
     vmcs: Path | None = None
     words: list[str] = field(default_factory=list)  # vmcall's command and arguments
@@ -169,6 +173,7 @@ def _new(
 
 
 EXTENSION_HELP = "file.py[:Class], pkg.module[:Class] or x.modules"
+RUN_TAKES = "run takes a program (.s, ELF or flat binary) or --kernel FILE"
 
 
 def _vm_options(parser: _Parser) -> None:
@@ -196,7 +201,18 @@ def _run_options(parser: _Parser) -> None:
     parser.add_argument(
         "program",
         type=Path,
+        nargs="?",
+        default=None,  # not argparse.SUPPRESS: an optional positional would keep its text
         help="assembly (.s), an ELF64 executable, or a flat binary loaded at 0x100000",
+    )
+    parser.add_argument(
+        "--kernel", type=Path, metavar="FILE", help="boot this Linux bzImage instead of a program"
+    )
+    parser.add_argument("--initrd", type=Path, metavar="FILE", help="the kernel's initramfs")
+    parser.add_argument(
+        "--append",
+        metavar="CMDLINE",
+        help='the kernel command line, as QEMU takes it (default "console=ttyS0")',
     )
     _vm_options(parser)
     parser.add_argument("--extension", metavar="EXT", help="the exit handler (default: the seed's)")
@@ -240,9 +256,10 @@ def _commands() -> dict[str, _Parser]:
         ),
         "run": _new(
             "bfm run",
-            "Run a guest program in the foreground: its console (COM1) on stdout, "
-            "a summary of how each vCPU stopped on stderr at the end.",
-            "run takes a program (.s, ELF or flat binary)",
+            "Run a guest program, or boot a Linux kernel (--kernel), in the foreground: its "
+            "console (COM1) on stdout, typing on stdin reaching it, and how each vCPU "
+            "stopped (with the kernel's exit summary) on stderr at the end.",
+            RUN_TAKES,
         ),
         "check": _new(
             "bfm check",
@@ -316,11 +333,24 @@ def parse(argv: Sequence[str]) -> CommandLine:
     merged.update(vars(values))
     for name, value in merged.items():
         setattr(line, name, value)
+    if line.command == "run":
+        _check_run(line)
     line.verbose = bool(merged.get("verbose") or given.get("verbose"))
     line.quiet = bool(merged.get("quiet") or given.get("quiet"))
     if line.verbose and line.quiet:
         raise UsageError("-v and -q together: choose one")
     return line
+
+
+def _check_run(line: CommandLine) -> None:
+    if line.program is None and line.kernel is None:
+        raise UsageError(RUN_TAKES)
+    if line.program is not None and line.kernel is not None:
+        raise UsageError(f"run takes a program or --kernel, not both ({line.program})")
+    if line.kernel is None:
+        for option, value in (("--initrd", line.initrd), ("--append", line.append)):
+            if value is not None:
+                raise UsageError(f"run: {option} goes with --kernel")
 
 
 def command_help(command: str | None) -> str:
