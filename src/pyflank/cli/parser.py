@@ -20,7 +20,7 @@ from pyflank.cli.errors import UsageError
 from pyflank.cli.vmcall_command import HELP as VMCALL_HELP
 from pyflank.cli.vmcall_command import number
 
-BACKENDS = ("emu", "kvm", "auto")
+BACKENDS = ("emu", "kvm", "auto")  # backends.factory.NAMES, without importing the engines
 MAX_VCPUS = 16  # the boot layout's room (platform.boot.BootLayout.max_vcpus)
 PROGRAM_FORMATS = ("auto", "asm", "elf", "flat")
 VERSION = f"bfm (pyflank) {PYFLANK_VERSION}"
