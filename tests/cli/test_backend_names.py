@@ -1,9 +1,11 @@
-"""bfm spells the backend names itself, to start without importing the engines; they
-must stay the names ``Vm(backend=...)`` takes."""
+"""The backends' names are spelled once (``backends.names``, which bfm imports without
+the engines); the factory builds exactly those engines."""
 
-from pyflank.backends.factory import NAMES
+from pyflank.backends import factory
+from pyflank.backends.names import ENGINES, NAMES
 from pyflank.cli.parser import BACKENDS
 
 
-def test_bfm_offers_exactly_the_backends_vm_takes() -> None:
-    assert BACKENDS == NAMES
+def test_the_factory_builds_exactly_the_named_engines() -> None:
+    assert tuple(factory.BACKENDS) == ENGINES
+    assert BACKENDS == factory.NAMES == NAMES
