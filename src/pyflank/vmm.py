@@ -43,8 +43,11 @@ from pyflank.backends.base import (
     VcpuEngine,
 )
 from pyflank.backends.factory import open_backend
+from pyflank.debug.exit_breaks import DebuggerExits
+from pyflank.debug.parking import Parking
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS
+from pyflank.gdbstub.server import GdbStub, loopback
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
 from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
@@ -137,6 +140,7 @@ class Vcpu:
         """Its handler's log."""
         self.backend = vm.backend.name
         """The backend's name ("emu", "kvm", ...)."""
+        self.memory = vm.memory
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
@@ -147,6 +151,8 @@ class Vcpu:
         """Its VMX processor while the Vm runs."""
         self.result: VcpuResult | None = None
         """Why and how it stopped, once it has."""
+        self._parking: Parking | None = None
+        self._parking_lock = threading.Lock()
 
     def count_instructions(self) -> Callable[[], int] | None:
         """Start counting guest instructions (observers ask, before the run); a reader of
@@ -161,6 +167,7 @@ class Vcpu:
         trace: bool,
         machine: Machine | None = None,
         observers: Sequence[VmObserver] = (),
+        gdb: GdbStub | None = None,
     ) -> None:
         """Make this vCPU's engine and processor (after the guest is loaded)."""
         engine = self.engine = backend.create_vcpu(self.vcpuid)
@@ -170,14 +177,55 @@ class Vcpu:
         if leaves is not None:
             engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
         watching = [w for w in (o.attach(self) for o in observers) if w is not None]
+        observer = compose_observers(watching)
+        if gdb is not None:  # breaks on exits park the vCPU for gdb
+            observer = DebuggerExits(self._new_parking(), gdb.breaks, observer)
         self.processor = VmxProcessor(
             self.handler,
             backend.unsupported,
             engine=f"{backend.name} backend",
             trace=trace,
             machine=machine,
-            observer=compose_observers(watching),
+            observer=observer,
         )
+        if self._parking is not None:
+            self._wire_parking(self._parking)
+        if gdb is not None:
+            gdb.attach(self.parking(), self._ending, lambda: self.request_stop(StopReason.STOPPED))
+
+    def parking(self) -> Parking:
+        """Where this vCPU parks for a debugger or a pause (``debug.parking``), made on first
+        use; the software CPU only (``ValueError`` elsewhere), while the Vm runs."""
+        with self._parking_lock:
+            if self._parking is None:
+                self._new_parking()
+                assert self._parking is not None
+                if self.processor is not None:
+                    self._wire_parking(self._parking)
+            return self._parking
+
+    def _new_parking(self) -> Parking:
+        debugger = getattr(self.engine, "debugger", None)
+        if debugger is None:
+            raise ValueError(f"vCPU {self.vcpuid}: stopping the guest needs the software CPU "
+                             f"(emu), not the {self.backend} backend")  # fmt: skip
+        self._parking = Parking(
+            self.vcpuid, debugger(), state=self.state, vmcs=self.vmcs, memory=self.memory
+        )
+        return self._parking
+
+    def _wire_parking(self, parking: Parking) -> None:
+        processor = self.processor
+        assert processor is not None
+        parking.processor = processor
+        if processor.clock is not None:
+            processor.clock.idle_hook = parking.at_idle
+
+    def _ending(self) -> str:
+        result = self.result
+        if result is None:
+            return "stopped"
+        return f"{result.reason.value}: {result.message}" if result.message else result.reason.value
 
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Ask the running vCPU to stop (any thread): its engine, and a halted processor."""
@@ -185,6 +233,8 @@ class Vcpu:
             self.engine.request_stop(reason)
         if self.processor is not None:
             self.processor.request_stop(reason)
+        if self._parking is not None:
+            self._parking.abandon()
 
     def _run(self) -> None:
         engine, processor = self.engine, self.processor
@@ -209,6 +259,8 @@ class Vcpu:
             exits=processor.exits,
             trace=processor.trace,
         )
+        if self._parking is not None:
+            self._parking.finished()
 
 
 class Vm:
@@ -233,6 +285,8 @@ class Vm:
         observers: Sequence[VmObserver] = (),
         platform: str = "minimal",
         console: Callable[[int], None] | None = None,
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
         _setup: bool = True,
     ) -> None:
         self.layout = layout or BootLayout()
@@ -264,7 +318,19 @@ class Vm:
         else:
             self.backend = backend(self.memory, self.bus)
         """The engine: the software CPU, KVM, or one of the caller's."""
-        self._finalizer = weakref.finalize(self, self.backend.close)
+        self.gdb: GdbStub | None = None
+        """The gdb stub (``Vm(gdb=PORT)``), listening at ``gdb.address`` from now on."""
+        if gdb is not None:
+            if self.backend.name != "emu":
+                self.backend.close()
+                raise ValueError(f"the gdb stub needs the software CPU (emu), not the "
+                                 f"{self.backend.name} backend")  # fmt: skip
+            try:
+                self.gdb = GdbStub(loopback(gdb), wait=gdb_wait)
+            except (OSError, ValueError):
+                self.backend.close()
+                raise
+        self._finalizer = weakref.finalize(self, _close, self.backend, self.gdb)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
         """The vCPUs, by id."""
         for vcpu in self.vcpus:
@@ -303,6 +369,9 @@ class Vm:
         backend: str | BackendFactory = "emu",
         trace: bool = False,
         console: Callable[[int], None] | None = None,
+        observers: Sequence[VmObserver] = (),
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
     ) -> Vm:
         """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
 
@@ -313,7 +382,7 @@ class Vm:
         """
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
-            console=console, _setup=False,
+            console=console, observers=observers, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
         )  # fmt: skip
         boot = load_bzimage(
             vm.memory,
@@ -401,8 +470,9 @@ class Vm:
         self.close()
 
     # -- running -------------------------------------------------------------------------
-    def run(self, timeout: float = 5.0) -> list[VcpuResult]:
-        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each."""
+    def run(self, timeout: float | None = 5.0) -> list[VcpuResult]:
+        """Run every vCPU until it stops or ``timeout`` seconds pass (None: no limit; time
+        stopped in a debugger counts); one result each."""
         if self._ran:
             raise RuntimeError("a Vm runs once")
         self._ran = True
@@ -411,23 +481,30 @@ class Vm:
         finally:
             self.close()
 
-    def _run(self, timeout: float) -> list[VcpuResult]:
+    def _run(self, timeout: float | None) -> list[VcpuResult]:
         for vcpu in self.vcpus:  # without local APICs only the boot vCPU takes interrupts
             machine = self.platform if vcpu.vcpuid == 0 else None
-            vcpu._attach(self.backend, trace=self.trace, machine=machine, observers=self.observers)
+            vcpu._attach(
+                self.backend, trace=self.trace, machine=machine, observers=self.observers,
+                gdb=self.gdb,
+            )  # fmt: skip
         threads = [
             threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
         ]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + timeout
+        if self.gdb is not None:
+            self.gdb.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         for vcpu, thread in zip(self.vcpus, threads, strict=True):
             # A stop request can race with the vCPU re-entering the guest: repeat it.
             while thread.is_alive():
                 vcpu.request_stop(StopReason.TIMEOUT)
                 thread.join(0.01)
+        if self.gdb is not None:
+            self.gdb.finish()
         for observer in self.observers:
             try:
                 observer.finished()
@@ -438,6 +515,12 @@ class Vm:
             assert vcpu.result is not None
             results.append(vcpu.result)
         return results
+
+
+def _close(backend: Backend, gdb: GdbStub | None) -> None:
+    if gdb is not None:
+        gdb.close()
+    backend.close()
 
 
 def _read(source: bytes | str | Path) -> bytes:

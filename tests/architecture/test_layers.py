@@ -13,6 +13,8 @@ ROOT = Path(pyflank.__file__).parent
 LAYERS = (
     ("cli", "demo", "testing", "observe"),
     ("vmm",),
+    ("gdbstub",),
+    ("debug",),
     ("backends",),
     ("processor",),
     ("platform",),
