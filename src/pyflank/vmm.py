@@ -72,6 +72,8 @@ from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
 from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
+from pyflank.snapshot import Restoring, SnapshotFile, SnapshotInfo
+from pyflank.snapshot import save as save_snapshot
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
@@ -105,11 +107,16 @@ class VcpuResult:
     """(basic exit reason, guest RIP) of every exit when the Vm was made with ``trace=True``."""
 
 
-def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
+def run_loop(
+    engine: VcpuEngine,
+    processor: VmxProcessor,
+    start: Callable[[], EntryPlan | Stop] | None = None,
+) -> Stop:
     """Run one vCPU to its stop: the processor launches, the engine runs the guest to the
-    next exit, the processor dispatches it and plans the next entry, and so on."""
+    next exit, the processor dispatches it and plans the next entry, and so on.  ``start``
+    gives the first step instead of the launch (a restored vCPU goes on)."""
     decide = processor.exit
-    step: EntryPlan | Stop = processor.launch()
+    step: EntryPlan | Stop = processor.launch() if start is None else start()
     while not isinstance(step, Stop):
         happened = engine.run(step, decide)
         if isinstance(happened, ExitRecord):
@@ -153,6 +160,8 @@ class Vcpu:
         """Why and how it stopped, once it has."""
         self._parking: Parking | None = None
         self._parking_lock = threading.Lock()
+        self.start: Callable[[], EntryPlan | Stop] | None = None
+        """The first step of a restored vCPU (``snapshot``), instead of the launch."""
 
     def count_instructions(self) -> Callable[[], int] | None:
         """Start counting guest instructions (observers ask, before the run); a reader of
@@ -240,7 +249,7 @@ class Vcpu:
         engine, processor = self.engine, self.processor
         assert engine is not None and processor is not None
         try:
-            stop = run_loop(engine, processor)
+            stop = run_loop(engine, processor, self.start)
         except Exception as exc:  # an engine failure stops this vCPU, not the VMM
             log.exception("vCPU %d failed", self.vcpuid)
             stop = Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}")
@@ -348,6 +357,10 @@ class Vm:
         self.set_entry(self.layout.load_address)
         self.linux: LinuxBoot | None = None
         """What ``boot_linux`` put where (kernel, initrd, command line, zero page)."""
+        self.restored: SnapshotInfo | None = None
+        """The snapshot this Vm was restored from (``Vm.restore``)."""
+        self._restoring: Restoring | None = None
+        self._running = threading.Event()
         self._ran = False
         if _setup:
             self._setup()
@@ -406,6 +419,36 @@ class Vm:
             vcpu.vmcs.write(secondary, wanted & ~Proc2.ENABLE_RDTSCP)
         vm.linux = boot
         vm._setup()
+        return vm
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: str | Path,
+        *,
+        handler: HandlerFactory = ExitHandlerIntelX64,
+        trace: bool = False,
+        observers: Sequence[VmObserver] = (),
+        console: Callable[[int], None] | None = None,
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
+    ) -> Vm:
+        """A Vm that goes on from ``snapshot`` (``Vm.snapshot``'s file), as its Vm would
+        have: RAM, vCPUs, devices and guest time as they were; ``run`` continues them.
+        ``SnapshotError`` (a ``ValueError``) with the reason for a file it cannot use."""
+        with SnapshotFile(snapshot) as file:
+            meta = file.meta
+            vm = cls(
+                handler, memory_size=int(meta["memory_size"]), vcpus=int(meta["vcpus"]),
+                platform=str(meta["platform"]), trace=trace, observers=observers,
+                console=console, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
+            )  # fmt: skip
+            try:
+                vm._restoring = file.load_into(vm)
+            except BaseException:
+                vm.close()
+                raise
+        vm.restored = vm._restoring.info
         return vm
 
     # -- loading ------------------------------------------------------------------------
@@ -469,6 +512,54 @@ class Vm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- pausing and snapshots -----------------------------------------------------------
+    def request_pause(self) -> None:
+        """Ask every running vCPU to park (``debug.parking``) at its next point where its
+        state is whole, and return (any thread; a vCPU's own, in a device, too)."""
+        self._wait_running()
+        for vcpu in self.vcpus:
+            if vcpu.result is None:
+                vcpu.parking().request()
+
+    def pause(self, timeout: float | None = 10.0) -> None:
+        """Stop the guest: every running vCPU parked between two instructions, or halted
+        waiting for an interrupt.  Guest time stands still with it.  ``TimeoutError`` if
+        they are not all parked within ``timeout`` seconds; ``resume()`` lets them go on."""
+        if self.gdb is not None:
+            raise RuntimeError("this Vm is stopped and started by gdb (Vm(gdb=...))")
+        self.request_pause()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for vcpu in self.vcpus:
+            parking = vcpu.parking()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not parking.wait(left) and not parking.ended:
+                raise TimeoutError(f"vCPU {vcpu.vcpuid} did not pause within {timeout} s")
+
+    def resume(self) -> None:
+        """Let paused vCPUs go on."""
+        for vcpu in self.vcpus:
+            if vcpu._parking is not None:
+                vcpu._parking.resume()
+
+    def snapshot(self, path: str | Path) -> SnapshotInfo:
+        """Save the whole VM to ``path`` (``pyflank.snapshot``) while it runs: paused
+        already, it stays paused; else it is paused for the save and resumed after."""
+        self._wait_running()
+        paused = all(v._parking is not None and v._parking.stopped for v in self.vcpus)
+        if not paused:
+            self.pause()
+        try:
+            return save_snapshot(self, path)
+        finally:
+            if not paused:
+                self.resume()
+
+    def _wait_running(self) -> None:
+        if not self._ran or not self._running.wait(10.0):
+            raise RuntimeError("the Vm is not running (pause and snapshot a running Vm)")
+        if all(v.result is not None for v in self.vcpus):
+            raise RuntimeError("the Vm has stopped (pause and snapshot a running Vm)")
+
     # -- running -------------------------------------------------------------------------
     def run(self, timeout: float | None = 5.0) -> list[VcpuResult]:
         """Run every vCPU until it stops or ``timeout`` seconds pass (None: no limit; time
@@ -488,11 +579,14 @@ class Vm:
                 self.backend, trace=self.trace, machine=machine, observers=self.observers,
                 gdb=self.gdb,
             )  # fmt: skip
+        if self._restoring is not None:
+            self._restoring.start(self)  # each vCPU goes on from the snapshot
         threads = [
             threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
         ]
         for thread in threads:
             thread.start()
+        self._running.set()
         if self.gdb is not None:
             self.gdb.start()
         deadline = None if timeout is None else time.monotonic() + timeout

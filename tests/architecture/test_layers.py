@@ -13,7 +13,7 @@ ROOT = Path(pyflank.__file__).parent
 LAYERS = (
     ("cli", "demo", "testing", "observe"),
     ("vmm",),
-    ("gdbstub",),
+    ("gdbstub", "snapshot"),
     ("debug",),
     ("backends",),
     ("processor",),
