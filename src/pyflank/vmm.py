@@ -148,6 +148,10 @@ class Vcpu:
         self.backend = vm.backend.name
         """The backend's name ("emu", "kvm", ...)."""
         self.memory = vm.memory
+        self.serial = vm.serial
+        """COM1 (every vCPU's view of the console)."""
+        self.machine: Machine | None = None
+        """The machine whose interrupts and time this vCPU has (vCPU 0 of a PC Vm)."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
@@ -179,6 +183,7 @@ class Vcpu:
         gdb: GdbStub | None = None,
     ) -> None:
         """Make this vCPU's engine and processor (after the guest is loaded)."""
+        self.machine = machine
         engine = self.engine = backend.create_vcpu(self.vcpuid)
         if engine.cpu is not None:
             self.handler.set_cpu(engine.cpu)

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from snapshot_helpers import LOOP, TABLE, WAITS_FOR_INPUT, run_in_thread, snapshot_at_exit
+from snapshot_helpers import run_in_thread, snapshot_at_exit
 
 from counting import CountingExits
 from pyflank.debug import StopPoint
 from pyflank.observe import Observer
 from pyflank.processor import StopReason
 from pyflank.vmm import Vm
+from small_guests import LOOP, TABLE, WAITS_FOR_INPUT
 
 
 def loop_vm(observers: list[Observer], vcpus: int = 1) -> Vm:

@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from snapshot_helpers import LOOP, snapshot_at_exit
+from snapshot_helpers import snapshot_at_exit
 
 from pyflank.observe import Observer
 from pyflank.platform.devices.clock import VirtualClock
@@ -18,6 +18,7 @@ from pyflank.snapshot import SnapshotError
 from pyflank.snapshot import state as plain
 from pyflank.snapshot.format import MAGIC
 from pyflank.vmm import Vm
+from small_guests import LOOP
 
 
 @pytest.fixture(scope="module")
