@@ -340,7 +340,7 @@ class Vm:
                 raise ValueError(f"the gdb stub needs the software CPU (emu), not the "
                                  f"{self.backend.name} backend")  # fmt: skip
             try:
-                self.gdb = GdbStub(loopback(gdb), wait=gdb_wait)
+                self.gdb = GdbStub(loopback(gdb), wait=gdb_wait, snapshot=_snapshots_of(self))
             except (OSError, ValueError):
                 self.backend.close()
                 raise
@@ -614,6 +614,20 @@ class Vm:
             assert vcpu.result is not None
             results.append(vcpu.result)
         return results
+
+
+def _snapshots_of(vm: Vm) -> Callable[[str], str]:
+    """What gdb's ``monitor snapshot FILE`` does (holding no reference to ``vm``)."""
+    ref = weakref.ref(vm)
+
+    def snapshot(path: str) -> str:
+        target = ref()
+        if target is None:
+            raise ValueError("the Vm is gone")
+        info = save_snapshot(target, path)
+        return f"saved {info.path} ({info.size} bytes) in {info.seconds:.2f} s"
+
+    return snapshot
 
 
 def _close(backend: Backend, gdb: GdbStub | None) -> None:

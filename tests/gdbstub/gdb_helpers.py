@@ -1,19 +1,14 @@
-"""Running a Vm under the real gdb (batch mode), and a bare client of the remote protocol
-for what a batch session cannot do (interrupting a running guest)."""
+"""Addresses in a small guest, and a bare client of the remote protocol for what a batch
+gdb cannot do (interrupting a running guest)."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import iced_x86
 
 from pyflank.gdbstub.packets import checksum, frame
 from pyflank.platform.assemble import assemble
-from pyflank.vmm import VcpuResult, Vm
 
 LOAD = 0x100000
 
@@ -22,28 +17,6 @@ def instruction_addresses(source: str, base: int = LOAD) -> list[int]:
     """The address of each instruction of ``source`` assembled at ``base``."""
     code = assemble(source, base)
     return [ins.ip for ins in iced_x86.Decoder(64, code, ip=base)]
-
-
-@dataclass
-class Session:
-    transcript: str
-    results: list[VcpuResult]
-
-
-def debug(gdb: str, vm: Vm, commands: Sequence[str], *, timeout: float = 60) -> Session:
-    """Run ``vm`` and a gdb that connects to its stub and runs ``commands``; both to the end."""
-    assert vm.gdb is not None
-    results: list[list[VcpuResult]] = []
-    runner = threading.Thread(target=lambda: results.append(vm.run(timeout=timeout)))
-    runner.start()
-    script = ["set pagination off", "set confirm off", f"target remote {vm.gdb.address}"]
-    args = [gdb, "-nx", "-batch"]
-    for command in [*script, *commands]:
-        args += ["-ex", command]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    runner.join(timeout)
-    assert not runner.is_alive(), "the Vm did not finish"
-    return Session(done.stdout + done.stderr, results[0])
 
 
 class Client:

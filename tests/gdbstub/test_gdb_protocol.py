@@ -29,6 +29,15 @@ def running(vm: Vm, timeout: float) -> tuple[threading.Thread, list[list[VcpuRes
     return thread, results
 
 
+def spinning(**options: bool) -> tuple[Client, threading.Thread, list[list[VcpuResult]]]:
+    """A guest that spins, under the stub, and a client connected to it."""
+    vm = Vm(gdb=0, **options)  # type: ignore[arg-type]
+    vm.load_asm(SPIN)
+    thread, results = running(vm, timeout=30 if options.get("gdb_wait", True) else 3)
+    assert vm.gdb is not None
+    return Client(vm.gdb.port), thread, results
+
+
 def rip_of(registers: str) -> int:
     index = [r.name for r in REGISTERS].index("rip")
     offset = sum(r.bits // 4 for r in REGISTERS[:index])
@@ -36,11 +45,7 @@ def rip_of(registers: str) -> int:
 
 
 def test_gdb_interrupts_a_running_guest_and_detaches_from_it() -> None:
-    vm = Vm(gdb=0, gdb_wait=False)
-    vm.load_asm(SPIN)
-    thread, results = running(vm, timeout=3)
-    assert vm.gdb is not None
-    client = Client(vm.gdb.port)
+    client, thread, results = spinning(gdb_wait=False)
     assert "vContSupported+" in client.ask("qSupported:swbreak+")
     assert client.ask("?") == "T05thread:1;"  # attaching stopped it
     client.send("vCont;c")
@@ -55,11 +60,7 @@ def test_gdb_interrupts_a_running_guest_and_detaches_from_it() -> None:
 
 
 def test_gdb_kills_the_guest() -> None:
-    vm = Vm(gdb=0)
-    vm.load_asm(SPIN)
-    thread, results = running(vm, timeout=30)
-    assert vm.gdb is not None
-    client = Client(vm.gdb.port)
+    client, thread, results = spinning()
     assert client.ask("?") == "T05thread:1;"
     client.send("k")
     thread.join(10)
@@ -69,11 +70,7 @@ def test_gdb_kills_the_guest() -> None:
 
 
 def test_a_packet_with_a_bad_checksum_is_refused_and_the_next_is_served() -> None:
-    vm = Vm(gdb=0)
-    vm.load_asm(SPIN)
-    thread, _ = running(vm, timeout=30)
-    assert vm.gdb is not None
-    client = Client(vm.gdb.port)
+    client, thread, _ = spinning()
     client.send_raw(b"$?#00")
     assert client.sock.recv(1) == b"-"
     assert client.ask("?") == "T05thread:1;"

@@ -4,9 +4,11 @@ memory, a watchpoint, a break on a VM exit that continues into the handler, the 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from gdb_helpers import LOAD, debug, instruction_addresses
+from gdb_helpers import LOAD, instruction_addresses
 
+from gdb_support import debug
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.registers import CR0_PE, CR0_PG, EFER_LMA
 from pyflank.observe import BreakOnExit
@@ -137,3 +139,20 @@ def test_each_vcpu_is_a_gdb_thread(gdb_binary: str) -> None:
     rdi = [int(v, 16) for v in re.findall(r"^\$\d+ = (0x[0-9a-f]+)", text, re.MULTILINE)]
     assert sorted(rdi[:2]) == [0, 1] and rdi[2:] == [0, 1], text  # RDI is the vCPU id
     assert [r.reason for r in session.results] == [StopReason.GUEST_HLT] * 2
+
+
+def test_gdb_saves_a_snapshot_where_it_stopped(gdb_binary: str, tmp_path: Path) -> None:
+    vm = Vm(gdb=0)
+    vm.load_asm(PROGRAM)
+    snapshot = tmp_path / "at_add.pfs"
+    session = debug(
+        gdb_binary, vm, [f"break *{ADD:#x}", "continue", f"monitor snapshot {snapshot}",
+                         "delete", "continue"],
+    )  # fmt: skip
+    assert f"saved {snapshot}" in session.transcript, session.transcript
+    [original] = session.results
+    again = Vm.restore(snapshot)
+    [restored] = again.run(timeout=30)
+    assert restored.reason is original.reason is StopReason.GUEST_HLT
+    assert restored.state.as_dict() == original.state.as_dict()
+    assert again.memory.read(LOAD, 0x1000) == vm.memory.read(LOAD, 0x1000)

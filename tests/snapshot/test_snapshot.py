@@ -11,7 +11,7 @@ from snapshot_helpers import run_in_thread, snapshot_at_exit
 
 from counting import CountingExits
 from pyflank.debug import StopPoint
-from pyflank.observe import Observer
+from pyflank.observe import Observer, Recorder, Replayer
 from pyflank.processor import StopReason
 from pyflank.vmm import Vm
 from small_guests import LOOP, TABLE, WAITS_FOR_INPUT
@@ -94,3 +94,13 @@ def test_pause_and_snapshot_need_a_running_vm(tmp_path: Path) -> None:
     vm.run(timeout=10)
     with pytest.raises(RuntimeError, match="has stopped"):
         vm.snapshot(tmp_path / "late.pfs")
+
+
+def test_a_run_restored_from_a_snapshot_records_and_replays(tmp_path: Path) -> None:
+    snapshot_at_exit(loop_vm, 1000, tmp_path / "mid.pfs")
+    recorder = Recorder(tmp_path / "mid.rec")
+    [recorded] = Vm.restore(tmp_path / "mid.pfs", observers=[recorder], trace=True).run(timeout=60)
+    replayer = Replayer(tmp_path / "mid.rec")
+    [replayed] = Vm.restore(tmp_path / "mid.pfs", observers=[replayer], trace=True).run(timeout=60)
+    assert recorder.exits == 2000 and replayer.report.matched, replayer.report.describe()
+    assert replayed.trace == recorded.trace

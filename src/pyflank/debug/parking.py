@@ -42,6 +42,8 @@ _POLL = 0.05  # seconds between looks at an abandoned park
 
 
 class StopPoint(Enum):
+    """Where a parked vCPU is."""
+
     ENGINE = "engine"  # between two guest instructions
     IDLE = "idle"  # halted, waiting for an interrupt
     EXIT = "exit"  # at a VM exit, before the handler
@@ -217,8 +219,8 @@ class Parking:
         self._tell(None)
 
     def exit_view(self) -> ExitView:
-        assert self.processor is not None, "the processor exists while the vCPU runs"
-        return ExitView(self.state, self.vmcs, self.processor, self.debug, self.memory)
+        """The guest as the processor saved it (at an exit, or halted)."""
+        return ExitView(self)
 
     def _engine_stopped(self, stop: EngineStop) -> None:
         self.park(Stopped(self.vcpuid, StopPoint.ENGINE, engine=stop),

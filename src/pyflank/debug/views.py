@@ -64,22 +64,26 @@ class EngineView:
         return self.debug.linear()
 
 
+class SavedGuest(Protocol):
+    """Where a vCPU's guest is saved (``debug.parking.Parking`` is one)."""
+
+    state: StateSave
+    vmcs: Vmcs
+    processor: VmxProcessor | None
+    debug: EngineDebug
+    memory: GuestPhysicalMemory
+
+
 class ExitView:
     """The guest as the processor saved it (at an exit, or halted)."""
 
-    def __init__(
-        self,
-        state: StateSave,
-        vmcs: Vmcs,
-        processor: VmxProcessor,
-        debug: EngineDebug,
-        memory: GuestPhysicalMemory,
-    ) -> None:
-        self.state = state
-        self.vmcs = vmcs
-        self.processor = processor
-        self.debug = debug
-        self.memory = memory
+    def __init__(self, saved: SavedGuest) -> None:
+        assert saved.processor is not None, "the processor exists while the vCPU runs"
+        self.state = saved.state
+        self.vmcs = saved.vmcs
+        self.processor = saved.processor
+        self.debug = saved.debug
+        self.memory = saved.memory
 
     def read(self, name: str) -> int:
         register = BY_NAME[name]

@@ -8,6 +8,7 @@ memory (gdb sends them as ``qRcmd``; the answer is printed in gdb).
     monitor vmcs                                      the current vCPU's VMCS, decoded
     monitor exits                                     how many exits each vCPU's handler saw
     monitor physical on|off                           m/M addresses are guest-physical
+    monitor snapshot FILE                             save the stopped VM (Vm.restore)
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _delete_exits(stub: GdbStub, _: list[str]) -> str:
 
 
 def _vmcs(stub: GdbStub, _: list[str]) -> str:
-    parking = stub.vcpus.get(stub._current)
+    parking = stub.vcpus.get(stub.current)
     if parking is None:
         return "no such vCPU\n"
     try:
@@ -90,6 +91,17 @@ def _physical(stub: GdbStub, args: list[str]) -> str:
     return f"memory addresses are {kind}\n"
 
 
+def _snapshot(stub: GdbStub, args: list[str]) -> str:
+    if len(args) != 1:
+        raise ValueError("say where: monitor snapshot FILE")
+    if stub.snapshot is None:
+        return "snapshots are not available here\n"
+    try:
+        return stub.snapshot(args[0]) + "\n"
+    except (OSError, ValueError) as exc:  # (a vCPU stopped at an exit, a bad path)
+        return f"snapshot: {exc}\n"
+
+
 def _reason(word: str) -> int:
     try:
         reason = int(word, 0)
@@ -110,5 +122,6 @@ _ACTIONS: dict[str, Callable[[GdbStub, list[str]], str]] = {
     "vmcs": _vmcs,
     "exits": _exits,
     "physical": _physical,
+    "snapshot": _snapshot,
 }
 _HELP = (__doc__ or "").split("\n\n", 1)[1].replace("    monitor", "monitor") + "\n"

@@ -60,6 +60,8 @@ class _Gate(threading.Event):
 
 
 class RecordingGate(_Gate):
+    """Lets host input in at the next point, and notes where."""
+
     def __init__(
         self, serial: Uart16550, progress: Progress, note: Callable[[RecordedInput], None]
     ) -> None:
@@ -105,6 +107,8 @@ class RecordingGate(_Gate):
 
 
 class ReplayGate(_Gate):
+    """Lets the recorded input in at its recorded points; the host's is ignored."""
+
     def __init__(
         self,
         serial: Uart16550,

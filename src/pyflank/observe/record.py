@@ -67,6 +67,7 @@ def starting_state(vcpu: Any) -> str:
 
 
 def progress_of(vcpu: Any) -> tuple[int, int]:
+    """(guest code run, time idle) of ``vcpu`` now; (-1, 0) where it keeps no time."""
     clock = vcpu.processor.clock if vcpu.processor is not None else None
     return (clock.executed, clock.idle_ns) if clock is not None else (-1, 0)
 
@@ -175,6 +176,7 @@ class Recorder:
         return _VcpuRecorder(self, target)
 
     def input(self, arrived: RecordedInput) -> None:
+        """Host input reached the guest (the gate says where)."""
         point = arrived.point
         self.writer.write({
             "type": "input", "kind": point.kind, "at": point.at, "executed": point.executed,

@@ -57,6 +57,8 @@ class Divergence:
 
 @dataclass
 class ReplayReport:
+    """How a replay went (``Replayer.report``)."""
+
     exits: int = 0
     """Exits replayed that matched the recording."""
     divergence: Divergence | None = None
@@ -66,9 +68,11 @@ class ReplayReport:
 
     @property
     def matched(self) -> bool:
+        """The replay reached the recording's end without a divergence."""
         return self.divergence is None and self.complete
 
     def describe(self) -> str:
+        """How the replay went, in one line."""
         if self.divergence is not None:
             return f"diverged after {self.exits} matching exits, at {self.divergence.describe()}"
         if not self.complete:

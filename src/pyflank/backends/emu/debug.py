@@ -327,25 +327,21 @@ class EngineDebug:
 
     # -- the hooks themselves (inside unicorn; they must not raise) ----------------------
     def _on_breakpoint(self, _uc: int, address: int, _size: int, _data: int) -> None:
-        if self.vcpu.hooks.draining or self._stop is not None:
-            return
         skip, self._break_skip = self._break_skip, None
-        if skip == address:
-            return
         hardware = self.breakpoints.get(address)
-        if hardware is None:
-            return  # removed, not yet unhooked
-        cause = StopCause.HARDWARE_BREAKPOINT if hardware else StopCause.BREAKPOINT
-        self._stop = EngineStop(cause, address)
-        self.engine.stop()
+        if hardware is not None:  # (else removed, not yet unhooked)
+            cause = StopCause.HARDWARE_BREAKPOINT if hardware else StopCause.BREAKPOINT
+            self._stop_at(address, skip, cause)
 
     def _on_step(self, _uc: int, address: int, _size: int, _data: int) -> None:
-        if self.vcpu.hooks.draining or self._stop is not None:
-            return
         skip, self._step_skip = self._step_skip, None
-        if skip == address:
+        self._stop_at(address, skip, StopCause.STEP if self.stepping else StopCause.REQUEST)
+
+    def _stop_at(self, address: int, skip: int | None, cause: StopCause) -> None:
+        """Stop before the instruction at ``address``, unless it is the one the guest
+        restarts at (``skip``) or this is not the guest's own code."""
+        if self.vcpu.hooks.draining or self._stop is not None or skip == address:
             return
-        cause = StopCause.STEP if self.stepping else StopCause.REQUEST
         self._stop = EngineStop(cause, address)
         self.engine.stop()
 
