@@ -15,6 +15,11 @@ its own stack, so several vCPUs can run one program.  Guest RAM is shared.
 differs from the software CPU).  Either way the handlers, VMCS and StateSave are the same.
 A Vm frees its backend when it has run (or on ``close()``).
 
+On the software CPU a running Vm can be stopped and looked into: ``pause()``/``resume()``
+park every vCPU where its state is whole (``debug.parking``), ``snapshot(path)`` saves it
+and ``Vm.restore(path)`` goes on from there (``pyflank.snapshot``); ``Vm(gdb=PORT)`` serves
+gdb (``pyflank.gdbstub``); ``observe.Recorder`` and ``observe.Replayer`` record and replay.
+
 Limits of the software CPU with several vCPUs: each runs its own unicorn engine over the
 shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
 instructions atomic between engines, and an engine does not notice another engine writing
@@ -285,6 +290,11 @@ class Vm:
     all on virtual time).  ``serial`` is COM1 (``serial_output``; ``serial.feed`` gives it
     input); ``bus`` the port bus (``insert`` a device at a port range before the run);
     ``console`` receives each byte COM1 sends, as it sends it.
+
+    ``gdb``: serve gdb's remote protocol on this port (``HOST:PORT``; the loopback only; 0
+    for a free port, in ``vm.gdb.address``) -- the software CPU only.  ``gdb_wait``: every
+    vCPU waits for gdb before its first instruction (QEMU's ``-S``); give ``run`` a timeout
+    that covers the session, or None.
     """
 
     def __init__(

@@ -3,8 +3,11 @@ and killing, refused addresses and backends, packets with bad checksums."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from gdb_helpers import LOAD, Client
@@ -134,3 +137,25 @@ def test_the_target_description_names_every_register_in_order() -> None:
 def test_packets_escape_what_the_protocol_reserves() -> None:
     assert escape(b"a#b$c}d*e") == b"a}\x03b}\x04c}]d}\ne"
     assert frame(b"OK") == b"$OK#9a"
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="connecting as another user needs root, and a python that user may run",
+)
+def test_a_debugger_of_another_user_is_refused() -> None:
+    client, thread, _ = spinning()
+    port = client.sock.getpeername()[1]
+    client.close()  # (the first session ends; the stub serves the next)
+    other = subprocess.run(
+        ["/usr/bin/python3", "-c", "import socket, sys; s = socket.create_connection(("
+         f"'127.0.0.1', {port})); s.sendall(b'$?#3f'); sys.stdout.write(repr(s.recv(100)))"],
+        user=65534, cwd="/", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    # Connected, and closed unanswered (reset, if the packet was there before the close).
+    assert other.stdout == "b''" or "ConnectionResetError" in other.stderr, other.stderr
+    again = Client(port)
+    assert again.ask("?") == "T05thread:1;"
+    again.send("k")
+    thread.join(10)
+    again.close()

@@ -156,3 +156,18 @@ def test_files_that_are_no_recording_are_refused(tmp_path: Path) -> None:
     (tmp_path / "cut.rec").write_bytes(data[: len(data) // 2])
     with pytest.raises(RecordingError, match="cut short or corrupt"):
         Replayer(tmp_path / "cut.rec")
+
+
+def test_a_run_stopped_from_outside_replays_to_where_it_was_stopped(tmp_path: Path) -> None:
+    def forever(observer: object) -> Vm:
+        vm = Vm(trace=True, observers=[observer])  # type: ignore[list-item]
+        vm.load_asm("again:\n    cpuid\n    jmp again")
+        return vm
+
+    [recorded] = forever(Recorder(tmp_path / "forever.rec")).run(timeout=0.5)
+    assert recorded.reason is StopReason.TIMEOUT
+    replayer = Replayer(tmp_path / "forever.rec")
+    [replayed] = forever(replayer).run(timeout=60)
+    assert replayer.report.matched, replayer.report.describe()
+    assert replayed.reason is StopReason.STOPPED and "the recording ends here" in replayed.message
+    assert replayed.trace == recorded.trace

@@ -118,11 +118,11 @@ class Parking:
     # -- other threads --------------------------------------------------------------------
     def request(self) -> None:
         """Park at the next ``ENGINE`` or ``IDLE`` point (already parked: nothing)."""
-        with self._changed:
+        with self._changed:  # (a park taking the lock first absorbs the request)
             if self.stopped is not None or self.ended or self._abandoned:
                 return
             self._requested = True
-        self.debug.request_stop()
+            self.debug.request_stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until it is parked or ended; whether it is parked."""
@@ -171,6 +171,7 @@ class Parking:
         self._tell(stopped)  # before anyone waiting sees it parked
         with self._changed:
             self._requested = False
+            self.debug.stop_requested = False  # any request before this one is this park
             self.stopped = stopped
             self._changed.notify_all()
         how = Resume()
@@ -198,7 +199,6 @@ class Parking:
     def at_idle(self) -> None:
         """The vCPU is halted, waiting for an interrupt: park if asked to."""
         if self._requested and self.processor is not None:
-            self.debug.stop_requested = False  # taken here, not at the next guest code
             self.park(Stopped(self.vcpuid, StopPoint.IDLE), self.exit_view())
 
     def at_exit(self, record: ExitRecord, why: str) -> Resume:

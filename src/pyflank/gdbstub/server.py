@@ -1,7 +1,8 @@
 """A gdb remote stub for guests on the software CPU: ``Vm(gdb=PORT)``, then
 ``gdb -ex 'target remote :PORT'``.
 
-The stub listens on the loopback only and serves one debugger at a time.  Each vCPU is a
+The stub listens on the loopback only and serves one debugger at a time, of its own user
+(another user's connection is refused, where the kernel says whose it is).  Each vCPU is a
 gdb thread (thread id = vCPU id + 1), stopped all together (gdb's all-stop mode): when one
 stops -- a breakpoint, a single step, a watchpoint, a break on a VM exit, gdb's interrupt
 -- the others are parked (``debug.parking``) and gdb is told.  What gdb gets:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import socket
 import threading
@@ -38,6 +40,7 @@ from pyflank.debug.parking import Parking, ParkingClosed, Resume, Stopped, StopP
 from pyflank.debug.views import RegisterView
 from pyflank.gdbstub import commands
 from pyflank.gdbstub.address import loopback as loopback
+from pyflank.gdbstub.address import peer_uid
 from pyflank.gdbstub.packets import INTERRUPT, Connection, ConnectionClosed
 
 log = logging.getLogger("pyflank.gdbstub")
@@ -146,6 +149,12 @@ class GdbStub:
                 continue
             except OSError:
                 return
+            owner = peer_uid(sock)
+            if owner is not None and owner != os.getuid():
+                log.warning("refused a debugger of user %d from %s: the stub serves its own "
+                            "user (%d) only", owner, peer, os.getuid())  # fmt: skip
+                sock.close()
+                continue
             log.info("gdb connected from %s", peer)
             sock.settimeout(None)
             self._conn = Connection(sock)

@@ -143,9 +143,10 @@ class _VcpuRecorder:
     def stopped(self, stop: Stop) -> None:
         self.cpu.recording = False
         self.cpu.take()
+        console = self.vcpu.serial.output
         self.owner.writer.write({
             "type": "stop", "reason": stop.reason.value, "message": stop.message,
-            "exits": self.exits, "console": digest(self.vcpu.serial.output),
+            "exits": self.exits, "console": digest(console), "console_bytes": len(console),
         })  # fmt: skip
         self.owner.exits = self.exits
 

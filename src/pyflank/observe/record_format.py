@@ -20,7 +20,8 @@ the handler asked the CPU and was answered, as ``observe.format`` writes CPU cal
 (registers it changed), ``vmcs`` (fields it wrote: name -> value), ``state`` ("halted" or
 "promoted" when it did not resume the guest).
 
-``stop`` (last): ``reason``, ``message``, ``exits``, ``console`` (SHA-256 of what COM1 sent).
+``stop`` (last): ``reason``, ``message``, ``exits``, ``console`` (SHA-256 of what COM1 sent)
+and ``console_bytes`` (how much it sent).
 
 Values are JSON numbers (exact for 64 bits in Python).  A reader refuses another format or
 version, and a file that is not one, in one line.

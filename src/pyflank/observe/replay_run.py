@@ -191,7 +191,9 @@ class _VcpuReplay:
         if self.index >= len(self.exits):
             stop = self.owner.recording.stop or {}
             if stop.get("reason") in _FROM_OUTSIDE:
-                report.complete = True
+                self._console(stop)
+                if report.divergence is not None:
+                    return self._stop()
                 return Stop(StopReason.STOPPED, f"the recording ends here ({stop.get('reason')})")
             self.diverged("end", f"the run ended ({stop.get('reason', 'unknown')})",
                           "another exit")  # fmt: skip
@@ -231,16 +233,30 @@ class _VcpuReplay:
         self.where = f"the end, after exit {self.index - 1}"
         recorded = self.owner.recording.stop or {}
         if self.index < len(self.exits):
+            if stop.reason.value in _FROM_OUTSIDE:  # (the replay's own timeout: not the guest's)
+                report.notes.append(f"the replay was stopped ({stop.reason.value}) after "
+                                    f"{self.index} of {len(self.exits)} exits")  # fmt: skip
+                return
             self.diverged("end", f"{len(self.exits)} exits",
                           f"a stop ({stop.reason.value}) after {self.index}")  # fmt: skip
             return
         if stop.reason.value != recorded.get("reason"):
             self.diverged("stop", str(recorded.get("reason")), stop.reason.value)
             return
-        if digest(self.vcpu.serial.output) != recorded.get("console"):
-            self.diverged("console", "its console output", "other console output")
+        self._console(recorded)
+
+    def _console(self, recorded: dict[str, Any]) -> None:
+        """The replay's console is the recording's (or begins with it, where the recorded run
+        was stopped from outside and the replay may have run on)."""
+        output, length = self.vcpu.serial.output, int(recorded.get("console_bytes", -1))
+        outside = recorded.get("reason") in _FROM_OUTSIDE
+        if digest(output[:length]) != recorded.get("console") or (
+            not outside and len(output) != length
+        ):
+            self.diverged("console", f"{length} bytes of console output",
+                          f"{len(output)} bytes, not the same")  # fmt: skip
             return
-        report.complete = True
+        self.owner.report.complete = True
 
 
 def _shown(what: str, value: int) -> str:
