@@ -9,6 +9,7 @@ from pathlib import Path
 from gdb_helpers import LOAD, instruction_addresses
 
 from gdb_support import debug
+from pyflank.intel_x64.cpu import ModelCpu
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.registers import CR0_PE, CR0_PG, EFER_LMA
 from pyflank.observe import BreakOnExit
@@ -30,7 +31,7 @@ data:
 MOV_RAX, MOV_RBX, INC, STORE, CPUID, ADD, STORE_AGAIN, HLT, DATA = instruction_addresses(PROGRAM)[
     :9
 ]
-GENU = 0x756E6547  # CPUID leaf 0's EBX on the model CPU: "Genu"
+MAX_LEAF, GENU, _, _ = ModelCpu().cpuid(0, 0)  # CPUID leaf 0 on the model CPU: EBX "Genu"
 
 
 def registers(transcript: str, name: str) -> list[int]:
@@ -85,7 +86,7 @@ def test_a_gdb_session_breaks_steps_reads_watches_and_stops_on_an_exit(gdb_binar
     [result] = session.results
     assert result.reason is StopReason.GUEST_HLT
     assert result.exits == 1  # the handler saw the CPUID once
-    assert vm.memory.read_u64(DATA) == GENU + 7  # RBX + RAX after leaf 0 (max leaf 7)
+    assert vm.memory.read_u64(DATA) == GENU + MAX_LEAF  # RBX + RAX after leaf 0
 
 
 def test_registers_and_memory_written_from_gdb_reach_the_guest(gdb_binary: str) -> None:
@@ -111,25 +112,38 @@ def test_registers_and_memory_written_from_gdb_reach_the_guest(gdb_binary: str) 
     assert vm.memory.read_u64(DATA) == 0x1234  # the guest's own store, with gdb's registers
 
 
+# Each vCPU passes a breakpoint once, then spins: both are there when gdb looks.
+THREADS = """
+    mov rax, rdi
+    inc rax
+spin:
+    pause
+    jmp spin
+"""
+_, THREADS_INC, THREADS_SPIN = instruction_addresses(THREADS)[:3]
+
+
 def test_each_vcpu_is_a_gdb_thread(gdb_binary: str) -> None:
     vm = Vm(gdb=0, vcpus=2)
-    vm.load_asm(PROGRAM)
+    vm.load_asm(THREADS)
     session = debug(
         gdb_binary,
         vm,
         [
             "info threads",
-            f"break *{STORE:#x}",
+            f"break *{THREADS_INC:#x}",
             "continue",
             "p/x $rdi",
             "continue",
             "p/x $rdi",
+            "delete",
             "thread 1",
             "p/x $rdi",
             "thread 2",
             "p/x $rdi",
-            "delete",
-            "continue",
+            "stepi",
+            "info threads",
+            "kill",
         ],
     )
     text = session.transcript
@@ -138,7 +152,7 @@ def test_each_vcpu_is_a_gdb_thread(gdb_binary: str) -> None:
     assert len(re.findall(r"Thread \d hit Breakpoint 1", text)) == 2, text
     rdi = [int(v, 16) for v in re.findall(r"^\$\d+ = (0x[0-9a-f]+)", text, re.MULTILINE)]
     assert sorted(rdi[:2]) == [0, 1] and rdi[2:] == [0, 1], text  # RDI is the vCPU id
-    assert [r.reason for r in session.results] == [StopReason.GUEST_HLT] * 2
+    assert [r.reason for r in session.results] == [StopReason.STOPPED] * 2  # gdb killed them
 
 
 def test_gdb_saves_a_snapshot_where_it_stopped(gdb_binary: str, tmp_path: Path) -> None:

@@ -79,8 +79,8 @@ def test_a_linux_guest_saved_at_its_prompt_goes_on_in_a_new_vm(
     again_console = PausingConsole()
     again = Vm.restore(snapshot, console=again_console, trace=True)
     again_console.vm = again
-    again_console.prompt.set()  # it was saved at the prompt
-    restored, _ = type_at_prompts(again, again_console, [COMMAND, b"exit\n"])
+    again.serial.feed(COMMAND)  # where the original got it: it was saved at the prompt
+    restored, _ = type_at_prompts(again, again_console, [b"exit\n"])
     assert restored.reason is StopReason.POWER_OFF, restored.message
     assert original.trace is not None and restored.trace is not None
     assert len(restored.trace) > 0  # the command's own exits

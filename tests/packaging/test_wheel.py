@@ -115,17 +115,23 @@ def test_bfm_start_every_vmcall_stop(installed: Installed, tmp_path: Path) -> No
 
 
 def test_demo(installed: Installed) -> None:
-    out = installed.run(installed.python, "-m", "pyflank.demo", timeout=300).stdout
+    out = installed.run(installed.python, "-m", "pyflank.demo", "--classic", timeout=300).stdout
     assert "vCPU 0 stopped: promoted" in out
     assert "$ bfm stop" in out
+
+
+def test_the_demo_boots_linux_from_the_wheel(installed: Installed, linux_assets: object) -> None:
+    out = installed.run(installed.python, "-m", "pyflank.demo", timeout=300).stdout
+    assert "pyflank-init: uptime" in out
+    assert "power off after" in out
 
 
 def test_load_asm_with_the_sdk_include(installed: Installed) -> None:
     out = installed.python_code(
         "from pyflank import Vm\n"
         "vm = Vm()\n"
-        "vm.load_asm('.include \"pyflank.inc\"\\n PYFLANK_INIT\\n VMCALL_VERSIONS 0\\n"
-        " PUTS text, 3\\n PYFLANK_HALT\\ntext: .ascii \"ok\\\\n\"\\n PYFLANK_RUNTIME\\n')\n"
+        'vm.load_asm(\'.include "pyflank.inc"\\n PYFLANK_INIT\\n VMCALL_VERSIONS 0\\n'
+        ' PUTS text, 3\\n PYFLANK_HALT\\ntext: .ascii "ok\\\\n"\\n PYFLANK_RUNTIME\\n\')\n'
         "[r] = vm.run()\n"
         "print(r.reason.name, r.state.rdx, r.state.rbx, vm.serial_output)"
     )

@@ -13,8 +13,9 @@ from pyflank.vmm import VcpuResult, Vm
 
 
 class PauseAtExit(Observer):
-    """Asks the Vm to pause once vCPU 0's handler has seen ``exits`` exits: the vCPU parks at
-    the next start of guest code, the same place in every run."""
+    """Asks the Vm to pause once a vCPU's handler has seen ``exits`` exits (the first to get
+    there; the others are still running): that vCPU parks at the next start of guest code,
+    the same place in every run."""
 
     def __init__(self, exits: int) -> None:
         self.exits = exits
@@ -23,7 +24,7 @@ class PauseAtExit(Observer):
 
     def exited(self, vcpu: ObservedVcpu, record: ExitRecord, handler_ns: int) -> None:
         processor = getattr(vcpu, "processor", None)
-        if vcpu.vcpuid == 0 and processor is not None and processor.exits == self.exits:
+        if processor is not None and processor.exits == self.exits and not self.asked.is_set():
             assert self.vm is not None
             self.vm.request_pause()
             self.asked.set()
@@ -46,7 +47,7 @@ def run_in_thread(vm: Vm, timeout: float = 60) -> Callable[[], list[VcpuResult]]
 def snapshot_at_exit(vm_of: Callable[[list[Observer]], Vm], exits: int, path: Path) -> tuple[
     Vm, list[VcpuResult], int
 ]:
-    """Run the Vm ``vm_of`` makes, saving it to ``path`` after vCPU 0's ``exits``-th exit;
+    """Run the Vm ``vm_of`` makes, saving it to ``path`` after a vCPU's ``exits``-th exit;
     (the Vm, its results, the exits vCPU 0's handler had seen at the snapshot)."""
     pause = PauseAtExit(exits)
     vm = vm_of([pause])

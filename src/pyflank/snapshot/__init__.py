@@ -201,4 +201,4 @@ class Restoring:
 
     def start(self, vm: Vm) -> None:
         for vcpu in vm.vcpus:
-            vcpu.start = start_of(vcpu, self.vcpus[vcpu.vcpuid])
+            vcpu.first_step = start_of(vcpu, self.vcpus[vcpu.vcpuid])

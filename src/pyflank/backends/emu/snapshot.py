@@ -8,7 +8,8 @@ the time slice, the idle time the engine answers RDTSC from, the fields it chang
 since the last exit (a WRMSR the bitmaps let through), the instruction count, and the CPU
 model the handler sees.  Taken where the guest is between two instructions outside
 unicorn's run loop (a parked vCPU, ``debug.parking``), it is all there is: the engine
-restarts exactly there, as the vCPU it came from would have.
+restarts exactly there, as the vCPU it came from would have: the progress count is of
+translation blocks, which QEMU forms from where they start, whatever it translated before.
 
 A context is unicorn's own bytes, meaningful only to the same unicorn build: a snapshot
 names the build and its context size, and ``restore_engine`` refuses another.
