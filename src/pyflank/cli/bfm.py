@@ -42,6 +42,8 @@ def _run_guest(line: CommandLine) -> int:
         memory=line.memory,
         extension=line.extension,
         timeout=line.timeout,
+        gdb=line.gdb,
+        gdb_wait=not line.gdb_no_wait,
         verbose=line.verbose,
         quiet=line.quiet,
     )
