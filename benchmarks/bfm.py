@@ -71,9 +71,7 @@ def bench_bfm() -> dict[str, float | str]:
             in_process = _rate(lambda i: run(["vmcall", "string", "unformatted", f"ping {i}"], rt))
             message, _ = request(["string", "unformatted", "ping"])
             api = _rate(
-                lambda i: client.vmcall(
-                    rt, 0, message.registers, message.data, message.out_size
-                )
+                lambda i: client.vmcall(rt, 0, message.registers, message.data, message.out_size)
             )
             vmcall = [*bfm, "vmcall", "string", "unformatted", "x"]
             _timed(vmcall, env)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +332,71 @@ def test_a_service_that_fails_to_start_says_why(bfm: Bfm, tmp_path: Path) -> Non
     reason = bfm.fails("start", "--backend", "emu")
     assert "failed to start" in reason and "changed since load" in reason
     assert bfm("status").out == "VMM_LOADED"
+
+
+def test_a_pipeline_of_requests_is_answered_in_order(bfm: Bfm) -> None:
+    """Requests sent without waiting are answered one at a time, in order -- thousands of
+    them at once (refused on the server thread) as well as vmcalls the agent runs."""
+    bfm.service()
+    sock = _connect(bfm)
+    refused = wire.encode(wire.REQUEST, 9, _string("x")[0], b"x", 16)
+    registers, data, out_size = _string("run")
+    ran = wire.encode(wire.REQUEST, 0, registers, data, out_size)
+    sender = threading.Thread(target=sock.sendall, args=((refused * 3000) + ran,))
+    sender.start()
+    for _ in range(3000):
+        assert _receive_frame(sock).reason == "no vCPU 9 (the VMM runs 1)"
+    assert _receive_frame(sock).payload == b"run"
+    sender.join()
+    sock.close()
+    assert bfm("vmcall", "versions", "1").code == 0
+
+
+# -- bfm start spawns the service before it has decided, and takes it back ----------------
+def _services_of(runtime: Path) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"pyflank.cli.service" in argv and os.fsencode(runtime) in argv:
+            found.append(int(name))
+    return found
+
+
+def _none_left(runtime: Path) -> bool:
+    deadline = time.monotonic() + 30
+    while _services_of(runtime):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_launch_that_is_not_wanted_leaves_nothing(tmp_path: Path) -> None:
+    from pyflank.cli.service_launch import ServiceLaunch
+
+    rt = RuntimeDir(tmp_path / "run")
+    launch = ServiceLaunch(rt)
+    launch.cancel()
+    assert launch.process.wait(30) == 0  # it read the end of its orders and left
+    assert sorted(os.listdir(rt.path)) == []  # no pid file, socket or log of its own
+
+
+def test_a_refused_start_takes_its_early_service_back(
+    bfm: Bfm, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyflank.cli.bfm import main
+
+    monkeypatch.setenv("PYFLANK_RUNTIME_DIR", str(bfm.runtime))
+    assert main(["start", "--memory", "lots"]) == 2  # spawned at once, then not wanted
+    assert "not a size" in capsys.readouterr().err
+    assert _none_left(bfm.runtime)
+    assert bfm("status").out == "VMM_UNLOADED"
+    assert main(["start", "--backend", "emu"]) == 0  # and a start that is wanted uses it
+    assert bfm("status").out == "VMM_RUNNING"
+    assert len(_services_of(bfm.runtime)) == 1
+    assert sorted(p.name for p in bfm.runtime.iterdir() if p.name.startswith(".")) == []

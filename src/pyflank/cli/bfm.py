@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pyflank.cli.parser import CommandLine
+    from pyflank.cli.service_launch import ServiceLaunch
 
 __all__ = ["UsageError", "main", "run"]
 
@@ -39,9 +40,7 @@ def vmcall(rt: RuntimeDir, cpuid: int, words: list[str]) -> str:
     only when none answers does bfm ask for its status (to say why)."""
     message, show = vmcall_request(words)
     try:
-        registers, out = client.vmcall(
-            rt, cpuid, message.registers, message.data, message.out_size
-        )
+        registers, out = client.vmcall(rt, cpuid, message.registers, message.data, message.out_size)
     except client.NotRunning as exc:
         from pyflank.cli import manager  # noqa: PLC0415 - only when it failed
 
@@ -108,8 +107,9 @@ def _keyboard(line: CommandLine) -> int | None:
         return None
 
 
-def execute(line: CommandLine, rt: RuntimeDir) -> str:
-    """Carry out one parsed command (other than ``run``); returns what to print."""
+def execute(line: CommandLine, rt: RuntimeDir, launch: ServiceLaunch | None = None) -> str:
+    """Carry out one parsed command (other than ``run``); returns what to print.
+    ``launch``: a service spawned early for ``start`` or ``quick`` to use."""
     command = line.command
     if command == "vmcall":
         return vmcall(rt, line.cpuid, line.words)
@@ -120,13 +120,15 @@ def execute(line: CommandLine, rt: RuntimeDir) -> str:
         return manager.load(rt, line.extension)
     if command == "unload":
         return manager.unload(rt)
-    if command == "start":
-        return manager.start(rt, backend=line.backend, vcpus=line.vcpus, memory=line.memory)
-    if command == "quick":
-        assert line.extension is not None
-        loaded = manager.load(rt, line.extension)
-        started = manager.start(rt, backend=line.backend, vcpus=line.vcpus, memory=line.memory)
-        return f"{loaded}\n{started}"
+    if command in ("start", "quick"):
+        loaded = ""
+        if command == "quick":
+            assert line.extension is not None
+            loaded = manager.load(rt, line.extension) + "\n"
+        backend, vcpus, memory = line.backend, line.vcpus, line.memory
+        return loaded + manager.start(
+            rt, backend=backend, vcpus=vcpus, memory=memory, launch=launch
+        )
     if command == "stop":
         return manager.stop(rt)
     if command == "status":
@@ -139,7 +141,7 @@ def execute(line: CommandLine, rt: RuntimeDir) -> str:
     raise UsageError(f"unknown command: {command} (see bfm -h)")
 
 
-def run(argv: Sequence[str], rt: RuntimeDir) -> str:
+def run(argv: Sequence[str], rt: RuntimeDir, launch: ServiceLaunch | None = None) -> str:
     """Carry out one bfm command line (other than ``run``); returns what to print.
 
     In a long-lived process, vmcalls reuse the connection the last one opened."""
@@ -150,7 +152,20 @@ def run(argv: Sequence[str], rt: RuntimeDir) -> str:
         return VERSION
     if line.help or line.command is None:
         return command_help(line.command)
-    return execute(line, rt)
+    return execute(line, rt, launch)
+
+
+def _early_launch(args: list[str]) -> ServiceLaunch | None:
+    """For ``bfm start`` and ``bfm quick``: the service, spawned before bfm imports its
+    parser, so that the VMM's import overlaps bfm's own work (``cli.service_launch``)."""
+    if args[:1] not in (["start"], ["quick"]) or {"-h", "--help", "--version"} & set(args):
+        return None
+    from pyflank.cli.service_launch import ServiceLaunch  # noqa: PLC0415 - start only
+
+    try:
+        return ServiceLaunch(RuntimeDir.default())
+    except (RuntimeDirError, OSError):
+        return None  # the command itself will say what is wrong
 
 
 def _tolerant(stream: object) -> None:
@@ -171,12 +186,17 @@ def _carry_out(args: list[str]) -> int:
         output = vmcall(RuntimeDir.default(), *quick)
         print(output)
         return 0
-    from pyflank.cli.parser import parse  # noqa: PLC0415 - argparse, for all the rest
+    launch = _early_launch(args)
+    try:
+        from pyflank.cli.parser import parse  # noqa: PLC0415 - argparse, for all the rest
 
-    line = parse(args)
-    if line.command == "run" and not (line.help or line.version):
-        return _run_guest(line)
-    output = run(args, RuntimeDir.default())
+        line = parse(args)
+        if line.command == "run" and not (line.help or line.version):
+            return _run_guest(line)
+        output = run(args, RuntimeDir.default(), launch)
+    finally:
+        if launch is not None:
+            launch.cancel()  # unless it was told to run
     if output and not line.quiet:
         print(output)
     return 0

@@ -12,10 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +21,8 @@ from typing import Any
 from pyflank.cli import client, protocol
 from pyflank.cli.errors import ManagerError
 from pyflank.cli.runtime import RuntimeDir
+from pyflank.cli.service_launch import ServiceLaunch
 from pyflank.cli.service_process import (
-    SERVICE_MODULE,
     ServiceRecord,
     read_record,
     terminate,
@@ -130,7 +127,15 @@ def unload(rt: RuntimeDir) -> str:
     return "unloaded"
 
 
-def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int = 0) -> str:
+def start(
+    rt: RuntimeDir,
+    *,
+    backend: str = "auto",
+    vcpus: int = 1,
+    memory: int = 0,
+    launch: ServiceLaunch | None = None,
+) -> str:
+    """Start the VMM (restarting a running one); ``launch``: a service spawned early."""
     if vcpus < 1:
         raise ManagerError("--vcpus must be at least 1", exit_code=2)
     from pyflank.cli.backend_choice import choose_backend  # noqa: PLC0415 - probes KVM
@@ -149,7 +154,9 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int 
             record = {"extension": DEFAULT_EXTENSION, "handler": "ExitHandlerIntelX64"}
             rt.write_loaded(record)
             lines.append("nothing was loaded: loaded the default handler ExitHandlerIntelX64")
-        info = _spawn(rt, record["extension"], choice.name, vcpus, memory)
+        arguments = ["--extension", record["extension"], "--backend", choice.name,
+                     "--vcpus", str(vcpus), "--memory", str(memory)]  # fmt: skip
+        info = _spawn(rt, arguments, launch)
     lines.append(f"started {record['handler']} on {vcpus} vCPU(s), backend {info.get('backend')}")
     if choice.why:
         lines.append(choice.why)
@@ -158,38 +165,26 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int 
     return "\n".join(lines)
 
 
-def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int, memory: int) -> dict[str, Any]:
-    """Start the service; its first ``ping`` answer, which it sends through a pipe the
-    moment it serves (no polling for the pid file)."""
+def _spawn(
+    rt: RuntimeDir,
+    arguments: list[str],
+    launch: ServiceLaunch | None,
+) -> dict[str, Any]:
+    """Start the service (the one ``launch`` spawned already, if given): its first
+    ``ping`` answer, sent through a pipe the moment it serves (no polling)."""
     rt.remove(rt.pidfile)
     rt.remove(rt.saved_rings)
-    ready, told = os.pipe()
-    command = [
-        sys.executable, "-m", SERVICE_MODULE, "--runtime-dir", rt.path,
-        "--extension", extension, "--backend", backend, "--vcpus", str(vcpus),
-        "--memory", str(memory), "--ready-fd", str(told),
-    ]  # fmt: skip
-    try:
-        log_fd = os.open(rt.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(log_fd, "wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, pass_fds=(told,),
-            )  # fmt: skip
-    except BaseException:
-        os.close(ready)
-        raise
-    finally:
-        os.close(told)
-    with os.fdopen(ready, "rb", buffering=0) as pipe:
-        line = _read_line(pipe, time.monotonic() + START_TIMEOUT)
+    launch = launch or ServiceLaunch(rt)
+    launch.order(arguments)
+    line = launch.wait_ready(START_TIMEOUT)
+    process = launch.process
     record = read_record(rt)
-    if line is not None and record is not None and record.pid == process.pid:
+    if line and record is not None and record.pid == process.pid:
         with contextlib.suppress(ValueError):
             info = protocol.loads(line)
             if isinstance(info, dict) and info.get("ok"):
                 return info
-    if process.poll() is None and line is None:
+    if line is None and process.poll() is None:
         process.kill()
         process.wait()
         rt.clean_service_files()
@@ -198,20 +193,6 @@ def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int, memory: int
         process.wait(STOP_TIMEOUT)
     rt.clean_service_files()
     raise ManagerError(f"the VMM service failed to start: {_last_log_line(rt)}")
-
-
-def _read_line(pipe: Any, deadline: float) -> bytes | None:
-    """The line the service writes when it serves; b"" if it ended first, None on time-out."""
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([pipe], [], [], remaining)[0]:
-            return None
-        chunk = pipe.read(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
 
 
 def _last_log_line(rt: RuntimeDir) -> str:

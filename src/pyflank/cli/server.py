@@ -174,7 +174,7 @@ class ServiceServer:
                 elif key.data is self._wake_r:
                     self._drain_wake()
                 else:
-                    self._ready(key.data, events)
+                    self._guarded(self._ready, key.data, events)
             self._take_back()
             now = time.monotonic()
             if self._resume_accept and now >= self._resume_accept:
@@ -182,7 +182,19 @@ class ServiceServer:
                 self._selector.register(self._listener, selectors.EVENT_READ, None)
             if now >= self._next_sweep:
                 self._next_sweep = now + SWEEP_INTERVAL
-                self._sweep(now)
+                for connection in list(self._connections):
+                    self._guarded(self._sweep, connection, now)
+                self._take_back()
+
+    def _guarded(
+        self, work: Callable[[_Connection, Any], None], connection: _Connection, argument: Any
+    ) -> None:
+        """``work`` on one connection; a failure closes that connection, never the loop."""
+        try:
+            work(connection, argument)
+        except Exception as exc:  # noqa: BLE001 - one connection's failure, not the service's
+            log.error("connection failed: %s: %s", type(exc).__name__, exc)
+            self._close(connection)
 
     def shutdown(self) -> None:
         """Make ``serve_forever`` return (from any thread)."""
@@ -379,15 +391,17 @@ class ServiceServer:
                 or not connection.mask & selectors.EVENT_READ
             )
         if not settled:  # the server thread has something to finish
-            if threading.get_ident() == self._thread:
-                self._finish(connection)
-            else:
-                self._handed_back.append(connection)
+            self._handed_back.append(connection)
+            if threading.get_ident() != self._thread:
                 self._wake()
 
     def _take_back(self) -> None:
+        # A loop, not recursion: a reply given on this thread queues its connection here,
+        # so a client's pipeline of requests answered at once never deepens the stack.
         while self._handed_back:
-            self._finish(self._handed_back.popleft())
+            self._guarded(
+                lambda connection, _: self._finish(connection), self._handed_back.popleft(), None
+            )
 
     def _finish(self, connection: _Connection) -> None:
         """After a reply: write what is left, close a one-shot connection, start the next
@@ -440,27 +454,23 @@ class ServiceServer:
         connection.mask = mask
 
     # -- time-outs (server thread) ------------------------------------------------------
-    def _sweep(self, now: float) -> None:
-        for connection in list(self._connections):
-            overdue = connection.overdue
-            if overdue is not None and now >= overdue[0]:
-                connection.overdue = None
-                try:
-                    overdue[1]()
-                except Exception as exc:  # noqa: BLE001 - one request's failure, not ours
-                    log.error("a time-out failed: %s: %s", type(exc).__name__, exc)
-            with connection.lock:
-                idle = not connection.busy and not connection.outbox
-                expired = idle and now - connection.idle_since >= self.read_timeout
-                told = connection.served == 0 and not connection.frames
-            if expired:
-                if told:  # it never asked anything: say why it is closed
-                    text = f"no request within {self.read_timeout:g} s"
-                    connection.one_shot = True
-                    self._start(connection)
-                    Reply(self, connection).json(error_reply(text))
-                else:
-                    self._close(connection)
+    def _sweep(self, connection: _Connection, now: float) -> None:
+        overdue = connection.overdue
+        if overdue is not None and now >= overdue[0]:
+            connection.overdue = None
+            overdue[1]()
+        with connection.lock:
+            idle = not connection.busy and not connection.outbox
+            expired = idle and now - connection.idle_since >= self.read_timeout
+            told = connection.served == 0 and not connection.frames
+        if expired:
+            if told:  # it never asked anything: say why it is closed
+                text = f"no request within {self.read_timeout:g} s"
+                connection.one_shot = True
+                self._start(connection)
+                Reply(self, connection).json(error_reply(text))
+            else:
+                self._close(connection)
 
     def _close(self, connection: _Connection) -> None:
         with connection.lock:

@@ -45,7 +45,7 @@ from pyflank.cli import wire
 from pyflank.cli.bounded_log import BoundedStream
 from pyflank.cli.errors import ExtensionError
 from pyflank.cli.extension import load_handler
-from pyflank.cli.json_text import dumps
+from pyflank.cli.json_text import dumps, loads
 from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 from pyflank.cli.server import READ_TIMEOUT, Reply, ServiceServer, error_reply
 from pyflank.cli.service_process import ServiceRecord, read_record, write_record
@@ -324,17 +324,45 @@ def _bounded_logging() -> None:
     )
 
 
+def _orders(fd: int) -> list[str] | None:
+    """The rest of the command line, from ``bfm start`` (``cli.service_launch``); None if
+    the pipe closed first: bfm decided not to start this service."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while not data.endswith(b"\n") and len(data) < 1 << 20:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    os.close(fd)
+    if not data:
+        return None
+    orders = loads(data)
+    if not isinstance(orders, list) or not all(isinstance(word, str) for word in orders):
+        raise ValueError("the orders are not a command line")
+    return orders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyflank-vmm")
     parser.add_argument("--runtime-dir", required=True)
-    parser.add_argument("--extension", required=True)
+    parser.add_argument("--extension")
     parser.add_argument("--backend", default="auto", choices=NAMES)
     parser.add_argument("--vcpus", default=1, type=int)
     parser.add_argument("--memory", default=0, type=int)
     parser.add_argument("--vmcall-timeout", default=VMCALL_TIMEOUT, type=float)
     parser.add_argument("--read-timeout", default=READ_TIMEOUT, type=float)
     parser.add_argument("--ready-fd", default=None, type=int)
-    args = parser.parse_args(argv)
+    parser.add_argument("--orders-fd", default=None, type=int)
+    given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(given)
+    if args.orders_fd is not None:  # spawned early: the VMM is imported, now wait to be told
+        orders = _orders(args.orders_fd)
+        if orders is None:
+            return 0
+        args = parser.parse_args([*given, *orders])
+    if args.extension is None:
+        parser.error("the following arguments are required: --extension")
     limits = ServiceLimits(args.vmcall_timeout, args.read_timeout)
     _bounded_logging()
     try:
