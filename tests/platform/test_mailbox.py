@@ -233,3 +233,27 @@ def test_a_queued_request_is_cancelled_without_reaching_the_agent(
     while len(outcomes) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert outcomes[1] == "ok" and first.settled and agent.served == 1
+
+
+def test_reading_done_answers_and_waits_for_the_next_request_in_one_exit(
+    mailbox: tuple[Mailbox, GuestPhysicalMemory],
+) -> None:
+    """What guests/agent.s does: one port read posts the answer and takes the next."""
+    box, memory = mailbox
+    served: list[int] = []
+
+    def agent() -> None:
+        command = box.read(0, 4)  # the first WAIT
+        while command != COMMAND_STOP:
+            regs = list(REGS.unpack(memory.read(BASE, REGS.size)))
+            regs[1] = regs[2] + 1
+            memory.write(BASE, REGS.pack(*regs))
+            served.append(regs[2])
+            command = box.read(1, 4)  # DONE, and the WAIT for the next
+
+    thread = threading.Thread(target=agent, daemon=True)
+    thread.start()
+    assert [box.vmcall(0, _regs(i), timeout=5).registers[1] for i in range(5)] == [1, 2, 3, 4, 5]
+    box.stop()
+    thread.join(5)
+    assert not thread.is_alive() and served == [0, 1, 2, 3, 4]

@@ -145,6 +145,9 @@ def run(argv: Sequence[str], rt: RuntimeDir, launch: ServiceLaunch | None = None
     """Carry out one bfm command line (other than ``run``); returns what to print.
 
     In a long-lived process, vmcalls reuse the connection the last one opened."""
+    quick = quick_vmcall(argv)
+    if quick is not None:
+        return vmcall(rt, *quick)
     from pyflank.cli.parser import VERSION, command_help, parse  # noqa: PLC0415 - argparse
 
     line = parse(argv)
@@ -181,10 +184,8 @@ def _fail(message: object, code: int) -> int:
 
 
 def _carry_out(args: list[str]) -> int:
-    quick = quick_vmcall(args)
-    if quick is not None:
-        output = vmcall(RuntimeDir.default(), *quick)
-        print(output)
+    if quick_vmcall(args) is not None:
+        print(run(args, RuntimeDir.default()))
         return 0
     launch = _early_launch(args)
     try:

@@ -5,7 +5,9 @@ buffer and a 32-page output buffer, and a pair of ports (offsets ``WAIT`` = 2 * 
 ``DONE`` = WAIT + 1 on the bus; the service places them at ``BASE_PORT``).  The agent
 reads its ``WAIT`` port, which blocks (on the vCPU's own thread) until a request is
 posted, runs the vmcall with the slot's registers and buffers, stores the registers back
-and writes its ``DONE`` port.  A read of ``WAIT`` that returns 0 tells the agent to stop.
+and reads its ``DONE`` port: that posts the answer and waits for the next request, one
+exit for both (a write of ``DONE`` posts the answer alone).  A wait that returns 0 tells
+the agent to stop.
 
 A vmcall touches only the guest memory it uses: its registers and its input bytes on the
 way in; the registers and the output the handler reported (``reply_size`` of a DATA
@@ -285,7 +287,7 @@ class Mailbox:
     def read(self, offset: int, size: int) -> int:
         vcpuid, done = divmod(offset, 2)
         if done:
-            return (1 << (8 * size)) - 1
+            self._answered(vcpuid)
         slot = self._slots[vcpuid]
         while True:
             with slot.lock:
@@ -300,8 +302,11 @@ class Mailbox:
 
     def write(self, offset: int, size: int, value: int) -> None:
         vcpuid, done = divmod(offset, 2)
-        if not done:
-            return
+        if done:
+            self._answered(vcpuid)
+
+    def _answered(self, vcpuid: int) -> None:
+        """The agent on ``vcpuid`` posted its answer: settle the request it took."""
         slot = self._slots[vcpuid]
         with slot.lock:
             ticket, slot.taken = slot.taken, None
