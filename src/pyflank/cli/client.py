@@ -27,6 +27,7 @@ from pyflank.cli.service_process import read_record, why_not_our_service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from pyflank.cli.runtime import RuntimeDir
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 VMCALL_TIMEOUT = 60.0  # the service gives up on an agent after 30 s and says so
 _KEEP = 4  # idle connections kept per runtime directory
 _MAX_REFUSAL_LINE = 64 * 1024
+_RECEIVE = 256 * 1024
 
 
 class NotRunning(Exception):
@@ -93,19 +95,23 @@ class VmmConnection:
 
     def _answer(self, cpuid: int) -> tuple[tuple[int, ...], bytes] | dict[str, Any]:
         try:
-            first = self._sock.recv(1)
+            data = self._sock.recv(_RECEIVE)  # usually the whole answer, in one call
         except ConnectionResetError:
-            first = b""
-        if not first:
+            data = b""
+        if not data:
             raise _Gone()
-        if first == b"{":  # a JSON line: the service refused the connection itself
-            return _refusal_line(first + self._line())
-        header = first + self._exactly(wire.HEADER.size - 1)
+        if data[:1] == b"{":  # a JSON line: the service refused the connection itself
+            return _refusal_line(self._more(data, lambda got: got.endswith(b"\n")))
+        data = self._more(data, lambda got: len(got) >= wire.HEADER.size)
         try:
-            frame, length = wire.decode_header(header)
+            frame, length = wire.decode_header(data[: wire.HEADER.size])
         except wire.FrameError as exc:
             raise ProtocolError(f"the VMM answered something else: {exc}") from None
-        payload = self._exactly(length)
+        end = wire.HEADER.size + length
+        data = self._more(data, lambda got: len(got) >= end)
+        if len(data) != end:
+            raise ProtocolError("the VMM answered more than it was asked")
+        payload = data[wire.HEADER.size :]
         if frame.kind == wire.REFUSAL:
             raise ManagerError(payload.decode("utf-8", "replace"))
         if frame.kind != wire.ANSWER or frame.cpuid != cpuid:
@@ -113,24 +119,16 @@ class VmmConnection:
         self.served += 1
         return frame.registers, payload
 
-    def _exactly(self, count: int) -> bytes:
-        buffer = bytearray(count)
-        view, got = memoryview(buffer), 0
-        while got < count:
-            received = self._sock.recv_into(view[got:])
-            if not received:
-                raise ProtocolError("the VMM closed the connection in mid-answer")
-            got += received
-        return bytes(buffer)
-
-    def _line(self) -> bytes:
-        line = b""
-        while not line.endswith(b"\n") and len(line) < _MAX_REFUSAL_LINE:
-            chunk = self._sock.recv(4096)
+    def _more(self, data: bytes, enough: Callable[[bytes], bool]) -> bytes:
+        """``data`` and what follows it on the socket, until ``enough`` says so."""
+        while not enough(data):
+            if len(data) > wire.HEADER.size + wire.MAX_PAYLOAD + _MAX_REFUSAL_LINE:
+                raise ProtocolError("the VMM answered too much")
+            chunk = self._sock.recv(_RECEIVE)
             if not chunk:
-                break
-            line += chunk
-        return line
+                raise ProtocolError("the VMM closed the connection in mid-answer")
+            data += chunk
+        return data
 
 
 def _refusal_line(line: bytes) -> dict[str, Any]:
