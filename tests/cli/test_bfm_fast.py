@@ -400,3 +400,22 @@ def test_a_refused_start_takes_its_early_service_back(
     assert bfm("status").out == "VMM_RUNNING"
     assert len(_services_of(bfm.runtime)) == 1
     assert sorted(p.name for p in bfm.runtime.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_service_inherits_only_its_streams(bfm: Bfm) -> None:
+    """What bfm start was given (here an inheritable pipe) stays out of the long-lived
+    service, as with subprocess's close_fds: a parent waiting on it would wait forever."""
+    held_r, held_w = os.pipe()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pyflank.cli.bfm", "start", "--backend", "emu"],
+            env=bfm.env, capture_output=True, timeout=60, pass_fds=(held_w,),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        pid = int((bfm.runtime / "vmm.pid").read_text())
+        inherited = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert os.readlink(f"/proc/self/fd/{held_w}") not in inherited
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    finally:
+        os.close(held_r)
+        os.close(held_w)

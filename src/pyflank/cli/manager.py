@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,11 +185,10 @@ def _spawn(
                 return info
     if line is None and process.poll() is None:
         process.kill()
-        process.wait()
+        process.wait(STOP_TIMEOUT)
         rt.clean_service_files()
         raise ManagerError("the VMM service did not come up in time")
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(STOP_TIMEOUT)
+    process.wait(STOP_TIMEOUT)  # it is ending: let it say why first
     rt.clean_service_files()
     raise ManagerError(f"the VMM service failed to start: {_last_log_line(rt)}")
 
