@@ -178,6 +178,7 @@ def test_the_quick_vmcall_parser_agrees_with_argparse(argv: list[str]) -> None:
 def test_one_connection_serves_many_vmcalls(bfm: Bfm) -> None:
     service = bfm.service()
     sock = _connect(bfm)
+    assert _frame_vmcall(sock, "warm").kind == wire.ANSWER  # the vCPU thread runs by now
     threads = _threads(service.pid)
     for i in range(300):
         answer = _frame_vmcall(sock, f"call {i}")
