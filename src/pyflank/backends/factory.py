@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import Backend, PortIo
+from pyflank.backends.names import AUTO, NAMES
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
@@ -19,7 +20,7 @@ from pyflank.memory import GuestPhysicalMemory
 if TYPE_CHECKING:
     from pyflank.backends.emu import EmuVcpu
 
-AUTO: Final = "emu"
+__all__ = ["AUTO", "BACKENDS", "NAMES", "EmuBackend", "open_backend", "resolve"]
 
 
 class EmuBackend:
@@ -60,7 +61,6 @@ BACKENDS: Final[dict[str, Callable[[GuestPhysicalMemory, PortIo], Backend]]] = {
     "emu": EmuBackend,
     "kvm": _kvm_backend,
 }
-NAMES: Final = (*BACKENDS, "auto")
 
 
 def resolve(name: str) -> str:
