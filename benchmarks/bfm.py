@@ -23,6 +23,7 @@ from pyflank.cli.bfm import run
 from pyflank.cli.manager import DEFAULT_EXTENSION
 from pyflank.cli.runtime import RuntimeDir
 from pyflank.cli.service_launch import ServiceLaunch
+from pyflank.cli.service_process import read_record
 from pyflank.cli.vmcall_command import request
 
 _BFM_SCRIPT = Path(sys.executable).with_name("bfm")
@@ -57,6 +58,17 @@ def _import_seconds(env: dict[str, str], runs: int) -> float:
         float(subprocess.run(command, env=env, check=True, capture_output=True).stdout)
         for _ in range(runs)
     )
+
+
+def _context_switches(pid: int) -> int:
+    """Every thread of process ``pid``: how often it has been switched out (it slept)."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/status") as status:
+            for line in status:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
 
 
 def _rate(call: object, seconds: float = 2.0) -> float:
@@ -97,6 +109,12 @@ def bench_bfm() -> dict[str, float | str]:
             startup = statistics.median(starts)
             run(["vmcall", "string", "unformatted", "warm"], rt)
             in_process = _rate(lambda i: run(["vmcall", "string", "unformatted", f"ping {i}"], rt))
+            record = read_record(rt)
+            assert record is not None, "the service wrote no pid file"
+            switched = _context_switches(record.pid)
+            for i in range(500):
+                run(["vmcall", "string", "unformatted", f"count {i}"], rt)
+            switches = (_context_switches(record.pid) - switched) / 500
             message, _ = request(["string", "unformatted", "ping"])
             api = _rate(
                 lambda i: client.vmcall(rt, 0, message.registers, message.data, message.out_size)
@@ -122,6 +140,7 @@ def bench_bfm() -> dict[str, float | str]:
     print(f"    the first start (--backend auto probes KVM):   {first_start * 1000:8.0f} ms")
     print(f"  vmcall string round trips (client in-process):   {in_process:8.0f} /s")
     print(f"    through pyflank.cli.client.vmcall:             {api:8.0f} /s")
+    print(f"    context switches of the service per vmcall:    {switches:8.1f}")
     print(f"  vmcall string round trips (a bfm process each):  {per_process:8.1f} /s")
     print(f"    ({1000 / per_process:.1f} ms a process)")
     print("  floors (the fastest of several runs, unless marked):")
@@ -133,6 +152,7 @@ def bench_bfm() -> dict[str, float | str]:
         "bfm_first_start_to_running_ms": first_start * 1000,
         "bfm_vmcall_string_round_trips_per_s": in_process,
         "bfm_client_api_round_trips_per_s": api,
+        "bfm_service_context_switches_per_vmcall": switches,
         "bfm_cli_process_round_trips_per_s": per_process,
         **{f"floor_ms: {name.strip()}": seconds * 1000 for name, seconds in floors.items()},
     }
