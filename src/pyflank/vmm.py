@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyflank.backends.base import (
     Backend,
@@ -65,7 +66,6 @@ from pyflank.platform.devices.bus import PortBus
 from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
 from pyflank.platform.devices.uart import Uart16550
-from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage, load_vmlinux
 from pyflank.platform.linux.cmdline import compose
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
@@ -73,6 +73,9 @@ from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
 from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
+
+if TYPE_CHECKING:
+    from pyflank.platform.linux.bzimage import LinuxBoot
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
@@ -360,6 +363,9 @@ class Vm:
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
             console=console, observers=observers, _setup=False,
         )  # fmt: skip
+        # Imported here: a VM that boots no kernel (bfm's service) skips its ~20 ms import.
+        from pyflank.platform.linux.bzimage import load_bzimage, load_vmlinux  # noqa: PLC0415
+
         load = load_bzimage if decompress_in_guest else load_vmlinux
         boot = load(
             vm.memory,

@@ -148,6 +148,8 @@ def test_the_service_imports_only_the_backend_it_runs() -> None:
     assert _imported(before, BACKEND_MODULES) == []  # importing the service loads neither
     assert "pyflank.backends.emu" in after
     assert _imported(after, ("pyflank.backends.kvm",)) == []  # the one not chosen
+    # A VM that loads no ELF file and boots no kernel (the service's) imports neither loader.
+    assert _imported(after, ("elftools", "pyflank.platform.linux.bzimage")) == []
 
 
 def test_the_quick_vmcall_path_falls_back_to_status_when_nothing_runs(bfm: Bfm) -> None:
