@@ -240,4 +240,7 @@ def run_program(
         say(statistics.table())
     if interrupted:
         return EXIT_INTERRUPTED
-    return 0 if all(r.reason in CLEAN_STOPS for r in results) else 1
+    failed = [r for r in results if r.reason not in CLEAN_STOPS]
+    if failed and request.quiet:  # -q prints only errors: a vCPU that failed is one
+        print(f"bfm run: {_summary(failed[0])}", file=report)
+    return 1 if failed else 0
