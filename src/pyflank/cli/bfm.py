@@ -137,10 +137,38 @@ def execute(line: CommandLine, rt: RuntimeDir, launch: ServiceLaunch | None = No
         return "\n".join(manager.status_lines(rt, verbose=line.verbose))
     if command == "dump":
         return manager.dump(rt, line.vcpuid)
+    if command == "stats":
+        return _stats(rt, line)
     if command == "check":
         assert line.vmcs is not None
         return manager.check(line.vmcs)
     raise UsageError(f"unknown command: {command} (see bfm -h)")
+
+
+def _stats(rt: RuntimeDir, line: CommandLine) -> str:
+    """``bfm stats``: the running VMM's exit statistics, as a table, JSON or a picture."""
+    import importlib  # noqa: PLC0415 - bfm imports only what a command needs
+    import json  # noqa: PLC0415
+
+    from pyflank.cli import manager  # noqa: PLC0415
+    from pyflank.observe.statistics import ExitStatistics  # noqa: PLC0415
+
+    figures = manager.stats(rt, timeline=line.plot is not None)
+
+    statistics = ExitStatistics.from_dict(figures)
+    if line.plot is not None:
+        try:
+            plot = importlib.import_module("pyflank.observe.plot")
+        except ImportError as exc:
+            raise ManagerError(str(exc)) from None
+        try:
+            drawn = plot.plot_exits(statistics, line.plot)
+        except (OSError, ValueError) as exc:
+            raise ManagerError(f"{line.plot}: {exc}") from None
+        return f"{statistics.exits()} exits drawn into {drawn}"
+    if line.json:
+        return json.dumps(figures, indent=2)
+    return statistics.table() or "no exits yet"
 
 
 def run(argv: Sequence[str], rt: RuntimeDir, launch: ServiceLaunch | None = None) -> str:

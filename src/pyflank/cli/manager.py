@@ -258,6 +258,15 @@ def dump(rt: RuntimeDir, vcpuid: int) -> str:
     return str(_request(rt, state, {"op": "dump", "vcpuid": vcpuid})["text"]).rstrip("\n")
 
 
+def stats(rt: RuntimeDir, *, timeline: bool = False) -> dict[str, Any]:
+    """The running VMM's exit statistics (``ExitStatistics.as_dict``)."""
+    state = _answering(rt, "stats")
+    figures = _request(rt, state, {"op": "stats", "timeline": timeline}).get("stats")
+    if not isinstance(figures, dict):
+        raise ManagerError("the VMM sent no statistics")
+    return figures
+
+
 def why_not_running(rt: RuntimeDir, detail: str) -> ManagerError:
     """The error of a vmcall that found no service to send to (``detail``: what failed)."""
     state = status(rt)

@@ -34,6 +34,7 @@ Usage: bfm [OPTION]... load <extension>
   or:  bfm [OPTION]... quick <extension> [--backend B] [--vcpus N] [--memory SIZE]
   or:  bfm [OPTION]... status
   or:  bfm [OPTION]... dump [--vcpuid N]
+  or:  bfm [OPTION]... stats [--json] [--plot FILE.png]
   or:  bfm [OPTION]... vmcall [--cpuid N] <cmd>
   or:  bfm [OPTION]... run <program> [--backend B] [--vcpus N] [--memory SIZE] [...]
   or:  bfm [OPTION]... run --kernel FILE [--initrd FILE] [--append CMDLINE] [...]
@@ -83,6 +84,8 @@ class CommandLine:
     gdb: str | None = None  # bfm run --gdb: the stub's address (checked by the stub)
     gdb_no_wait: bool = False
     vmcs: Path | None = None
+    json: bool = False  # bfm stats --json
+    plot: Path | None = None  # bfm stats --plot FILE
     words: list[str] = field(default_factory=list)  # vmcall's command and arguments
 
 
@@ -266,6 +269,11 @@ def _commands() -> dict[str, _Parser]:
             "each vCPU that stopped (-v: every vCPU, and why a VMM is corrupt).",
         ),
         "dump": _new("bfm dump", "Print a vCPU's debug ring."),
+        "stats": _new(
+            "bfm stats",
+            "Print the running VMM's exits so far: how many of each reason on each vCPU, "
+            "and the handler's time on them.",
+        ),
         "vmcall": _new(
             "bfm vmcall", "Have the guest agent on a vCPU make a vmcall.", epilog=VMCALL_HELP
         ),
@@ -289,6 +297,13 @@ def _commands() -> dict[str, _Parser]:
     _run_options(p["run"])
     p["dump"].add_argument(
         "--vcpuid", type=_argument_type(_count), metavar="N", help="the vCPU (default 0)"
+    )
+    p["stats"].add_argument("--json", action="store_true", help="the figures as JSON")
+    p["stats"].add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw exits per reason and over time into FILE (.png, .svg; pyflank[plot])",
     )
     p["vmcall"].add_argument(
         "--cpuid",

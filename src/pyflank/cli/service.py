@@ -50,6 +50,7 @@ from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
 from pyflank.cli.server import READ_TIMEOUT, Reply, ServiceServer, error_reply
 from pyflank.cli.service_process import ServiceRecord, read_record, write_record
 from pyflank.cli.vmm_state import VmmStatus, not_running, vcpu_lines
+from pyflank.observe.statistics import ExitStatistics
 from pyflank.platform.mailbox import (
     BASE_PORT,
     SLOT_SIZE,
@@ -64,6 +65,7 @@ log = logging.getLogger("pyflank.service")
 
 MAILBOX_BASE = 0x400000
 VMCALL_TIMEOUT = 30.0
+TIMELINE_LIMIT = 100_000  # exits per vCPU kept for bfm stats --plot (about 1 MiB)
 _TWO_MIB = 0x200000
 
 
@@ -105,9 +107,11 @@ class VmmService:
         self.limits = limits
         self.handler = load_handler(extension)
         self.backend = resolve(backend)
+        self.statistics = ExitStatistics(log_table=False, timeline_limit=TIMELINE_LIMIT)
         self.vm = Vm(
-            self.handler, vcpus=vcpus, backend=self.backend, memory_size=memory_size(vcpus, memory)
-        )
+            self.handler, vcpus=vcpus, backend=self.backend,
+            memory_size=memory_size(vcpus, memory), observers=[self.statistics],
+        )  # fmt: skip
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
         self.vm.bus.insert(self.mailbox, BASE_PORT, self.mailbox.port_count, "bfm-mailbox")
         self.vm.load_asm(agent_source())
@@ -168,6 +172,9 @@ class VmmService:
                 reply.json(error_reply(f"no vCPU {vcpuid!r} (the VMM runs {len(self.vm.vcpus)})"))
             else:
                 reply.json({"ok": True, "text": self.vm.vcpus[vcpuid].debug_ring.read()})
+        elif op == "stats":  # bfm stats: the exits so far (a dict copy is atomic)
+            timeline = request.get("timeline") is True
+            reply.json({"ok": True, "stats": self.statistics.as_dict(timeline=timeline)})
         elif op == "vmcall":
             self._vmcall_message(request, reply)
         elif op == "stop":
