@@ -114,6 +114,9 @@ def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
     """Run one vCPU to its stop: the processor launches, the engine runs the guest to the
     next exit, the processor dispatches it and plans the next entry, and so on."""
     decide = processor.exit
+    fuse = getattr(engine, "fuse", None)  # an engine that can carry out exits itself
+    if fuse is not None:
+        fuse(processor.fusion())
     step: EntryPlan | Stop = processor.launch()
     while not isinstance(step, Stop):
         happened = engine.run(step, decide)

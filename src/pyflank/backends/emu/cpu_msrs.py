@@ -35,13 +35,13 @@ def read_msr(engine: Engine, msr: int) -> int:
     finally:
         engine.write_physical(address, old)
     if msr == TSC_AUX:
-        engine.tsc_aux = value
+        engine.set_tsc_aux(value)
     return value
 
 
 def write_msr(engine: Engine, msr: int, value: int) -> None:
     if msr == TSC_AUX:
-        engine.tsc_aux = None
+        engine.set_tsc_aux(None)
     address, old = _open(engine, msr)
     try:
         engine.write_msr_raw(msr, value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import unicorn
@@ -51,6 +51,15 @@ _emu_stop.argtypes = [ctypes.c_void_p]
 _emu_stop.restype = ctypes.c_int
 emu_stop: Any = _emu_stop  # for ``stop_gate``'s hook
 _hook_add = _lib.uc_hook_add
+
+
+def native_functions() -> dict[str, int]:
+    """The addresses of the unicorn functions native exit code calls (``pyflank.native``)."""
+    names = ("uc_emu_start", "uc_emu_stop", "uc_vmem_read")
+    address = ctypes.c_void_p
+    return {name: int(ctypes.cast(getattr(_lib, name), address).value or 0) for name in names}
+
+
 _hook_add.restype = ctypes.c_int
 _hook_del = _lib.uc_hook_del
 _hook_del.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -178,6 +187,7 @@ class Engine:
         self.uc.ctl_set_exits([])
         self.handle = ctypes.c_void_p(self.uc._uch.value)  # the engine, for C calls
         self.tsc_aux: int | None = None  # cpu_msrs' copy; None: read it from the engine
+        self.tsc_aux_sink: Callable[[int | None], None] | None = None  # told of each change
         self._callbacks: dict[int, Any] = {}
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
         self.resume_at = RegisterBatch(self.handle, RESUME_IDS)  # GPRs (SDM order), RIP
@@ -264,7 +274,13 @@ class Engine:
 
     def context_restore(self, context: Any) -> None:
         self.uc.context_restore(context)
-        self.tsc_aux = None
+        self.set_tsc_aux(None)
+
+    def set_tsc_aux(self, value: int | None) -> None:
+        """Keep (None: forget) the copy of IA32_TSC_AUX that RDTSCP answers from."""
+        self.tsc_aux = value
+        if self.tsc_aux_sink is not None:
+            self.tsc_aux_sink(value)
 
     # -- hooks --------------------------------------------------------------------------
     def hook(
