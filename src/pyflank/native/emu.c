@@ -27,16 +27,25 @@ enum {
     FLAGS_AT = 136,
     CC_AT = 144,
     CC_OP_AT = 168,
+    SYSTEM_AT = 176,
     HEAD_SIZE = 464,
     SEEN_SIZE = HEAD_SIZE - FLAGS_AT,
     GPRS = 16,
 };
 enum { QEMU_RAX = 0, QEMU_RCX = 1, QEMU_RDX = 2, QEMU_RBX = 3, QEMU_RSP = 4 };
 enum { UC_PROT_EXEC = 4, SKIP = 1, CPUID_LENGTH = 2, CACHE_SLOTS = 64, CPUID_REASON = 10 };
+enum { IDLE_BLOCKS = 1024 }; /* blocks of guest code without Python before the GIL goes */
 
 typedef int (*uc_emu_start_fn)(void *, uint64_t, uint64_t, uint64_t, size_t);
 typedef int (*uc_emu_stop_fn)(void *);
 typedef int (*uc_vmem_read_fn)(void *, uint64_t, int, void *, size_t);
+typedef int (*uc_reg_read_fn)(void *, int, void *);
+
+/* The stop gate's state (stop_gate.GateState). */
+typedef struct {
+    uint64_t executed, budget_end;
+    uint8_t stop;
+} GateState;
 
 typedef struct {
     uint32_t leaf, subleaf;
@@ -55,12 +64,15 @@ typedef struct {
     unsigned char *env;
     volatile uint64_t *dr7;
     volatile uint64_t *executed; /* the stop gate's count of guest code run */
+    volatile GateState *gate;
     unsigned char *ram;
     uint64_t ram_size;
     uint32_t cc_op_clr;
     uc_emu_start_fn emu_start;
     uc_emu_stop_fn emu_stop;
     uc_vmem_read_fn vmem_read;
+    uc_reg_read_fn reg_read;
+    int rflags_id;
     GilHolder gil;
     /* Python: the reference hooks, and what the fast paths call */
     PyObject *on_cpuid, *on_rdtsc, *on_rdtscp, *on_in, *on_out;
@@ -105,24 +117,31 @@ static inline uint32_t load32(const unsigned char *at)
 
 /* -- the state the last report showed ------------------------------------------------ */
 
-/* Nothing but general registers and RIP moved since the last report: what
- * StateCapture.capture would find unchanged (RFLAGS and every system field).  With no
- * condition code live (CC_OP_CLR) the stale values QEMU leaves in cc_dst..cc_src2 do not
- * count, as there. */
+/* Whether no guest-state field moved since the last report -- what StateCapture.capture
+ * would find -- with ``rflags`` brought up to date where only RFLAGS' inputs moved (read
+ * as StateCapture.moved reads it, through unicorn).  With no condition code live
+ * (CC_OP_CLR) the stale values QEMU leaves in cc_dst..cc_src2 do not count, as there. */
 static int unmoved(EmuExits *self)
 {
     if (!self->seen_valid || *self->dr7 != self->seen_dr7)
         return 0;
     if (PyDict_GET_SIZE(self->noted) != 0)
         return 0; /* the engine changed fields itself: the capture reports them */
-    const unsigned char *env = self->env, *seen = self->seen;
-    if (memcmp(env + FLAGS_AT, seen, CC_AT - FLAGS_AT) != 0)
+    const unsigned char *env = self->env;
+    unsigned char *seen = self->seen;
+    if (memcmp(env + SYSTEM_AT, seen + (SYSTEM_AT - FLAGS_AT), HEAD_SIZE - SYSTEM_AT) != 0)
         return 0;
-    if (memcmp(env + CC_OP_AT, seen + (CC_OP_AT - FLAGS_AT), HEAD_SIZE - CC_OP_AT) != 0)
-        return 0;
-    if (load32(env + CC_OP_AT) == self->cc_op_clr)
+    if (memcmp(env + FLAGS_AT, seen, CC_AT - FLAGS_AT) == 0 &&
+        memcmp(env + CC_OP_AT, seen + (CC_OP_AT - FLAGS_AT), SYSTEM_AT - CC_OP_AT) == 0 &&
+        (load32(env + CC_OP_AT) == self->cc_op_clr ||
+         memcmp(env + CC_AT, seen + (CC_AT - FLAGS_AT), CC_OP_AT - CC_AT) == 0))
         return 1;
-    return memcmp(env + CC_AT, seen + (CC_AT - FLAGS_AT), CC_OP_AT - CC_AT) == 0;
+    uint64_t rflags;
+    if (self->reg_read(self->uc, self->rflags_id, &rflags) != 0)
+        return 0;
+    self->rflags = rflags;
+    memcpy(seen, env + FLAGS_AT, SYSTEM_AT - FLAGS_AT);
+    return 1;
 }
 
 /* After the Python hook captured: what it reported is the state now.  (GIL held.) */
@@ -533,6 +552,23 @@ static void on_out(void *uc, uint32_t port, int size, uint32_t value, void *data
     gil_give(&self->gil, &ticket);
 }
 
+/* -- the stop gate's block hook (backends/emu/stop_gate.py) --------------------------- */
+
+/* At each block start: stop where the gate says (its budget spent, another thread
+ * asked), else count the block; and let the GIL go once the guest ran long enough
+ * without Python. */
+static void on_block(void *uc, uint64_t address, uint32_t size, void *data)
+{
+    EmuExits *self = data;
+    volatile GateState *gate = self->gate;
+    if (gate->executed >= gate->budget_end || gate->stop) {
+        self->emu_stop(uc);
+        return;
+    }
+    gate->executed += size;
+    gil_idle(&self->gil);
+}
+
 /* -- the Python face ----------------------------------------------------------------- */
 
 static void emu_clear_refs(EmuExits *self)
@@ -569,17 +605,19 @@ static int emu_init(EmuExits *self, PyObject *args, PyObject *kwargs)
     static char *names[] = {"hooks",  "capture", "ports", "engine",
                             "layout", "time",    "cpuid_info", NULL};
     PyObject *hooks, *capture, *ports, *engine, *layout, *timing, *info;
-    unsigned long long uc, env, dr7, executed, ram, ram_size, start, stop, vmem_read;
+    unsigned long long uc, env, dr7, executed, ram, ram_size, start, stop, vmem_read, reg_read;
     unsigned int cc_op_clr;
+    int rflags_id;
     unsigned long long units_per_ns, tsc_hz;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO", names, &hooks, &capture, &ports,
                                      &engine, &layout, &timing, &info))
         return -1;
-    /* engine: (uc, uc_emu_start, uc_emu_stop, uc_vmem_read, guest RAM, its size)
-     * layout: (CPUX86State, DR7's address, CC_OP_CLR, the gate's count)
+    /* engine: (uc, uc_emu_start, uc_emu_stop, uc_vmem_read, uc_reg_read, guest RAM, its size)
+     * layout: (CPUX86State, DR7's address, CC_OP_CLR, the stop gate's GateState, RFLAGS' id)
      * time: (units per ns, TSC Hz) */
-    if (!PyArg_ParseTuple(engine, "KKKKKK", &uc, &start, &stop, &vmem_read, &ram, &ram_size) ||
-        !PyArg_ParseTuple(layout, "KKIK", &env, &dr7, &cc_op_clr, &executed) ||
+    if (!PyArg_ParseTuple(engine, "KKKKKKK", &uc, &start, &stop, &vmem_read, &reg_read, &ram,
+                          &ram_size) ||
+        !PyArg_ParseTuple(layout, "KKIKi", &env, &dr7, &cc_op_clr, &executed, &rflags_id) ||
         !PyArg_ParseTuple(timing, "KK", &units_per_ns, &tsc_hz))
         return -1;
     if (units_per_ns == 0) {
@@ -591,12 +629,16 @@ static int emu_init(EmuExits *self, PyObject *args, PyObject *kwargs)
     self->env = (unsigned char *)(uintptr_t)env;
     self->dr7 = (volatile uint64_t *)(uintptr_t)dr7;
     self->executed = (volatile uint64_t *)(uintptr_t)executed;
+    self->gate = (volatile GateState *)(uintptr_t)executed;
+    self->gil.patience = IDLE_BLOCKS;
     self->ram = (unsigned char *)(uintptr_t)ram;
     self->ram_size = ram_size;
     self->cc_op_clr = cc_op_clr;
     self->emu_start = (uc_emu_start_fn)(uintptr_t)start;
     self->emu_stop = (uc_emu_stop_fn)(uintptr_t)stop;
     self->vmem_read = (uc_vmem_read_fn)(uintptr_t)vmem_read;
+    self->reg_read = (uc_reg_read_fn)(uintptr_t)reg_read;
+    self->rflags_id = rflags_id;
     self->units_per_ns = units_per_ns;
     self->tsc_hz = tsc_hz;
     struct {
@@ -634,10 +676,9 @@ static PyObject *emu_start_method(EmuExits *self, PyObject *arg)
         return NULL;
     self->fuse_ok = 0;
     memset(self->cache, 0, sizeof self->cache);
-    self->gil.saved = PyEval_SaveThread();
+    gil_keep(&self->gil);
     int status = self->emu_start(self->uc, rip, 0, 0, 0);
-    PyEval_RestoreThread(self->gil.saved);
-    self->gil.saved = NULL;
+    gil_return(&self->gil);
     if (flush(self) < 0)
         return NULL;
     return PyLong_FromLong(status);
@@ -716,13 +757,20 @@ static PyObject *emu_forget(EmuExits *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *emu_remember(EmuExits *self, PyObject *unused)
+{
+    refresh_seen(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *emu_callbacks(EmuExits *self, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsK}", "cpuid", (unsigned long long)(uintptr_t)on_cpuid,
+    return Py_BuildValue("{sKsKsKsKsKsK}", "cpuid", (unsigned long long)(uintptr_t)on_cpuid,
                          "rdtsc", (unsigned long long)(uintptr_t)on_rdtsc, "rdtscp",
                          (unsigned long long)(uintptr_t)on_rdtscp, "in",
                          (unsigned long long)(uintptr_t)on_in, "out",
-                         (unsigned long long)(uintptr_t)on_out);
+                         (unsigned long long)(uintptr_t)on_out, "block",
+                         (unsigned long long)(uintptr_t)on_block);
 }
 
 static PyObject *emu_get_counts(EmuExits *self, void *closure)
@@ -797,6 +845,8 @@ static PyMethodDef emu_methods[] = {
     {"flush", (PyCFunction)emu_flush, METH_NOARGS,
      "Python runs on the vCPU: hand the fused exits to the processor, forget its answers"},
     {"forget", (PyCFunction)emu_forget, METH_NOARGS, "the next exit captures through Python"},
+    {"remember", (PyCFunction)emu_remember, METH_NOARGS,
+     "the capture just reported the state as it is now (and capture.rflags)"},
     {"callbacks", (PyCFunction)emu_callbacks, METH_NOARGS, "hook name -> C function address"},
     {NULL},
 };

@@ -55,7 +55,7 @@ _hook_add = _lib.uc_hook_add
 
 def native_functions() -> dict[str, int]:
     """The addresses of the unicorn functions native exit code calls (``pyflank.native``)."""
-    names = ("uc_emu_start", "uc_emu_stop", "uc_vmem_read")
+    names = ("uc_emu_start", "uc_emu_stop", "uc_vmem_read", "uc_reg_read")
     address = ctypes.c_void_p
     return {name: int(ctypes.cast(getattr(_lib, name), address).value or 0) for name in names}
 

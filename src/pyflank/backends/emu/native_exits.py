@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pyflank.backends.base import PortIo
     from pyflank.backends.emu.engine import Engine
     from pyflank.backends.emu.physical_cpu import EngineCpu
-    from pyflank.backends.emu.stop_gate import GateState
+    from pyflank.backends.emu.stop_gate import StopGate
     from pyflank.memory import GuestPhysicalMemory
 
 # The instructions whose hooks are native, by the name emu.c gives their callbacks.
@@ -67,9 +67,10 @@ class NativeCapture(StateCapture):
         self.native: Any = None
 
     def capture(self) -> Captured:
+        captured = super().capture()
         if self.native is not None:
-            self.native.forget()  # this report is not the one the C side remembers
-        return super().capture()
+            self.native.remember()  # what this report showed is the state now
+        return captured
 
     def forget(self) -> None:
         if self.native is not None:
@@ -90,7 +91,7 @@ class NativeExitHooks(ExitHooks):
         memory: GuestPhysicalMemory,
         ports: PortIo,
         cpu: EngineCpu,
-        gate: GateState,
+        gate: StopGate,
     ) -> None:
         registers = capture.registers
         assert isinstance(registers, InPlace)
@@ -101,11 +102,11 @@ class NativeExitHooks(ExitHooks):
             ports=ports,
             engine=(
                 engine.handle.value, lib["uc_emu_start"], lib["uc_emu_stop"],
-                lib["uc_vmem_read"], memory.address, memory.size,
+                lib["uc_vmem_read"], lib["uc_reg_read"], memory.address, memory.size,
             ),
             layout=(
                 registers.env, ctypes.addressof(registers.dr7), registers.cc_op_clr,
-                ctypes.addressof(gate),
+                ctypes.addressof(gate.state), x86.UC_X86_REG_RFLAGS,
             ),
             time=(time.UNITS_PER_NS, time.TSC_HZ),
             cpuid_info=_CPUID_INFO,
@@ -115,6 +116,7 @@ class NativeExitHooks(ExitHooks):
         super().__init__(engine, capture, memory, ports, cpu)
         engine.tsc_aux_sink = functools.partial(setattr, self.native, "tsc_aux")
         self.native.tsc_aux = engine.tsc_aux
+        gate.replace_hook(ctypes.c_void_p(self.native.callbacks()["block"]), id(self.native))
 
     # -- what the C side owns ---------------------------------------------------------
     @property

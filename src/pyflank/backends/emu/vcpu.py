@@ -63,7 +63,7 @@ class EmuVcpu:
         self._start: Callable[[int], int] = e.start
         if module is not None and isinstance(capture, NativeCapture):
             self.hooks: ExitHooks = NativeExitHooks(
-                module, e, capture, memory, ports, self.cpu, self.stop_gate.state
+                module, e, capture, memory, ports, self.cpu, self.stop_gate
             )
             self.native = self.hooks
             self._start = self.hooks.start
