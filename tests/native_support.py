@@ -9,9 +9,6 @@ end at a moment of the host's choosing and are not compared.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyflank import native
@@ -26,18 +23,7 @@ def accelerated() -> bool:
     return native.accelerator() is not None
 
 
-@contextlib.contextmanager
-def pure_python() -> Iterator[None]:
-    """Engines made inside run the pure-Python exit paths (``PYFLANK_NATIVE=0``)."""
-    saved = os.environ.get(native.DISABLE)
-    os.environ[native.DISABLE] = "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[native.DISABLE]
-        else:
-            os.environ[native.DISABLE] = saved
+pure_python = native.disabled  # engines made inside run the pure-Python exit paths
 
 
 @dataclass

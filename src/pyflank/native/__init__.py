@@ -12,14 +12,16 @@ Nothing here imports the rest of pyflank: the engines hand the extension what it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sysconfig
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["DISABLE", "accelerator", "status"]
+__all__ = ["DISABLE", "accelerator", "disabled", "status"]
 
 NOTE = "_accel_build.txt"  # left by setup.py where the build failed: why
 DISABLE = "PYFLANK_NATIVE"  # "0": use the pure-Python exit paths even where the extension exists
@@ -37,6 +39,20 @@ def accelerator() -> ModuleType | None:
     if os.environ.get(DISABLE, "1") == "0":
         return None
     return _module
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Engines made inside run the pure-Python exit paths (``PYFLANK_NATIVE=0``)."""
+    saved = os.environ.get(DISABLE)
+    os.environ[DISABLE] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[DISABLE]
+        else:
+            os.environ[DISABLE] = saved
 
 
 def status() -> str:

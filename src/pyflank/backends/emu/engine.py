@@ -36,6 +36,18 @@ _reg_write_batch = _fast.uc_reg_write_batch
 _reg_write_batch.restype = ctypes.c_int
 _vmem_read = _fast.uc_vmem_read  # arguments passed as ready ctypes objects: no argtypes cost
 _vmem_read.restype = ctypes.c_int
+# One register, MSR or a few bytes of memory: the binding spends microseconds per call
+# choosing a type and building its arguments, which a full VM entry pays some sixty times.
+_reg_read_one = _fast.uc_reg_read
+_reg_read_one.restype = ctypes.c_int
+_reg_write_one = _fast.uc_reg_write
+_reg_write_one.restype = ctypes.c_int
+_mem_read = _fast.uc_mem_read
+_mem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
+_mem_read.restype = ctypes.c_int
+_mem_write = _fast.uc_mem_write
+_mem_write.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+_mem_write.restype = ctypes.c_int
 read_code: Any = _vmem_read  # uc_vmem_read, for ``Engine.code2_args``
 _emu_start = _lib.uc_emu_start
 _emu_start.argtypes = [
@@ -110,6 +122,20 @@ SDM_GPR_IDS = (
     x86.UC_X86_REG_R12, x86.UC_X86_REG_R13, x86.UC_X86_REG_R14, x86.UC_X86_REG_R15,
 )  # fmt: skip
 RESUME_IDS = (*SDM_GPR_IDS, x86.UC_X86_REG_RIP)
+
+
+# Registers of at most 64 bits, moved through one ``uc_reg_read``/``uc_reg_write`` each.
+PLAIN_IDS = frozenset(
+    {
+        *SAVED_IDS, *RESUME_IDS, x86.UC_X86_REG_CR2, x86.UC_X86_REG_CR8,
+        x86.UC_X86_REG_DR0, x86.UC_X86_REG_DR1, x86.UC_X86_REG_DR2, x86.UC_X86_REG_DR3,
+        x86.UC_X86_REG_DR6, x86.UC_X86_REG_DR7,
+    }
+)  # fmt: skip
+
+
+class Msr(ctypes.Structure):  # uc_x86_msr
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
 
 
 class Mmr(ctypes.Structure):
@@ -200,6 +226,10 @@ class Engine:
         self.code_at = ctypes.c_uint64(0)
         self.code2 = (ctypes.c_char * 2)()
         self.code2_args = (self.handle, self.code_at, _PROT_EXEC, self.code2, ctypes.c_size_t(2))
+        self._value = ctypes.c_uint64(0)
+        self._value_at = ctypes.byref(self._value)
+        self._msr = Msr(0, 0)
+        self._msr_at = ctypes.byref(self._msr)
 
     # -- memory -----------------------------------------------------------------------
     def map_host_memory(self, address: int, size: int, host_pointer: int) -> None:
@@ -209,10 +239,12 @@ class Engine:
         self.uc.mem_map(address, size, uc_const.UC_PROT_ALL)
 
     def write_physical(self, address: int, data: bytes) -> None:
-        self.uc.mem_write(address, data)
+        _check(_mem_write(self.handle, address, bytes(data), len(data)), "mem write")
 
     def read_physical(self, address: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(address, size))
+        buffer = ctypes.create_string_buffer(size)
+        _check(_mem_read(self.handle, address, buffer, size), "mem read")
+        return buffer.raw
 
     def protect(self, address: int, size: int, writable: bool) -> None:
         perms = uc_const.UC_PROT_ALL if writable else uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
@@ -244,21 +276,32 @@ class Engine:
 
     # -- registers ----------------------------------------------------------------------
     def read(self, reg: int) -> int:
-        value: int = self.uc.reg_read(reg)
-        return value
+        if reg not in PLAIN_IDS:
+            wide: int = self.uc.reg_read(reg)
+            return wide
+        self._value.value = 0  # a selector fills two bytes only
+        _check(_reg_read_one(self.handle, reg, self._value_at), "reg read")
+        return self._value.value
 
     def write(self, reg: int, value: int) -> None:
-        self.uc.reg_write(reg, value)
+        if reg not in PLAIN_IDS:
+            self.uc.reg_write(reg, value)
+            return
+        self._value.value = value
+        _check(_reg_write_one(self.handle, reg, self._value_at), "reg write")
 
     def write_mmr(self, reg: int, selector: int, base: int, limit: int, flags: int) -> None:
         self.uc.reg_write(reg, (selector, base, limit, flags))
 
     def read_msr_raw(self, msr: int) -> int:
-        value: int = self.uc.msr_read(msr)
+        self._msr.rid = msr
+        _check(_reg_read_one(self.handle, x86.UC_X86_REG_MSR, self._msr_at), "msr read")
+        value: int = self._msr.value
         return value
 
     def write_msr_raw(self, msr: int, value: int) -> None:
-        self.uc.msr_write(msr, value)
+        self._msr.rid, self._msr.value = msr, value
+        _check(_reg_write_one(self.handle, x86.UC_X86_REG_MSR, self._msr_at), "msr write")
 
     # -- execution ----------------------------------------------------------------------
     def start(self, rip: int) -> int:
