@@ -40,6 +40,14 @@ typedef int (*uc_emu_start_fn)(void *, uint64_t, uint64_t, uint64_t, size_t);
 typedef int (*uc_emu_stop_fn)(void *);
 typedef int (*uc_vmem_read_fn)(void *, uint64_t, int, void *, size_t);
 typedef int (*uc_reg_read_fn)(void *, int, void *);
+typedef int (*uc_reg_write_fn)(void *, int, const void *);
+typedef int (*uc_mem_read_fn)(void *, uint64_t, void *, size_t);
+typedef int (*uc_mem_write_fn)(void *, uint64_t, const void *, size_t);
+
+typedef struct { /* uc_x86_msr */
+    uint32_t rid;
+    uint64_t value;
+} UcMsr;
 
 /* The stop gate's state (stop_gate.GateState). */
 typedef struct {
@@ -49,7 +57,7 @@ typedef struct {
 
 typedef struct {
     uint32_t leaf, subleaf;
-    int used;
+    uint64_t era; /* valid while it is the object's ``era`` */
     uint64_t regs[4]; /* EAX EBX ECX EDX as the handler answers them */
 } CpuidSlot;
 
@@ -72,7 +80,10 @@ typedef struct {
     uc_emu_stop_fn emu_stop;
     uc_vmem_read_fn vmem_read;
     uc_reg_read_fn reg_read;
-    int rflags_id;
+    uc_reg_write_fn reg_write;
+    uc_mem_read_fn mem_read;
+    uc_mem_write_fn mem_write;
+    int rflags_id, msr_id;
     GilHolder gil;
     /* Python: the reference hooks, and what the fast paths call */
     PyObject *on_cpuid, *on_rdtsc, *on_rdtscp, *on_in, *on_out;
@@ -95,6 +106,7 @@ typedef struct {
     PyObject *resume, *answer, *absorb, *trace;
     int fuse_ok;
     CpuidSlot cache[CACHE_SLOTS];
+    uint64_t era; /* of the cache: starts at 1, so a zeroed slot is never valid */
     uint64_t fused, fused_rip, fused_rflags, fused_regs[GPRS];
     uint64_t *rips;
     size_t rips_len, rips_cap;
@@ -207,7 +219,7 @@ done:
 static int before_python(EmuExits *self)
 {
     self->fuse_ok = 0;
-    memset(self->cache, 0, sizeof self->cache);
+    self->era++; /* every cached answer is forgotten */
     return flush(self);
 }
 
@@ -244,7 +256,7 @@ static CpuidSlot *cpuid_slot(EmuExits *self, uint32_t leaf, uint32_t subleaf)
 static int fused_answer(EmuExits *self, uint32_t leaf, uint32_t subleaf, uint64_t out[4])
 {
     CpuidSlot *slot = cpuid_slot(self, leaf, subleaf);
-    if (!slot->used || slot->leaf != leaf || slot->subleaf != subleaf) {
+    if (slot->era != self->era || slot->leaf != leaf || slot->subleaf != subleaf) {
         GilTicket ticket;
         gil_take(&self->gil, &ticket);
         int ok = 0;
@@ -257,7 +269,7 @@ static int fused_answer(EmuExits *self, uint32_t leaf, uint32_t subleaf, uint64_
             if (ok) {
                 slot->leaf = leaf;
                 slot->subleaf = subleaf;
-                slot->used = 1;
+                slot->era = self->era;
                 memcpy(slot->regs, values, sizeof values);
             }
         }
@@ -606,18 +618,22 @@ static int emu_init(EmuExits *self, PyObject *args, PyObject *kwargs)
                             "layout", "time",    "cpuid_info", NULL};
     PyObject *hooks, *capture, *ports, *engine, *layout, *timing, *info;
     unsigned long long uc, env, dr7, executed, ram, ram_size, start, stop, vmem_read, reg_read;
+    unsigned long long reg_write, mem_read, mem_write;
     unsigned int cc_op_clr;
-    int rflags_id;
+    int rflags_id, msr_id;
     unsigned long long units_per_ns, tsc_hz;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO", names, &hooks, &capture, &ports,
                                      &engine, &layout, &timing, &info))
         return -1;
-    /* engine: (uc, uc_emu_start, uc_emu_stop, uc_vmem_read, uc_reg_read, guest RAM, its size)
-     * layout: (CPUX86State, DR7's address, CC_OP_CLR, the stop gate's GateState, RFLAGS' id)
+    /* engine: (uc, uc_emu_start, uc_emu_stop, uc_vmem_read, uc_reg_read, uc_reg_write,
+     *          uc_mem_read, uc_mem_write, guest RAM, its size)
+     * layout: (CPUX86State, DR7's address, CC_OP_CLR, the stop gate's GateState, RFLAGS'
+     *          id, the MSR pseudo-register's id)
      * time: (units per ns, TSC Hz) */
-    if (!PyArg_ParseTuple(engine, "KKKKKKK", &uc, &start, &stop, &vmem_read, &reg_read, &ram,
-                          &ram_size) ||
-        !PyArg_ParseTuple(layout, "KKIKi", &env, &dr7, &cc_op_clr, &executed, &rflags_id) ||
+    if (!PyArg_ParseTuple(engine, "KKKKKKKKKK", &uc, &start, &stop, &vmem_read, &reg_read,
+                          &reg_write, &mem_read, &mem_write, &ram, &ram_size) ||
+        !PyArg_ParseTuple(layout, "KKIKii", &env, &dr7, &cc_op_clr, &executed, &rflags_id,
+                          &msr_id) ||
         !PyArg_ParseTuple(timing, "KK", &units_per_ns, &tsc_hz))
         return -1;
     if (units_per_ns == 0) {
@@ -631,6 +647,7 @@ static int emu_init(EmuExits *self, PyObject *args, PyObject *kwargs)
     self->executed = (volatile uint64_t *)(uintptr_t)executed;
     self->gate = (volatile GateState *)(uintptr_t)executed;
     self->gil.patience = IDLE_BLOCKS;
+    self->era = 1;
     self->ram = (unsigned char *)(uintptr_t)ram;
     self->ram_size = ram_size;
     self->cc_op_clr = cc_op_clr;
@@ -638,7 +655,11 @@ static int emu_init(EmuExits *self, PyObject *args, PyObject *kwargs)
     self->emu_stop = (uc_emu_stop_fn)(uintptr_t)stop;
     self->vmem_read = (uc_vmem_read_fn)(uintptr_t)vmem_read;
     self->reg_read = (uc_reg_read_fn)(uintptr_t)reg_read;
+    self->reg_write = (uc_reg_write_fn)(uintptr_t)reg_write;
+    self->mem_read = (uc_mem_read_fn)(uintptr_t)mem_read;
+    self->mem_write = (uc_mem_write_fn)(uintptr_t)mem_write;
     self->rflags_id = rflags_id;
+    self->msr_id = msr_id;
     self->units_per_ns = units_per_ns;
     self->tsc_hz = tsc_hz;
     struct {
@@ -675,7 +696,7 @@ static PyObject *emu_start_method(EmuExits *self, PyObject *arg)
     if (as_u64(arg, &rip) < 0)
         return NULL;
     self->fuse_ok = 0;
-    memset(self->cache, 0, sizeof self->cache);
+    self->era++; /* every cached answer is forgotten */
     gil_keep(&self->gil);
     int status = self->emu_start(self->uc, rip, 0, 0, 0);
     gil_return(&self->gil);
@@ -740,7 +761,7 @@ static PyObject *emu_fuse(EmuExits *self, PyObject *args)
     Py_XSETREF(self->absorb, Py_NewRef(absorb));
     Py_XSETREF(self->trace, Py_NewRef(trace));
     self->fuse_ok = 0;
-    memset(self->cache, 0, sizeof self->cache);
+    self->era++; /* every cached answer is forgotten */
     Py_RETURN_NONE;
 }
 
@@ -760,6 +781,54 @@ static PyObject *emu_forget(EmuExits *self, PyObject *unused)
 static PyObject *emu_remember(EmuExits *self, PyObject *unused)
 {
     refresh_seen(self);
+    Py_RETURN_NONE;
+}
+
+/* An MSR of the engine's own, past the SVM intercept (backends/emu/cpu_msrs.py): the
+ * permission-map byte at ``at`` loses the bits of ``mask`` for the access and gets them
+ * back after.  -1 with an exception if unicorn refuses. */
+static int engine_msr(EmuExits *self, uint32_t msr, uint64_t at, unsigned mask, int write,
+                      uint64_t *value)
+{
+    unsigned char old, open;
+    if (self->mem_read(self->uc, at, &old, 1) != 0)
+        goto refused;
+    open = old & (unsigned char)~mask;
+    if (self->mem_write(self->uc, at, &open, 1) != 0)
+        goto refused;
+    UcMsr access = {msr, write ? *value : 0};
+    int status = write ? self->reg_write(self->uc, self->msr_id, &access)
+                       : self->reg_read(self->uc, self->msr_id, &access);
+    int restored = self->mem_write(self->uc, at, &old, 1);
+    if (status != 0 || restored != 0)
+        goto refused;
+    *value = access.value;
+    return 0;
+refused:
+    PyErr_Format(PyExc_RuntimeError, "unicorn refused MSR %s %#x", write ? "write" : "read", msr);
+    return -1;
+}
+
+static PyObject *emu_msr_read(EmuExits *self, PyObject *args)
+{
+    unsigned int msr, mask;
+    unsigned long long at;
+    uint64_t value = 0;
+    if (!PyArg_ParseTuple(args, "IKI", &msr, &at, &mask) ||
+        engine_msr(self, msr, at, mask, 0, &value) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(value);
+}
+
+static PyObject *emu_msr_write(EmuExits *self, PyObject *args)
+{
+    unsigned int msr, mask;
+    unsigned long long at, value;
+    if (!PyArg_ParseTuple(args, "IKKI", &msr, &value, &at, &mask))
+        return NULL;
+    uint64_t v = value;
+    if (engine_msr(self, msr, at, mask, 1, &v) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -848,6 +917,10 @@ static PyMethodDef emu_methods[] = {
     {"remember", (PyCFunction)emu_remember, METH_NOARGS,
      "the capture just reported the state as it is now (and capture.rflags)"},
     {"callbacks", (PyCFunction)emu_callbacks, METH_NOARGS, "hook name -> C function address"},
+    {"msr_read", (PyCFunction)emu_msr_read, METH_VARARGS,
+     "msr_read(msr, byte, bits) -> value: the engine's MSR, its permission-map bits opened"},
+    {"msr_write", (PyCFunction)emu_msr_write, METH_VARARGS,
+     "msr_write(msr, value, byte, bits): the same for a write"},
     {NULL},
 };
 

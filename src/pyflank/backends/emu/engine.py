@@ -67,7 +67,10 @@ _hook_add = _lib.uc_hook_add
 
 def native_functions() -> dict[str, int]:
     """The addresses of the unicorn functions native exit code calls (``pyflank.native``)."""
-    names = ("uc_emu_start", "uc_emu_stop", "uc_vmem_read", "uc_reg_read")
+    names = (
+        "uc_emu_start", "uc_emu_stop", "uc_vmem_read", "uc_reg_read", "uc_reg_write",
+        "uc_mem_read", "uc_mem_write",
+    )  # fmt: skip
     address = ctypes.c_void_p
     return {name: int(ctypes.cast(getattr(_lib, name), address).value or 0) for name in names}
 
@@ -214,6 +217,7 @@ class Engine:
         self.handle = ctypes.c_void_p(self.uc._uch.value)  # the engine, for C calls
         self.tsc_aux: int | None = None  # cpu_msrs' copy; None: read it from the engine
         self.tsc_aux_sink: Callable[[int | None], None] | None = None  # told of each change
+        self.native_msrs: Any = None  # the native exits' msr_read/msr_write (cpu_msrs)
         self._callbacks: dict[int, Any] = {}
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
         self.resume_at = RegisterBatch(self.handle, RESUME_IDS)  # GPRs (SDM order), RIP

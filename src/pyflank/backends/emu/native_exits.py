@@ -102,11 +102,12 @@ class NativeExitHooks(ExitHooks):
             ports=ports,
             engine=(
                 engine.handle.value, lib["uc_emu_start"], lib["uc_emu_stop"],
-                lib["uc_vmem_read"], lib["uc_reg_read"], memory.address, memory.size,
+                lib["uc_vmem_read"], lib["uc_reg_read"], lib["uc_reg_write"],
+                lib["uc_mem_read"], lib["uc_mem_write"], memory.address, memory.size,
             ),
             layout=(
                 registers.env, ctypes.addressof(registers.dr7), registers.cc_op_clr,
-                ctypes.addressof(gate.state), x86.UC_X86_REG_RFLAGS,
+                ctypes.addressof(gate.state), x86.UC_X86_REG_RFLAGS, x86.UC_X86_REG_MSR,
             ),
             time=(time.UNITS_PER_NS, time.TSC_HZ),
             cpuid_info=_CPUID_INFO,
@@ -116,6 +117,7 @@ class NativeExitHooks(ExitHooks):
         super().__init__(engine, capture, memory, ports, cpu)
         engine.tsc_aux_sink = functools.partial(setattr, self.native, "tsc_aux")
         self.native.tsc_aux = engine.tsc_aux
+        engine.native_msrs = self.native
         gate.replace_hook(ctypes.c_void_p(self.native.callbacks()["block"]), id(self.native))
 
     # -- what the C side owns ---------------------------------------------------------
