@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from example_modules import example
 from native_support import accelerated, pure_python
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
@@ -117,6 +118,26 @@ def test_the_pure_python_exit_paths_boot_it_the_same(
     assert reference.exit_sequence_hash == booted.exit_sequence_hash
     assert reference.console == booted.console
     assert reference.result.state.as_dict() == booted.result.state.as_dict()
+
+
+def test_linux_boots_with_its_io_hlt_and_interrupt_exits_in_the_handler(
+    linux_assets: LinuxAssets,
+) -> None:
+    watching = example("watch_linux").WatchingLinux
+    watching.seen.clear()
+    console = bytearray()
+    vm = Vm.boot_linux(
+        linux_assets.kernel.bzimage,
+        initrd=linux_assets.initramfs,
+        append=f"console=ttyS0 {POWEROFF_FLAG}",
+        handler=watching,
+        console=console.append,
+    )
+    [result] = vm.run(timeout=300)
+    assert result.reason is StopReason.POWER_OFF, result.message
+    assert MARKER_LINE.search(console.decode(errors="replace")) is not None
+    for reason in ("io_instruction", "hlt", "external_interrupt", "interrupt_window", "cpuid"):
+        assert watching.seen[reason] > 0, (reason, watching.seen)
 
 
 def test_the_shell_answers_on_the_console(linux_assets: LinuxAssets) -> None:

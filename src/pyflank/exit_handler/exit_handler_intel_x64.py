@@ -34,6 +34,7 @@ from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.fault import halt_on_fault
+from pyflank.exit_handler.ports import PortSpace
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
@@ -203,6 +204,9 @@ class ExitHandlerIntelX64:
         """What CPUID, RDMSR/WRMSR and WBINVD reach: the CPU model or the KVM vCPU."""
         self.m_memory: GuestPhysicalMemory | None = None
         """Guest RAM (None until the VMM attaches it)."""
+        self.m_ports: PortSpace | None = None
+        """The machine's port space, for I/O the handler passes through (None until the
+        VMM attaches it)."""
         self.m_debug_ring: DebugRing = DebugRing()
         """This vCPU's log, read by ``bfm dump`` and ``VcpuResult.debug_ring``."""
         self.hypervisor_leaves: dict[int, CpuidRegisters] = hypervisor_leaves()
@@ -238,6 +242,10 @@ class ExitHandlerIntelX64:
     def set_memory(self, memory: GuestPhysicalMemory) -> None:
         """Give the handler guest RAM, for ``map_guest_buffer`` (DATA vmcalls)."""
         self.m_memory = memory
+
+    def set_ports(self, ports: PortSpace) -> None:
+        """Give the handler the machine's ports (``m_ports``), for I/O it passes through."""
+        self.m_ports = ports
 
     def set_debug_ring(self, ring: DebugRing) -> None:
         """Write this vCPU's log (``log``, ``bfm dump``) to ``ring``."""
