@@ -28,16 +28,30 @@ def _diagnosis(compiler: list[str]) -> str:
 class BuildAccelerator(build_ext):
     """build_ext that leaves a note next to the extension saying why it was not built."""
 
+    def _source_package(self, ext: Extension) -> Path | None:
+        """The package directory in the source tree that an editable install copies the
+        extension into (only the extension: the note is written there by hand), else None."""
+        if not getattr(self, "editable_mode", False):
+            return None
+        build_py = self.get_finalized_command("build_py")
+        return Path(build_py.get_package_dir(ext.name.rpartition(".")[0]))
+
     def build_extension(self, ext: Extension) -> None:
-        note = Path(self.get_ext_fullpath(ext.name)).parent / NOTE
-        note.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(self.get_ext_fullpath(ext.name))
+        source = self._source_package(ext)
+        notes = [built.parent / NOTE] + ([source / NOTE] if source else [])
         try:
             super().build_extension(ext)
         except Exception as exc:
             compiler = list(getattr(self.compiler, "compiler_so", None) or [])
-            note.write_text(f"{_diagnosis(compiler)}: {exc}\n")
+            for note in notes:
+                note.parent.mkdir(parents=True, exist_ok=True)
+                note.write_text(f"{_diagnosis(compiler)}: {exc}\n")
+            if source:  # an extension of an earlier build would load and not match
+                (source / built.name).unlink(missing_ok=True)
             raise
-        note.unlink(missing_ok=True)
+        for note in notes:
+            note.unlink(missing_ok=True)
 
 
 setup(

@@ -13,6 +13,7 @@ Nothing here imports the rest of pyflank: the engines hand the extension what it
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import sysconfig
@@ -29,7 +30,7 @@ DISABLE = "PYFLANK_NATIVE"  # "0": use the pure-Python exit paths even where the
 _module: ModuleType | None = None
 _why = ""
 try:
-    from pyflank.native import _accel as _module  # type: ignore[attr-defined, no-redef]
+    _module = importlib.import_module("pyflank.native._accel")
 except ImportError as exc:
     _why = str(exc)
 
@@ -78,4 +79,4 @@ def _missing() -> str:
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not headers.exists():
         return f"no Python headers ({headers})"
-    return f"the extension does not load: {_why}"
+    return f"not built or not loadable ({_why})"
