@@ -4,6 +4,11 @@ path leaves what the pure-Python one leaves (``native_support``)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from native_support import RunImage, accelerated, differences, pure_python
@@ -211,3 +216,66 @@ def test_a_computing_vcpu_lets_a_python_handler_run() -> None:
     _, results = run(source, CountingCpuid, vcpus=2)
     assert [r.reason for r in results] == [StopReason.GUEST_HLT] * 2
     assert [r.exits for r in results] == [0, 500]
+
+
+SNAPSHOT_LOOPS = 1_000_000
+PROGRESS = 0x200000  # where the guest keeps its count of CPUIDs left
+
+
+def test_a_snapshot_between_fused_exits_goes_on_as_the_original(tmp_path: Path) -> None:
+    """Pausing a vCPU that runs fused exits hands them to the processor first: the
+    snapshot holds the exits, VMCS and StateSave they left, and both the paused run and
+    the restored one end exactly as a run that was never paused."""
+    source = f"""
+        mov r15, {SNAPSHOT_LOOPS}
+    again:
+        mov eax, 0
+        xor ecx, ecx
+        cpuid
+        dec r15
+        mov [{PROGRESS}], r15
+        jnz again
+        hlt
+    """
+    plain = RunImage.of(*run(source))
+    vm = Vm(ExitHandlerIntelX64)
+    vm.load_asm(source)
+    finish = _running(vm)
+    deadline = time.monotonic() + 30
+    while vm.memory.read_u64(PROGRESS) == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the guest is in its loop, fused
+    vm.snapshot(tmp_path / "fused.pfs")
+    paused = RunImage.of(vm, finish())
+    assert differences(plain, paused) == []
+    assert counts(vm)["fused"] > 0
+
+    again = Vm.restore(tmp_path / "fused.pfs")
+    left = again.memory.read_u64(PROGRESS)
+    assert 0 < left < SNAPSHOT_LOOPS, "the snapshot was not taken inside the loop"
+    restored = RunImage.of(again, again.run(timeout=60))
+    assert differences(plain, restored) == []
+    assert counts(again)["fused"] > 0
+
+
+def _running(vm: Vm) -> Callable[[], list[VcpuResult]]:
+    results: list[list[VcpuResult]] = []
+    thread = threading.Thread(target=lambda: results.append(vm.run(timeout=60)))
+    thread.start()
+
+    def finish() -> list[VcpuResult]:
+        thread.join(90)
+        assert not thread.is_alive()
+        return results[0]
+
+    return finish
+
+
+def test_under_the_gdb_stub_every_exit_goes_through_dispatch() -> None:
+    """A debugger may break on any exit (``debug.exit_breaks``): while the stub is there the
+    fused path steps aside, and the native hooks hand each CPUID to the processor."""
+    vm = Vm(ExitHandlerIntelX64, gdb=0, gdb_wait=False)
+    vm.load_asm(cpuid_loop(50))
+    [result] = vm.run(timeout=60)
+    assert result.reason is StopReason.GUEST_HLT and result.exits == 50
+    taken = counts(vm)
+    assert taken["fused"] == 0 and taken["native"] + taken["python"] == 50
