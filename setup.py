@@ -5,6 +5,7 @@ extension and the install goes on; pyflank then runs its pure-Python exit paths,
 ``pyflank.native.status()`` gives the reason noted here (``_accel_build.txt``).
 """
 
+import re
 import shutil
 import sysconfig
 from pathlib import Path
@@ -23,6 +24,11 @@ def _diagnosis(compiler: list[str]) -> str:
     if not headers.exists():
         return f"no Python headers ({headers})"
     return "the C compiler failed"
+
+
+def _brief(exc: Exception) -> str:
+    """The error, with a failed command named by its program instead of its whole line."""
+    return re.sub(r"Command '\['([^']*)'[^\]]*\]'", r"'\1'", str(exc).strip())
 
 
 class BuildAccelerator(build_ext):
@@ -46,7 +52,7 @@ class BuildAccelerator(build_ext):
             compiler = list(getattr(self.compiler, "compiler_so", None) or [])
             for note in notes:
                 note.parent.mkdir(parents=True, exist_ok=True)
-                note.write_text(f"{_diagnosis(compiler)}: {exc}\n")
+                note.write_text(f"{_diagnosis(compiler)}: {_brief(exc)}\n")
             if source:  # an extension of an earlier build would load and not match
                 (source / built.name).unlink(missing_ok=True)
             raise
