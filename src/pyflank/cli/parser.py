@@ -37,6 +37,7 @@ Usage: bfm [OPTION]... load <extension>
   or:  bfm [OPTION]... vmcall [--cpuid N] <cmd>
   or:  bfm [OPTION]... run <program> [--backend B] [--vcpus N] [--memory SIZE] [...]
   or:  bfm [OPTION]... run --kernel FILE [--initrd FILE] [--append CMDLINE] [...]
+  or:  bfm [OPTION]... run (<program> | --kernel FILE) --gdb PORT [--gdb-no-wait] [...]
   or:  bfm [OPTION]... check <vmcs.json>
 pyflank manager: load an exit handler, run the VMM, talk to it from inside the guest;
 or run a guest program of your own, or boot Linux, under a handler ('bfm run').
@@ -79,6 +80,8 @@ class CommandLine:
     initrd: Path | None = None
     append: str | None = None
     timeout: float | None = None
+    gdb: str | None = None  # bfm run --gdb: the stub's address (checked by the stub)
+    gdb_no_wait: bool = False
     vmcs: Path | None = None
     words: list[str] = field(default_factory=list)  # vmcall's command and arguments
 
@@ -229,6 +232,17 @@ def _run_options(parser: _Parser) -> None:
         metavar="SECONDS",
         help="stop the vCPUs after this long (default: no limit)",
     )
+    parser.add_argument(
+        "--gdb",
+        metavar="PORT",
+        help="serve gdb's remote protocol on this loopback port (or HOST:PORT; 0: a free "
+        "one, printed) -- on the software CPU; the guest waits for gdb before it starts",
+    )
+    parser.add_argument(
+        "--gdb-no-wait",
+        action="store_true",
+        help="with --gdb: run at once (gdb attaching stops the guest)",
+    )
 
 
 def _commands() -> dict[str, _Parser]:
@@ -352,6 +366,10 @@ def _check_run(line: CommandLine) -> None:
         for option, value in (("--initrd", line.initrd), ("--append", line.append)):
             if value is not None:
                 raise UsageError(f"run: {option} goes with --kernel")
+    if line.gdb is None and line.gdb_no_wait:
+        raise UsageError("run: --gdb-no-wait goes with --gdb")
+    if line.gdb is not None and line.backend == "kvm":
+        raise UsageError("run: --gdb needs the software CPU (--backend emu), not kvm")
 
 
 def command_help(command: str | None) -> str:
