@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The native accelerator is built by the install: its sources make the venv out of date.
+NATIVE := $(wildcard src/pyflank/native/*.c src/pyflank/native/*.h)
 
 .PHONY: run test soak bench bench-reference docs picture lint clean venv linux-assets
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(NATIVE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -39,7 +41,7 @@ DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank
                 pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
                 pyflank.platform pyflank.backends pyflank.cli pyflank.observe \
                 pyflank.observe.format pyflank.observe.plot pyflank.debug pyflank.gdbstub \
-                pyflank.snapshot pyflank.debugger
+                pyflank.snapshot pyflank.debugger pyflank.native
 
 docs: $(STAMP)
 	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)
@@ -51,7 +53,7 @@ picture: $(STAMP)
 	cp build/observe/exits.png docs/exits.png
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks setup.py
 	$(BIN)/mypy
 
 clean:

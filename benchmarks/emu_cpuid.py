@@ -2,10 +2,12 @@
 
     python -m benchmarks.emu_cpuid [N]
 
-Three loops of N CPUIDs: through pyflank's full exit path (VMCS, StateSave, the seed's
-``dispatch``); with a bare unicorn hook through the Python binding that only skips the
-instruction (the floor the issue measures against); and with the same hook as a raw
-ctypes callback (the cheapest any Python hook can be).  ``profile`` shows where the time
+Loops of N CPUIDs: through pyflank's full exit path (VMCS, StateSave, the seed's
+handling) -- on the pure-Python path, with the native accelerator through ``dispatch()``
+(an override that calls the seed), and fused (the seed not overridden); with a bare
+unicorn hook through the Python binding that only skips the instruction (the floor the
+issue measures against); and with the same hook as a raw ctypes callback (the cheapest any
+Python hook can be).  ``profile`` shows where the time
 of the full path goes (ctypes calls are not seen by cProfile: their time is their
 caller's).  The report names how the exit path reaches the registers: ``InPlace``, or
 ``ThroughApi`` (batch calls, ~2.5 us slower per exit) where unicorn's CPU state was not
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as x86
 
+from pyflank import native
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.register_probe import register_file
+from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.platform.assemble import assemble
 
 LOAD = 0x100000
@@ -75,7 +79,16 @@ def floor_ctypes(count: int) -> float:
     return _time_engine(engine)
 
 
-def full(count: int) -> float:
+class SeedThroughDispatch(ExitHandlerIntelX64):
+    """The seed's CPUID handling through ``dispatch()``: an extension that overrides
+    ``handle_cpuid`` and calls the seed (README's HideHypervisor), which the fused path
+    leaves alone."""
+
+    def handle_cpuid(self) -> None:
+        super().handle_cpuid()
+
+
+def full(count: int, handler: type[ExitHandlerIntelX64] = ExitHandlerIntelX64) -> float:
     """Seconds for ``count`` CPUID exits through pyflank's whole exit path.
 
     The vCPU runs in the calling thread (as ``Vm.run`` would in its own) so that a
@@ -84,7 +97,7 @@ def full(count: int) -> float:
     from pyflank.backends.base import StopReason  # noqa: PLC0415 - keep the floors light
     from pyflank.vmm import Vm, run_loop  # noqa: PLC0415
 
-    vm = Vm()
+    vm = Vm(handler)
     vm.load_asm(loop_source(count))
     [vcpu] = vm.vcpus
     vcpu._attach(vm.backend, trace=False)
@@ -97,6 +110,12 @@ def full(count: int) -> float:
     return elapsed
 
 
+def pure_python(count: int) -> float:
+    """``full`` on the pure-Python exit path (``PYFLANK_NATIVE=0``)."""
+    with native.disabled():
+        return full(count)
+
+
 def register_file_mode() -> str:
     """The register file the exit path uses: ``InPlace`` or ``ThroughApi``."""
     engine = Engine()
@@ -106,10 +125,13 @@ def register_file_mode() -> str:
 @dataclass(frozen=True)
 class CpuidBenchmark:
     count: int
-    full_seconds: float
+    full_seconds: float  # the default: the fused path where the accelerator is built
     floor_binding_seconds: float
     floor_ctypes_seconds: float
     register_file: str = ""
+    pure_seconds: float = 0.0  # the pure-Python exit path
+    dispatch_seconds: float = 0.0  # the seed's handler through dispatch()
+    accelerated: bool = False
 
     @property
     def exits_per_second(self) -> float:
@@ -120,29 +142,50 @@ class CpuidBenchmark:
         """Handler overhead as a fraction of the binding floor (0.25 = 25 %)."""
         return self.full_seconds / self.floor_binding_seconds - 1
 
+    def ratio(self, seconds: float) -> float:
+        """``seconds`` against the binding floor (the issue's goals are ratios of it)."""
+        return seconds / self.floor_binding_seconds
+
     def report(self) -> str:
         per = 1e6 / self.count
-        return "\n".join(
-            [
-                f"CPUID exits: {self.count}",
-                f"  full exit path:      {self.exits_per_second:10.0f}/s "
-                f"({self.full_seconds * per:.2f} us/exit)",
-                f"  floor (binding hook): {self.count / self.floor_binding_seconds:9.0f}/s "
-                f"({self.floor_binding_seconds * per:.2f} us/exit)",
-                f"  floor (ctypes hook):  {self.count / self.floor_ctypes_seconds:9.0f}/s "
-                f"({self.floor_ctypes_seconds * per:.2f} us/exit)",
-                f"  overhead over the binding floor: {self.overhead_vs_binding:.0%}",
-                f"  register file: {self.register_file}",
-            ]
-        )
+
+        def line(label: str, seconds: float) -> str:
+            return (f"  {label:<44} {self.count / seconds:10.0f}/s ({seconds * per:5.2f} us/exit,"
+                    f" {self.ratio(seconds):4.1f}x)")  # fmt: skip
+
+        lines = [f"CPUID exits: {self.count} (x: against the binding-hook floor)"]
+        lines.append(line("pure-Python exit path (PYFLANK_NATIVE=0)", self.pure_seconds))
+        if self.accelerated:
+            lines.append(line("native, the seed through dispatch()", self.dispatch_seconds))
+            lines.append(line("native, fused (the seed not overridden)", self.full_seconds))
+            python_us = (self.dispatch_seconds - self.full_seconds) * per
+            lines.append(f"  Python per exit through dispatch() (processor + handler): "
+                         f"{python_us:.2f} us")  # fmt: skip
+        else:
+            lines.append(f"  (no native accelerator: {native.status()})")
+        lines.append(line("floor: binding hook that only skips", self.floor_binding_seconds))
+        lines.append(line("floor: ctypes hook that only skips", self.floor_ctypes_seconds))
+        lines.append(f"  register file: {self.register_file}")
+        return "\n".join(lines)
 
 
 def cpuid_benchmark(count: int = 100_000, repeat: int = 3) -> CpuidBenchmark:
     """Best of ``repeat`` runs of each loop, interleaved (a shared machine is noisy)."""
-    runs = [(full(count), floor_binding(count), floor_ctypes(count)) for _ in range(repeat)]
-    best = [min(column) for column in zip(*runs, strict=True)]
-    full_s, binding_s, ctypes_s = best
-    return CpuidBenchmark(count, full_s, binding_s, ctypes_s, register_file_mode())
+    accelerated = native.accelerator() is not None
+    runs = [
+        (
+            full(count),
+            floor_binding(count),
+            floor_ctypes(count),
+            pure_python(count),
+            full(count, SeedThroughDispatch) if accelerated else 0.0,
+        )
+        for _ in range(repeat)
+    ]
+    full_s, binding_s, ctypes_s, pure_s, dispatch_s = (min(c) for c in zip(*runs, strict=True))
+    return CpuidBenchmark(
+        count, full_s, binding_s, ctypes_s, register_file_mode(), pure_s, dispatch_s, accelerated
+    )
 
 
 def profile(count: int = 50_000, top: int = 25) -> str:

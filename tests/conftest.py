@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from kvm_support import kvm_marks
+from pyflank import native
 from pyflank.platform.linux.assets import AssetsUnavailable, LinuxAssets, ensure
 
 settings.register_profile(
@@ -52,8 +53,13 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     KVM_TESTS.update(item.nodeid for item in items if item.get_closest_marker("kvm"))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return native.status()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
-    """Say how many KVM tests ran, and why the others were skipped."""
+    """Say how many KVM tests ran, and why the others were skipped; whether the native
+    accelerator ran, and if not, why."""
     ran = skipped = 0
     reasons: set[str] = set()
     for outcome in ("passed", "failed", "error", "skipped"):
@@ -70,6 +76,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
     if reasons:
         line += " (" + "; ".join(sorted(reasons)) + ")"
     terminalreporter.write_line(line)
+    terminalreporter.write_line(native.status())
 
 
 @pytest.fixture(scope="session")

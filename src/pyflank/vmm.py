@@ -131,6 +131,9 @@ def run_loop(
     next exit, the processor dispatches it and plans the next entry, and so on.  ``start``
     gives the first step instead of the launch (a restored vCPU goes on)."""
     decide = processor.exit
+    fuse = getattr(engine, "fuse", None)  # an engine that can carry out exits itself
+    if fuse is not None:
+        fuse(processor.fusion())
     step: EntryPlan | Stop = processor.launch() if start is None else start()
     while not isinstance(step, Stop):
         happened = engine.run(step, decide)

@@ -22,6 +22,7 @@ LAYERS = (
     ("abi", "guests"),
     ("intel_x64",),
     ("memory",),
+    ("native",),  # the optional accelerator: handed everything it uses, imports nothing
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -10,3 +10,4 @@ import pytest
 def _guests_on(backend: str) -> Iterator[None]:
     with emu_helpers.using_backend(backend):
         yield
+        emu_helpers.compare_with_pure_python()  # the test's guests again, without the accelerator

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from native_support import RunImage, accelerated, differences, pure_python
 from pyflank.backends.kvm.platform import measured_capabilities
 from pyflank.backends.kvm.policy import GAPS
 from pyflank.exit_handler import ExitHandlerIntelX64
@@ -75,6 +76,45 @@ def run(
     timeout: float = 5.0,
     vcpus: int = 1,
     setup: Callable[[Vm], None] | None = None,
+    differential: bool = True,
+) -> tuple[Vm, list[VcpuResult]]:
+    """Run ``source``.  With the native accelerator, the same guest runs on the same backend
+    again on the pure-Python exit paths once the test is over, and both runs must have
+    left the same (the differential test: ``compare_with_pure_python``).  Not where a
+    second run could not be the same: a handler given as a factory (it may hand out one
+    instance), a ``setup`` (it may share a device), ``differential=False`` (the guest
+    reads the host's clock)."""
+    vm, results = _run(source, handler, configure, timeout, vcpus, setup)
+    if differential and isinstance(handler, type) and setup is None and accelerated():
+        image = RunImage.of(vm, results)
+        _PENDING.append((image, lambda: _run(source, handler, configure, timeout, vcpus, None)))
+    return vm, results
+
+
+_PENDING: list[tuple[RunImage, Callable[[], tuple[Vm, list[VcpuResult]]]]] = []
+
+
+def compare_with_pure_python() -> None:
+    """Run the guests of the test that just ended on the pure-Python exit paths; they
+    must leave what the accelerated runs left."""
+    pending = list(_PENDING)
+    _PENDING.clear()
+    for image, again in pending:
+        if not image.repeatable:
+            continue
+        with pure_python():
+            reference = RunImage.of(*again())
+        found = differences(reference, image)
+        assert not found, "native and pure-Python runs differ:\n" + "\n".join(found)
+
+
+def _run(
+    source: str,
+    handler: type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64],
+    configure: Callable[[Vmcs], None] | None,
+    timeout: float,
+    vcpus: int,
+    setup: Callable[[Vm], None] | None,
 ) -> tuple[Vm, list[VcpuResult]]:
     vm = Vm(handler, vcpus=vcpus, trace=True, backend=current_backend())
     vm.load_asm(source)

@@ -25,10 +25,11 @@ class FixedClock(Recorder):
 
 
 READ_TSC = "rdtsc\n shl rdx, 32\n or rax, rdx\n"
+HOST_CLOCK = {"differential": False}  # RDTSC without a machine reads the host's TSC
 
 
 def test_rdtsc_runs_natively_and_advances() -> None:
-    _, result = run1(READ_TSC + "mov r8, rax\n" + READ_TSC + "mov r9, rax\n hlt")
+    _, result = run1(READ_TSC + "mov r8, rax\n" + READ_TSC + "mov r9, rax\n hlt", **HOST_CLOCK)
     assert result.exits == 0
     assert 0 < result.state.r08 < result.state.r09
 
@@ -60,7 +61,7 @@ def test_tsc_offsetting() -> None:
         controls(Proc.USE_TSC_OFFSETTING)(vmcs)
         vmcs.write(f.TSC_OFFSET, offset)
 
-    _, result = run1(READ_TSC + "mov r8, rax\n hlt", configure=offsetting)
+    _, result = run1(READ_TSC + "mov r8, rax\n hlt", configure=offsetting, **HOST_CLOCK)
     assert result.state.r08 >= offset
 
 
@@ -69,8 +70,9 @@ def test_rdtscp_is_invalid_unless_enabled() -> None:
     _, result = run1(with_idt("    rdtscp\n hlt"))
     assert result.state.r12 == 6  # #UD
     _, result = run1(
-        "rdtscp\n mov r8, rax\n hlt", configure=controls(secondary=Proc2.ENABLE_RDTSCP)
-    )
+        "rdtscp\n mov r8, rax\n hlt", configure=controls(secondary=Proc2.ENABLE_RDTSCP),
+        **HOST_CLOCK,
+    )  # fmt: skip
     assert result.reason is StopReason.GUEST_HLT and result.exits == 0
 
 

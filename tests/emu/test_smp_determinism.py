@@ -22,11 +22,11 @@ class ThreadRecorder(ExitHandlerIntelX64):
 
     def __init__(self) -> None:
         super().__init__()
-        self.threads: set[int] = set()
+        self.threads: set[threading.Thread] = set()  # not idents: a finished one's is reused
         self.ids: set[int] = set()
 
     def handle_vmcall_versions(self, regs: VmcallRegisters) -> None:
-        self.threads.add(threading.get_ident())
+        self.threads.add(threading.current_thread())
         self.ids.add(self.m_state_save.vcpuid)
         super().handle_vmcall_versions(regs)
 

@@ -7,10 +7,12 @@ import hashlib
 import re
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from example_modules import example
+from native_support import accelerated, pure_python
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -39,6 +41,7 @@ class Boot:
     result: VcpuResult
     console: str
     counts: dict[int, int]
+    hooks: Any = None  # the native exits of the boot's engine, if it had them
 
     @property
     def exit_sequence_hash(self) -> str:
@@ -60,7 +63,9 @@ def boot(assets: LinuxAssets, *, decompress_in_guest: bool = False) -> Boot:
     [result] = vm.run(timeout=120)
     handler = vm.vcpus[0].handler
     assert isinstance(handler, CountingExits)
-    return Boot(result, console.decode(errors="replace"), handler.counts)
+    native = getattr(vm.vcpus[0].engine, "native", None)
+    hooks = None if native is None else native.native
+    return Boot(result, console.decode(errors="replace"), handler.counts, hooks)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +101,23 @@ def test_two_boots_give_the_same_exits(booted: Boot, linux_assets: LinuxAssets) 
     assert again.result.exits == booted.result.exits
     assert again.exit_sequence_hash == booted.exit_sequence_hash
     assert again.console == booted.console  # the virtual clock prints the same times
+
+
+@pytest.mark.skipif(not accelerated(), reason="no native accelerator to compare with")
+def test_the_pure_python_exit_paths_boot_it_the_same(
+    booted: Boot, linux_assets: LinuxAssets
+) -> None:
+    """The differential test on Linux: the boot's RDTSC(P)s, port I/O and exits taken in C
+    leave the same exit sequence and console as the pure-Python hooks."""
+    native = booted.hooks
+    assert native is not None and native.counts["tsc"] > 10_000 and native.counts["io"] > 10_000
+    with pure_python():
+        reference = boot(linux_assets)
+    assert reference.hooks is None
+    assert reference.result.exits == booted.result.exits
+    assert reference.exit_sequence_hash == booted.exit_sequence_hash
+    assert reference.console == booted.console
+    assert reference.result.state.as_dict() == booted.result.state.as_dict()
 
 
 def test_linux_boots_with_its_io_hlt_and_interrupt_exits_in_the_handler(

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 # What a source distribution carries: enough to build the wheel away from the checkout.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "src")
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "src")
 
 
 @dataclass
@@ -43,10 +43,12 @@ class Installed:
         return self.run(self.python.parent / "bfm", *args).stdout.strip()
 
 
-def _pip(python: Path | str, *args: str, timeout: float = 600) -> str:
+def _pip(
+    python: Path | str, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> str:
     done = subprocess.run(
         [str(python), "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
     if done.returncode != 0:
         text = done.stdout + done.stderr
@@ -56,25 +58,35 @@ def _pip(python: Path | str, *args: str, timeout: float = 600) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    base = tmp_path_factory.mktemp("wheel")
+def _build_wheel(base: Path, env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A wheel built from a copy of what a source distribution carries; the build's log."""
     source = base / "source"
     source.mkdir()
     for name in BUILD_INPUTS:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name)
+        copy(ROOT / name, source / name, **({"ignore": _BUILT} if name == "src" else {}))
     for junk in source.glob("src/*.egg-info"):
         shutil.rmtree(junk)
     wheels = base / "dist"
-    log = _pip(sys.executable, "wheel", "--no-deps", "--verbose", "-w", str(wheels), str(source))
+    args = ("wheel", "--no-deps", "--verbose", "-w", str(wheels), str(source))
+    log = _pip(sys.executable, *args, env=env)
+    [wheel] = wheels.glob("pyflank-*.whl")
+    shutil.rmtree(source)  # nothing may find its way back to a source tree
+    return wheel, log
+
+
+_BUILT = shutil.ignore_patterns("*.so", "_accel_build.txt", "__pycache__")  # the checkout's build
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    base = tmp_path_factory.mktemp("wheel")
+    wheel, log = _build_wheel(base)
     # setuptools' deprecation warnings (the license table, license classifiers) are gone.
     assert "DeprecationWarning" not in log and "BuildBackendWarning" not in log, log
-    [wheel] = wheels.glob("pyflank-*.whl")
     venv.EnvBuilder(with_pip=True).create(base / "venv")
     python = base / "venv" / "bin" / "python"
     _pip(python, "install", "--quiet", str(wheel))
-    shutil.rmtree(source)  # nothing may find its way back to a source tree
     workdir = base / "work"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
@@ -147,3 +159,38 @@ def test_example(installed: Installed, example: str) -> None:
     if not copy.exists():
         shutil.copytree(EXAMPLES, copy, ignore=shutil.ignore_patterns("__pycache__"))
     installed.run(installed.python, copy / example)
+
+
+def test_the_accelerator_comes_with_the_wheel(installed: Installed) -> None:
+    status = installed.python_code("import pyflank.native as n; print(n.status())")
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert "in use" in status, status
+    else:
+        assert "skipped" in status, status
+
+
+def test_without_a_compiler_the_wheel_builds_and_runs_pure_python(tmp_path: Path) -> None:
+    """A machine without a C compiler: the extension is skipped, the install goes on, and
+    pyflank says why and runs its pure-Python exit paths."""
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc")}
+    wheel, log = _build_wheel(tmp_path, env)
+    assert "building extension \"pyflank.native._accel\" failed" in log, log
+    site = tmp_path / "site"
+    _pip(sys.executable, "install", "--quiet", "--no-deps", "--target", str(site), str(wheel))
+    assert not list(site.glob("pyflank/native/_accel*.so")), "an extension without a compiler?"
+    code = (
+        "import pyflank, pyflank.native as n\n"
+        "from pyflank import Vm\n"
+        "print(pyflank.__file__); print(n.status())\n"
+        "vm = Vm(); vm.load_asm('xor eax, eax\\n cpuid\\n hlt')\n"
+        "[r] = vm.run(); print(r.reason.name, r.exits, type(vm.vcpus[0].engine.hooks).__name__)"
+    )
+    run_env = {k: v for k, v in os.environ.items() if k != "PYFLANK_NATIVE"}
+    run_env["PYTHONPATH"] = str(site)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=run_env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    where, status, outcome = done.stdout.splitlines()
+    assert where.startswith(str(site)), where
+    assert "skipped (no C compiler" in status, status
+    assert outcome == "GUEST_HLT 1 ExitHooks"

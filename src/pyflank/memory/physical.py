@@ -54,7 +54,13 @@ class GuestPhysicalMemory:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"guest RAM size must be a positive multiple of 4096, got {size}")
         self.size = size
-        self._mmap = mmap.mmap(-1, size)
+        # Private and anonymous, in huge pages where the host allows them: a guest touching
+        # its RAM costs a host page fault per 2 MiB instead of per 4 KiB (Linux on the
+        # software CPU: tens of thousands of faults fewer), and the software CPU's accesses
+        # miss the host TLB less.
+        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self._mmap.madvise(mmap.MADV_HUGEPAGE)
         self.view = memoryview(self._mmap)
         # The ctypes object pins a buffer export; taking the address from a temporary lets
         # the export go at once so close() can unmap later.

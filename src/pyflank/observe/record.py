@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyflank.abi.version import __version__
-from pyflank.backends.emu.snapshot import UNICORN_VERSION
 from pyflank.intel_x64 import exit_reasons
 from pyflank.intel_x64.vmcs import VmcsState
 from pyflank.observe.format import FIELD_NAMES, REGISTERS, cpu_call_line
@@ -164,6 +163,8 @@ class Recorder:
 
     def attach(self, vcpu: ObservedVcpu) -> _VcpuRecorder:
         """Record ``vcpu`` (``Vm`` calls this before the run)."""
+        from pyflank.backends.emu.snapshot import UNICORN_VERSION  # noqa: PLC0415 - emu's
+
         target = recordable(vcpu)
         self.writer = RecordingWriter(self.path)
         handler = type(vcpu.handler)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.exit_handler.fused import fused_cpuid
 from pyflank.intel_x64 import checks, exit_reasons
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
@@ -28,6 +29,7 @@ from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.platform.devices.power import MachineEvent
+from pyflank.processor.fusion import Fusion
 from pyflank.processor.interrupts import (
     INTERRUPT_WINDOW_EXIT,
     GuestClock,
@@ -74,6 +76,7 @@ GUEST_STATE: frozenset[int] = frozenset(
 )
 _CHECKED_GUEST_STATE = GUEST_STATE - {f.GUEST_RIP, f.GUEST_RSP}
 _UNSET_INFO = ExitInformation(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1)
+_MASK64 = (1 << 64) - 1
 Unsupported = Callable[[Vmcs], list[str]]
 
 
@@ -125,6 +128,45 @@ class VmxProcessor:
         """Wake a vCPU idling in HLT so that it stops (any thread)."""
         self._stop_reason = reason
         self._stop.set()
+
+    # -- exits the engine carries out itself (``processor.fusion``) ------------------
+    def fusion(self) -> Fusion | None:
+        """What the engine may do without this processor, or None: nothing where a
+        machine keeps time or an observer other than the reason trace watches."""
+        observer = self.observer
+        if self.clock is not None or (observer is not None and type(observer) is not ReasonTrace):
+            return None
+        cpuid = fused_cpuid(self.handler)
+        if cpuid is None:
+            return None
+        return Fusion(self._resume, cpuid, self.absorb, observer is not None)
+
+    def absorb(
+        self,
+        count: int,
+        info: ExitInformation,
+        rip: int,
+        rflags: int,
+        regs: tuple[int, ...],
+        rips: list[int] | None,
+    ) -> None:
+        """``count`` exits of ``info`` the engine carried out the seed's way, each resumed
+        at once: what ``exit`` and ``dispatch()`` leave after them (see ``fusion``)."""
+        if info != self._info:
+            self._store_information(info)
+        self._failures = 0
+        self._store_flow(rip, regs[4], rflags)
+        self.exits += count
+        self.vmcs.entries += count  # one VMRESUME each
+        s = self.state
+        (
+            s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi,
+            s.r08, s.r09, s.r10, s.r11, s.r12, s.r13, s.r14, s.r15,
+        ) = regs  # fmt: skip
+        s.rip = (rip + info.instruction_length) & _MASK64
+        if rips is not None and self.trace is not None:
+            reason = info.reason & 0xFFFF
+            self.trace.extend((reason, at) for at in rips)
 
     # -- VMLAUNCH ---------------------------------------------------------------------
     def launch(self) -> EntryPlan | Stop:

@@ -54,10 +54,12 @@ class StateCapture:
         "write_gprs",
     )  # fmt: skip
 
-    def __init__(self, engine: Engine, memory: GuestPhysicalMemory) -> None:
+    def __init__(
+        self, engine: Engine, memory: GuestPhysicalMemory, registers: RegisterFile | None = None
+    ) -> None:
         self.engine = engine
         self.memory = memory
-        self.registers: RegisterFile = register_file(engine.uc, engine.handle)
+        self.registers = registers or register_file(engine.uc, engine.handle)
         self.head: RawHead = self.registers.head
         self.dr7: ctypes.c_uint64 = self.registers.dr7
         self.write_gprs: Callable[..., None] = self.registers.write_gprs  # QEMU's order
@@ -66,7 +68,9 @@ class StateCapture:
         # nothing moved, for the exits that compute addresses from them).
         self.system: tuple[int, ...] = (0,) * 12
         self.rflags = 0  # exact, as of the last capture
-        self.noted: dict[int, int] = {}  # fields the engine changed itself (a WRMSR let through)
+        # Fields the engine changed itself (a WRMSR let through); always this one dict,
+        # emptied in place (native exits look at its size).
+        self.noted: dict[int, int] = {}
         self.progress = GateState(0, 0, 0)  # the engine's progress count (the vCPU's gate)
         self._known: tuple[tuple[int, ...], bytes] | None = None  # system state reported
         # Of the last capture: the head's compared bytes; RIP, RSP, eflags and DR7; the
@@ -105,7 +109,8 @@ class StateCapture:
         return record._replace(guest=guest)
 
     def take_noted(self, guest: dict[int, int] | None) -> dict[int, int]:
-        noted, self.noted = self.noted, {}
+        noted = dict(self.noted)
+        self.noted.clear()
         if guest:
             noted.update(guest)
         return noted

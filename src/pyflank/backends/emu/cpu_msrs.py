@@ -9,17 +9,25 @@ engine (``Engine.tsc_aux``) for RDTSCP, which Linux executes on every clock read
 
 from __future__ import annotations
 
+import functools
+
 from pyflank.backends.emu import svm
-from pyflank.backends.emu.engine import Engine
+from pyflank.backends.emu.engine import Engine, EngineError
 
 
-def _open(engine: Engine, msr: int) -> tuple[int, bytes]:
+@functools.cache
+def _permission(msr: int) -> tuple[int, int]:
+    """The permission-map byte of ``msr`` and its two bits (read, write)."""
     bit = svm.msrpm_bit(msr)
     if bit is None:
         raise ValueError(f"MSR {msr:#x} is outside the SVM permission map")
-    address = svm.MSRPM + bit // 8
+    return svm.MSRPM + bit // 8, 3 << (bit % 8)
+
+
+def _open(engine: Engine, msr: int) -> tuple[int, bytes]:
+    address, bits = _permission(msr)
     old = engine.read_physical(address, 1)
-    engine.write_physical(address, bytes([old[0] & ~(3 << (bit % 8))]))
+    engine.write_physical(address, bytes([old[0] & ~bits]))
     return address, old
 
 
@@ -29,19 +37,35 @@ TSC_AUX = 0xC000_0103
 def read_msr(engine: Engine, msr: int) -> int:
     if msr == TSC_AUX and engine.tsc_aux is not None:
         return engine.tsc_aux
+    native = engine.native_msrs
+    if native is not None:  # the same, in one C call
+        try:
+            value: int = native.msr_read(msr, *_permission(msr))
+        except RuntimeError as exc:  # unicorn refused: the same error as the path below
+            raise EngineError(str(exc)) from exc
+        if msr == TSC_AUX:
+            engine.set_tsc_aux(value)
+        return value
     address, old = _open(engine, msr)
     try:
         value = engine.read_msr_raw(msr)
     finally:
         engine.write_physical(address, old)
     if msr == TSC_AUX:
-        engine.tsc_aux = value
+        engine.set_tsc_aux(value)
     return value
 
 
 def write_msr(engine: Engine, msr: int, value: int) -> None:
     if msr == TSC_AUX:
-        engine.tsc_aux = None
+        engine.set_tsc_aux(None)
+    native = engine.native_msrs
+    if native is not None:
+        try:
+            native.msr_write(msr, value, *_permission(msr))
+        except RuntimeError as exc:
+            raise EngineError(str(exc)) from exc
+        return
     address, old = _open(engine, msr)
     try:
         engine.write_msr_raw(msr, value)

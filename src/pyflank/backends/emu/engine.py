@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import unicorn
@@ -36,6 +36,18 @@ _reg_write_batch = _fast.uc_reg_write_batch
 _reg_write_batch.restype = ctypes.c_int
 _vmem_read = _fast.uc_vmem_read  # arguments passed as ready ctypes objects: no argtypes cost
 _vmem_read.restype = ctypes.c_int
+# One register, MSR or a few bytes of memory: the binding spends microseconds per call
+# choosing a type and building its arguments, which a full VM entry pays some sixty times.
+_reg_read_one = _fast.uc_reg_read
+_reg_read_one.restype = ctypes.c_int
+_reg_write_one = _fast.uc_reg_write
+_reg_write_one.restype = ctypes.c_int
+_mem_read = _fast.uc_mem_read
+_mem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t]
+_mem_read.restype = ctypes.c_int
+_mem_write = _fast.uc_mem_write
+_mem_write.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+_mem_write.restype = ctypes.c_int
 read_code: Any = _vmem_read  # uc_vmem_read, for ``Engine.code2_args``
 _emu_start = _lib.uc_emu_start
 _emu_start.argtypes = [
@@ -51,6 +63,18 @@ _emu_stop.argtypes = [ctypes.c_void_p]
 _emu_stop.restype = ctypes.c_int
 emu_stop: Any = _emu_stop  # for ``stop_gate``'s hook
 _hook_add = _lib.uc_hook_add
+
+
+def native_functions() -> dict[str, int]:
+    """The addresses of the unicorn functions native exit code calls (``pyflank.native``)."""
+    names = (
+        "uc_emu_start", "uc_emu_stop", "uc_vmem_read", "uc_reg_read", "uc_reg_write",
+        "uc_mem_read", "uc_mem_write",
+    )  # fmt: skip
+    address = ctypes.c_void_p
+    return {name: int(ctypes.cast(getattr(_lib, name), address).value or 0) for name in names}
+
+
 _hook_add.restype = ctypes.c_int
 _hook_del = _lib.uc_hook_del
 _hook_del.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -101,6 +125,20 @@ SDM_GPR_IDS = (
     x86.UC_X86_REG_R12, x86.UC_X86_REG_R13, x86.UC_X86_REG_R14, x86.UC_X86_REG_R15,
 )  # fmt: skip
 RESUME_IDS = (*SDM_GPR_IDS, x86.UC_X86_REG_RIP)
+
+
+# Registers of at most 64 bits, moved through one ``uc_reg_read``/``uc_reg_write`` each.
+PLAIN_IDS = frozenset(
+    {
+        *SAVED_IDS, *RESUME_IDS, x86.UC_X86_REG_CR2, x86.UC_X86_REG_CR8,
+        x86.UC_X86_REG_DR0, x86.UC_X86_REG_DR1, x86.UC_X86_REG_DR2, x86.UC_X86_REG_DR3,
+        x86.UC_X86_REG_DR6, x86.UC_X86_REG_DR7,
+    }
+)  # fmt: skip
+
+
+class Msr(ctypes.Structure):  # uc_x86_msr
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
 
 
 class Mmr(ctypes.Structure):
@@ -178,6 +216,8 @@ class Engine:
         self.uc.ctl_set_exits([])
         self.handle = ctypes.c_void_p(self.uc._uch.value)  # the engine, for C calls
         self.tsc_aux: int | None = None  # cpu_msrs' copy; None: read it from the engine
+        self.tsc_aux_sink: Callable[[int | None], None] | None = None  # told of each change
+        self.native_msrs: Any = None  # the native exits' msr_read/msr_write (cpu_msrs)
         self._callbacks: dict[int, Any] = {}
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
         self.resume_at = RegisterBatch(self.handle, RESUME_IDS)  # GPRs (SDM order), RIP
@@ -190,6 +230,10 @@ class Engine:
         self.code_at = ctypes.c_uint64(0)
         self.code2 = (ctypes.c_char * 2)()
         self.code2_args = (self.handle, self.code_at, _PROT_EXEC, self.code2, ctypes.c_size_t(2))
+        self._value = ctypes.c_uint64(0)
+        self._value_at = ctypes.byref(self._value)
+        self._msr = Msr(0, 0)
+        self._msr_at = ctypes.byref(self._msr)
 
     # -- memory -----------------------------------------------------------------------
     def map_host_memory(self, address: int, size: int, host_pointer: int) -> None:
@@ -199,10 +243,12 @@ class Engine:
         self.uc.mem_map(address, size, uc_const.UC_PROT_ALL)
 
     def write_physical(self, address: int, data: bytes) -> None:
-        self.uc.mem_write(address, data)
+        _check(_mem_write(self.handle, address, bytes(data), len(data)), "mem write")
 
     def read_physical(self, address: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(address, size))
+        buffer = ctypes.create_string_buffer(size)
+        _check(_mem_read(self.handle, address, buffer, size), "mem read")
+        return buffer.raw
 
     def protect(self, address: int, size: int, writable: bool) -> None:
         perms = uc_const.UC_PROT_ALL if writable else uc_const.UC_PROT_READ | uc_const.UC_PROT_EXEC
@@ -234,21 +280,32 @@ class Engine:
 
     # -- registers ----------------------------------------------------------------------
     def read(self, reg: int) -> int:
-        value: int = self.uc.reg_read(reg)
-        return value
+        if reg not in PLAIN_IDS:
+            wide: int = self.uc.reg_read(reg)
+            return wide
+        self._value.value = 0  # a selector fills two bytes only
+        _check(_reg_read_one(self.handle, reg, self._value_at), "reg read")
+        return self._value.value
 
     def write(self, reg: int, value: int) -> None:
-        self.uc.reg_write(reg, value)
+        if reg not in PLAIN_IDS:
+            self.uc.reg_write(reg, value)
+            return
+        self._value.value = value
+        _check(_reg_write_one(self.handle, reg, self._value_at), "reg write")
 
     def write_mmr(self, reg: int, selector: int, base: int, limit: int, flags: int) -> None:
         self.uc.reg_write(reg, (selector, base, limit, flags))
 
     def read_msr_raw(self, msr: int) -> int:
-        value: int = self.uc.msr_read(msr)
+        self._msr.rid = msr
+        _check(_reg_read_one(self.handle, x86.UC_X86_REG_MSR, self._msr_at), "msr read")
+        value: int = self._msr.value
         return value
 
     def write_msr_raw(self, msr: int, value: int) -> None:
-        self.uc.msr_write(msr, value)
+        self._msr.rid, self._msr.value = msr, value
+        _check(_reg_write_one(self.handle, x86.UC_X86_REG_MSR, self._msr_at), "msr write")
 
     # -- execution ----------------------------------------------------------------------
     def start(self, rip: int) -> int:
@@ -264,7 +321,13 @@ class Engine:
 
     def context_restore(self, context: Any) -> None:
         self.uc.context_restore(context)
-        self.tsc_aux = None
+        self.set_tsc_aux(None)
+
+    def set_tsc_aux(self, value: int | None) -> None:
+        """Keep (None: forget) the copy of IA32_TSC_AUX that RDTSCP answers from."""
+        self.tsc_aux = value
+        if self.tsc_aux_sink is not None:
+            self.tsc_aux_sink(value)
 
     # -- hooks --------------------------------------------------------------------------
     def hook(

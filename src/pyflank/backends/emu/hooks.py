@@ -186,14 +186,18 @@ class ExitHooks:
             eng.SYSCALL_CB(functools.partial(self._on_fast_call, FastCall.SYSENTER)),
         )
         cpuid, self._rdtsc_cb, rdtscp, in_cb, out_cb, intr, syscall, sysenter = self._callbacks
-        engine.hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
-        engine.hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
-        engine.hook_instruction(x86.UC_X86_INS_IN, in_cb)
-        engine.hook_instruction(x86.UC_X86_INS_OUT, out_cb)
+        self._hook_instruction(x86.UC_X86_INS_CPUID, cpuid)
+        self._hook_instruction(x86.UC_X86_INS_RDTSCP, rdtscp)
+        self._hook_instruction(x86.UC_X86_INS_IN, in_cb)
+        self._hook_instruction(x86.UC_X86_INS_OUT, out_cb)
         engine.hook(uc_const.UC_HOOK_INTR, intr)
         engine.hook_instruction(x86.UC_X86_INS_SYSCALL, syscall)
         engine.hook_instruction(x86.UC_X86_INS_SYSENTER, sysenter)
         self._rdtsc_hook: int | None = None
+
+    def _hook_instruction(self, instruction: int, callback: Any) -> int:
+        """Hook ``instruction`` with ``callback`` (a subclass may install native code)."""
+        return self.engine.hook_instruction(instruction, callback)
 
     def set_policy(self, policy: ExitPolicy) -> None:
         self.policy = policy
@@ -209,7 +213,7 @@ class ExitHooks:
     def _sync_rdtsc_hook(self) -> None:
         wanted = self.timed or (self.policy is not None and self.policy.rdtsc)
         if wanted and self._rdtsc_hook is None:
-            self._rdtsc_hook = self.engine.hook_instruction(x86.UC_X86_INS_RDTSC, self._rdtsc_cb)
+            self._rdtsc_hook = self._hook_instruction(x86.UC_X86_INS_RDTSC, self._rdtsc_cb)
         elif not wanted and self._rdtsc_hook is not None:
             self.engine.unhook(self._rdtsc_hook)
             self._rdtsc_hook = None

@@ -107,6 +107,7 @@ class InPlace:
         error_code_at: int | None = None,
     ) -> None:
         array = (ctypes.c_char * HEAD_SIZE).from_address(env)
+        self.env = env  # the address of CPUX86State, for native code (``pyflank.native``)
         self.error_code = (
             None if error_code_at is None else ctypes.c_uint32.from_address(env + error_code_at)
         )
@@ -117,6 +118,7 @@ class InPlace:
         view = memoryview(array).cast("B")
         self.write_gprs: Callable[..., None] = functools.partial(GPRS.pack_into, view, 0)
         self._clr, self._eflags = cc_op_clr, cc_op_eflags
+        self.cc_op_clr = cc_op_clr
 
     def compared_from(self, raw: bytes) -> int:
         # XOR r,r leaves no condition-code value live: a loop's counter left in cc_dst

@@ -93,7 +93,17 @@ class StopGate:
         self.native = hook is not None
         if hook is None:
             hook = eng.BLOCK_CB(self._hook)
-        engine.hook(uc_const.UC_HOOK_BLOCK, hook, user_data=ctypes.addressof(self.state))
+        self._engine = engine
+        self._installed = engine.hook(
+            uc_const.UC_HOOK_BLOCK, hook, user_data=ctypes.addressof(self.state)
+        )
+
+    def replace_hook(self, hook: Any, user_data: int) -> None:
+        """Run ``hook`` (with ``user_data``) instead: a hook that keeps this gate's state
+        exactly as its own does, and does more (the native exits' GIL bookkeeping)."""
+        self._engine.unhook(self._installed)
+        self._installed = self._engine.hook(uc_const.UC_HOOK_BLOCK, hook, user_data=user_data)
+        self.native = True
 
     def request(self) -> None:
         """Stop at the next block start (any thread; it stays requested)."""

@@ -30,11 +30,14 @@ from pyflank.backends.emu.entry import EntryLoader
 from pyflank.backends.emu.fast_calls import GuestSyscall
 from pyflank.backends.emu.hooks import Decide, ExitHooks, GuestEvent
 from pyflank.backends.emu.icount import InstructionCounter
+from pyflank.backends.emu.native_exits import NativeCapture, NativeExitHooks, native_exits_for
 from pyflank.backends.emu.physical_cpu import EngineCpu
+from pyflank.backends.emu.register_probe import register_file
 from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, StopReason
+from pyflank.processor.fusion import Fusion
 
 log = logging.getLogger("pyflank.backends.emu")
 
@@ -45,15 +48,28 @@ class EmuVcpu:
     def __init__(self, memory: GuestPhysicalMemory, ports: PortIo) -> None:
         self.memory = memory
         e = self.engine = Engine()
-        self.capture = StateCapture(e, memory)  # probes the engine: first, while it is fresh
+        registers = register_file(e.uc, e.handle)  # probes the engine: first, while it is fresh
+        module = native_exits_for(registers)
+        kind = StateCapture if module is None else NativeCapture
+        capture = self.capture = kind(e, memory, registers)
         e.map_host_memory(0, memory.size, memory.address)
         e.map_private(svm.HOST_BASE, svm.HOST_SIZE)
         e.write_physical(svm.HOST_BASE, svm.host_region())
         self.cpu = EngineCpu(e)
         """The handler's physical CPU: the CPU model, with the engine's own MSRs."""
         self.stop_gate = StopGate(e)
-        self.capture.progress = self.stop_gate.state
-        self.hooks = ExitHooks(e, self.capture, memory, ports, self.cpu)
+        capture.progress = self.stop_gate.state
+        self.native: NativeExitHooks | None = None
+        """The exit hooks in C (``native_exits``), or None: the pure-Python ones run."""
+        self._start: Callable[[int], int] = e.start
+        if module is not None and isinstance(capture, NativeCapture):
+            self.hooks: ExitHooks = NativeExitHooks(
+                module, e, capture, memory, ports, self.cpu, self.stop_gate
+            )
+            self.native = self.hooks
+            self._start = self.hooks.start
+        else:
+            self.hooks = ExitHooks(e, capture, memory, ports, self.cpu)
         self.loader = EntryLoader(e, self.capture, self.hooks, memory)
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
@@ -93,7 +109,7 @@ class EmuVcpu:
         debug = self.debug
         if debug is not None:
             debug.before_start()
-        status = self.engine.start(self.loader.start_rip)
+        status = self._start(self.loader.start_rip)
         outcome = self.hooks.take()
         if isinstance(outcome, GuestEvent):
             return self.loader.deliver_guest(outcome)
@@ -117,6 +133,11 @@ class EmuVcpu:
     def _state(self) -> ExitRecord | None:
         """The guest's state now, when it is in the guest (a stop between exits)."""
         return self.capture.snapshot() if self.loader.in_guest_mode else None
+
+    def fuse(self, fusion: Fusion | None) -> None:
+        """Let the native exits carry out what ``fusion`` allows (``processor.fusion``)."""
+        if self.native is not None:
+            self.native.fuse(fusion)
 
     def count_instructions(self) -> Callable[[], int]:
         """Count guest instructions from now on (``icount``); the count's reader."""

@@ -27,12 +27,12 @@ from pyflank.processor import ExitPolicy, ExitRecord
 
 _OUT = abi.KVM_EXIT_IO_OUT
 # kvm_run's I/O exit as 64-bit words: [direction, size, port, count] then data_offset.
-_IO_WORD = (KvmRun.exit.offset + ExitIo.direction.offset) // 8
-_DATA_OFFSET_WORD = (KvmRun.exit.offset + ExitIo.data_offset.offset) // 8
+IO_WORD = (KvmRun.exit.offset + ExitIo.direction.offset) // 8
+DATA_OFFSET_WORD = (KvmRun.exit.offset + ExitIo.data_offset.offset) // 8
 _ACCESS = 0xFFFF_FFFF
 _SIZE = 0xFF << 8
-_ONE_BYTE_OUT_MASK = ~(0xFFFF << 16)  # all but the port
-_ONE_BYTE_OUT = 1 << 32 | 1 << 8 | _OUT
+ONE_BYTE_OUT_MASK = ~(0xFFFF << 16)  # all but the port
+ONE_BYTE_OUT = 1 << 32 | 1 << 8 | _OUT
 
 
 class IoExits:
@@ -73,6 +73,7 @@ class IoExits:
         self._doorbell = (
             -1 if doorbell_port is None else 1 << 32 | access_of(doorbell_port, 0, out=True)
         )
+        self.doorbell_word = self._doorbell  # for the native loop
 
     def set_policy(self, policy: ExitPolicy) -> None:
         self._all_exit = policy.io_unconditional
@@ -80,7 +81,7 @@ class IoExits:
 
     def exit(self) -> ExitRecord | None:
         """One KVM_EXIT_IO: an exit record, or None when a device took the access."""
-        io = self._words[_IO_WORD]
+        io = self._words[IO_WORD]
         regs = self._regs
         owed = self.owed
         if io & ~_SIZE == self._doorbell:  # the guest's VMCALL; RDI carries what RDX would
@@ -99,8 +100,8 @@ class IoExits:
             owed.kind = debt.COMPLETION if site.pending else debt.NOTHING
             info, order = site.io, self._sdm_order
         else:
-            if io & _ONE_BYTE_OUT_MASK == _ONE_BYTE_OUT:  # the commonest device access
-                self._io_write(io >> 16 & 0xFFFF, 1, self._bytes[self._words[_DATA_OFFSET_WORD]])
+            if io & ONE_BYTE_OUT_MASK == ONE_BYTE_OUT:  # the commonest device access
+                self._io_write(io >> 16 & 0xFFFF, 1, self._bytes[self._words[DATA_OFFSET_WORD]])
             else:
                 self._device(io >> 16 & 0xFFFF, io >> 8 & 0xFF, io >> 32, io & 0xFF == _OUT)
             return None
@@ -139,7 +140,7 @@ class IoExits:
 
     def _device(self, port: int, size: int, count: int, out: bool) -> None:
         """No exit: the platform's devices take the access, as the hardware bus would."""
-        offset = self._words[_DATA_OFFSET_WORD]
+        offset = self._words[DATA_OFFSET_WORD]
         if size == 1 and count == 1 and not out:  # one-byte reads: no bytes objects
             self._bytes[offset] = self.ports.io_read(port, 1) & 0xFF
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping
 from operator import itemgetter
+from typing import Any
 
 from pyflank.backends.base import Decide, PortIo
 from pyflank.backends.kvm import abi
@@ -36,6 +37,7 @@ from pyflank.backends.kvm.io_exits import IoExits
 from pyflank.backends.kvm.kick import Kicker
 from pyflank.backends.kvm.machine import KvmMachine
 from pyflank.backends.kvm.msr_state import MSR_FIELDS, launch_msr_fields, push_msr_fields
+from pyflank.backends.kvm.native_loop import native_loop
 from pyflank.backends.kvm.owed import Owed
 from pyflank.backends.kvm.ports import NoDevices
 from pyflank.backends.kvm.regs import VcpuRegisters
@@ -90,6 +92,8 @@ class KvmVcpu:
         self._to_kvm = itemgetter(*KVM_ORDER)
         self._requested: StopReason | None = None
         self.cpuid: list[CpuidEntry] = []
+        self.native: Any = native_loop(self)
+        """The run loop in C (``native_loop``), or None: the Python one runs."""
 
     # -- CPUID: KVM answers it from a table -------------------------------------------------
     def cpuid_leaves(self) -> list[tuple[int, int]]:
@@ -139,6 +143,9 @@ class KvmVcpu:
 
     def _loop(self, decide: Decide, pending: ExitRecord | None) -> Stop:
         """Run to a stop; ``pending``: an exit to decide first (a refused entry)."""
+        if self.native is not None:
+            stop: Stop = self.native.run(decide, pending)
+            return stop
         kicker, translate, run_page = self.kicker, self.exits.translate, self.run_page
         enter = self._enter
         # KVM_RUN called right here, no wrapper frame per exit.
@@ -153,7 +160,7 @@ class KvmVcpu:
                     return plan
                 record = enter(plan)  # type: ignore[arg-type]
             if kicker.kicked:
-                return self.exits.interrupted(self._requested or StopReason.STOPPED)
+                return self._interrupted()
             try:
                 ioctl(vcpu_fd, _KVM_RUN)
             except OSError as exc:
@@ -169,6 +176,9 @@ class KvmVcpu:
             if result.__class__ is Stop:
                 return result
             record = result  # type: ignore[assignment]
+
+    def _interrupted(self) -> Stop:
+        return self.exits.interrupted(self._requested or StopReason.STOPPED)
 
     def _not_entered(self, exc: OSError) -> ExitRecord | None:
         """KVM_RUN failed: a kick (run on, the loop checks it), or a refused entry."""
