@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
@@ -30,7 +30,11 @@ from pyflank.intel_x64.controls import VmExitControls as Exit
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.vmcs import Vmcs
 
+if TYPE_CHECKING:
+    from pyflank.processor.ept import EptView
+
 SupportedControls = Mapping[int, tuple[type[IntFlag], int]]
+_EPTP_ACCESSED_DIRTY = 1 << 6
 
 # Every control field: a handler writing one may change what exits.
 CONTROL_ENCODINGS: Final = frozenset(
@@ -103,6 +107,16 @@ def unsupported_controls(
     return problems
 
 
+def ept_pointer_problems(vmcs: Vmcs) -> list[str]:
+    """What no engine implements of an EPTP the VMCS enables: accessed and dirty flags."""
+    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    proc2 = vmcs.read(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    enabled = proc & Proc.ACTIVATE_SECONDARY_CONTROLS and proc2 & Proc2.ENABLE_EPT
+    if enabled and vmcs.read(f.EPT_POINTER) & _EPTP_ACCESSED_DIRTY:
+        return ["EPT_POINTER bit 6: accessed and dirty flags for EPT are not implemented"]
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ExitPolicy:
     """What the current controls make exit, in the form an exit path tests."""
@@ -125,6 +139,9 @@ class ExitPolicy:
     cr3_targets: tuple[int, ...]
     mov_dr: bool
     tsc_offset: int  # added to the TSC the guest reads ("use TSC offsetting")
+    monitor_trap: bool = False  # "monitor trap flag": an exit after each instruction
+    eptp: int | None = None  # the EPT pointer with "enable EPT" on
+    ept: EptView | None = None  # the EPT as walked at the entry (the processor fills it)
 
     @property
     def io_exits(self) -> bool:
@@ -164,4 +181,6 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
         ),
         mov_dr=bool(proc & Proc.MOV_DR_EXITING),
         tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
+        monitor_trap=bool(proc & Proc.MONITOR_TRAP_FLAG),
+        eptp=read(f.EPT_POINTER) if proc2 & Proc2.ENABLE_EPT else None,
     )

@@ -89,6 +89,7 @@ SVM_EXIT_HLT: Final = 0x78
 SVM_EXIT_INVLPG: Final = 0x79
 SVM_EXIT_MSR: Final = 0x7C
 SVM_EXIT_WBINVD: Final = 0x89  # QEMU reports INVD through this one too
+SVM_EXIT_NPF: Final = 0x400  # a nested page fault: the address in EXITINFO2
 
 _INTERCEPT_BASE = 0x60  # bit n of the 64-bit intercept word is exit code 0x60 + n
 
@@ -122,8 +123,10 @@ _CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x00, 0x02, 0x04, 0x06
 _EXCEPTION_INTERCEPTS, _INTERCEPT_WORD = 0x08, 0x0C
 _IOPM_BASE, _MSRPM_BASE, _TSC_OFFSET, _ASID = 0x40, 0x48, 0x50, 0x58
 _EXIT_INFO_2 = 0x80
+_NESTED_CONTROL, _NESTED_CR3 = 0x90, 0xB0
+_NESTED_PAGING = 1 << 0
 _EVENT_INJECTION = 0xA8
-PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF
+PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF, or a nested one
 # VMCB state-save-area offsets
 _SEGMENTS = 0x400  # es, cs, ss, ds, fs, gs, gdtr, ldtr, idtr, tr: 16 bytes each
 _CPL, _EFER = 0x4CB, 0x4D0
@@ -208,11 +211,14 @@ def build_vmcb(
     cr2: int,
     preserved_msrs: dict[int, int],
     mov_dr_exiting: bool,
+    nested_cr3: int | None = None,
 ) -> bytes:
     """A VMCB (4 KiB) entering the guest state held in the VMCS field ``values``.
 
     ``preserved_msrs`` are the MSRs VMLOAD loads that the VMCS does not hold (STAR, LSTAR,
     CSTAR, SFMASK, KERNEL_GS_BASE), by VMCB offset: the guest keeps its own values.
+    ``nested_cr3``: the nested page table the guest's physical accesses go through (how
+    the software CPU enforces EPT), or None for none.
     """
     vmcb = bytearray(0x1000)
     proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
@@ -226,6 +232,9 @@ def build_vmcb(
     tsc_offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
     _Q.pack_into(vmcb, _TSC_OFFSET, tsc_offset)
     struct.pack_into("<I", vmcb, _ASID, 1)
+    if nested_cr3 is not None:
+        _Q.pack_into(vmcb, _NESTED_CONTROL, _NESTED_PAGING)
+        _Q.pack_into(vmcb, _NESTED_CR3, nested_cr3)
     for slot, (selector, rights, limit, base) in enumerate(_SEGMENT_FIELDS):
         sel = values[selector] if selector is not None else 0
         attributes = svm_attributes(values[rights]) if rights is not None else 0

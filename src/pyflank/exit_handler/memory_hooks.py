@@ -1,0 +1,128 @@
+"""Memory hooks on guest-physical pages, the way DdiMon and hvpp hook: the EPT forbids the
+hooked kind of access; at the violation the hook runs, the permission is lifted, the
+monitor trap flag steps exactly the one instruction, and at the MTF exit the ``after``
+callback runs (the access has happened: a write's value is in memory) and the
+permission is restored.  The guest sees nothing but time passing.
+
+    class WriteWatch(MemoryHooks):
+        def setup(self, vmcs):
+            super().setup(vmcs)
+            self.hook(0x300000, write=True, after=lambda a: print(a.gla, a.rip))
+
+A composable handler (hvpp's layering): subclass it, or put it under another handler
+of one's own; exits it does not own go on to the rest of the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyflank.exit_handler.ept import EptAccess
+from pyflank.exit_handler.exit_handler_intel_x64 import ExitHandlerIntelX64
+from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.memory.physical import PAGE_SIZE
+
+Callback = Callable[[EptAccess], None]
+
+
+@dataclass(eq=False)
+class MemoryHook:
+    """Guest-physical pages ``[gpa, gpa + size)`` and the access kinds hooked on them."""
+
+    gpa: int
+    size: int
+    read: bool = False
+    write: bool = False
+    execute: bool = False
+    on_access: Callback | None = None  # at the violation, before the access
+    after: Callback | None = None  # after the access (the MTF exit)
+    hits: int = field(default=0, init=False)
+
+    def covers(self, page: int) -> bool:
+        return self.gpa <= page < self.gpa + self.size
+
+    def catches(self, access: EptAccess) -> bool:
+        """Whether this hook is why ``access`` exited."""
+        q = access.qualification
+        kinds = (q.data_read and self.read) or (q.data_write and self.write)
+        return self.covers(access.page) and bool(kinds or (q.instruction_fetch and self.execute))
+
+    def pages(self) -> range:
+        return range(self.gpa, self.gpa + self.size, PAGE_SIZE)
+
+
+class MemoryHooks(ExitHandlerIntelX64):
+    """EPT hooks with lift, one-instruction step (MTF) and restore; ``hook`` adds one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memory_hooks: list[MemoryHook] = []
+        self._stepping: list[tuple[EptAccess, list[MemoryHook]]] = []
+
+    def setup(self, vmcs: Vmcs) -> None:
+        super().setup(vmcs)
+        self.ept.enable(vmcs)
+
+    def hook(
+        self,
+        gpa: int,
+        size: int = PAGE_SIZE,
+        *,
+        read: bool = False,
+        write: bool = False,
+        execute: bool = False,
+        on_access: Callback | None = None,
+        after: Callback | None = None,
+    ) -> MemoryHook:
+        """Hook the given kinds of access to the pages of ``[gpa, gpa + size)``; read hooks
+        catch writes too (the EPT cannot allow a write without a read)."""
+        first = gpa & ~(PAGE_SIZE - 1)
+        end = -(-(gpa + size) // PAGE_SIZE) * PAGE_SIZE
+        hook = MemoryHook(first, end - first, read, write, execute, on_access, after)
+        self.memory_hooks.append(hook)
+        self._protect(hook.pages())
+        return hook
+
+    def unhook(self, hook: MemoryHook) -> None:
+        self.memory_hooks.remove(hook)
+        self._protect(hook.pages())
+
+    def _protect(self, pages: range | list[int]) -> None:
+        """Each page gets the permissions its hooks leave it."""
+        for page in pages:
+            hooks = [h for h in self.memory_hooks if h.covers(page)]
+            read = not any(h.read for h in hooks)
+            write = read and not any(h.write for h in hooks)
+            execute = not any(h.execute for h in hooks)
+            self.ept.protect(page, read=read, write=write, execute=execute)
+
+    def handle_ept_violation(self) -> None:
+        access = self.ept.violation()
+        hooks = [h for h in self.memory_hooks if h.catches(access)]
+        if not hooks:
+            self.unhooked_violation(access)
+            return
+        for hook in hooks:
+            hook.hits += 1
+            if hook.on_access is not None:
+                hook.on_access(access)
+        self._stepping.append((access, hooks))
+        self.ept.restore(access.page)  # lifted for the one instruction
+        self.monitor_trap_flag(True)
+
+    def unhooked_violation(self, access: EptAccess) -> None:
+        """An EPT violation no hook caused (override to handle it): the seed's report."""
+        self.unimplemented_handler()
+
+    def handle_monitor_trap_flag(self) -> None:
+        stepped, self._stepping = self._stepping, []
+        if not stepped:
+            self.unimplemented_handler()
+            return
+        self.monitor_trap_flag(False)
+        self._protect(sorted({access.page for access, _ in stepped}))
+        for access, hooks in stepped:
+            for hook in hooks:
+                if hook.after is not None:
+                    hook.after(access)
