@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m benchmarks.run [--reference]", file=sys.stderr)
         return 2
     target = REFERENCE if args else RESULTS
-    for module in ("benchmarks.emu", "benchmarks.kvm", "benchmarks.bfm", "benchmarks.observe"):
+    for module in (
+        "benchmarks.emu",
+        "benchmarks.emu_ept",
+        "benchmarks.kvm",
+        "benchmarks.bfm",
+        "benchmarks.observe",
+    ):
         importlib.import_module(module)  # each registers its own section
     print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")
     results: dict[str, object] = {

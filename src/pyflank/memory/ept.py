@@ -60,6 +60,7 @@ _RESERVED_TABLE: Final = {4: 0xF8, 3: 0xF8, 2: 0x78, 1: 0}  # PML4E 7:3, PDPTE 7
 _RESERVED_LARGE: Final = {3: 0x3FFF_F000, 2: 0x1F_F000}  # 1 GiB: 29:12, 2 MiB: 20:12
 _PAGE_MASK: Final = {3: ~(PAGE_SIZE_1G - 1), 2: ~(PAGE_SIZE_2M - 1), 1: ~(PAGE_SIZE_4K - 1)}
 _TABLE = struct.Struct("<512Q")
+_U64 = struct.Struct("<Q")
 _ENTRIES = 512
 
 
@@ -240,20 +241,22 @@ class EptReader:
     def _decode(
         self, raw: bytes, count: int, level: int, base: int, inherited: int, limit: int
     ) -> list[EptRun | _Child]:
-        """What each entry of a table makes: runs (merged as they come) and child tables."""
+        """What each entry of a table makes: runs (merged as they come) and child tables.
+
+        Stretches of entries alike (the same leaf mapping frame after frame, the same
+        absent entry) are found by comparing bytes, not decoded one entry at a time.
+        """
         span = LEVEL_SPAN[level]
         parts: list[EptRun | _Child] = []
         leaf_level = level == 1
-        run: EptRun | None = None  # the run being extended, not yet in ``parts``
-        expected = -1  # the entry that would map the next frame like the last leaf
-        for index, entry in enumerate(struct.unpack_from(f"<{count}Q", raw)):
-            if entry == expected:  # the common case: the same kind of leaf, next frame
-                expected += span
-                continue
+        index = 0
+        while index < count:
+            entry = _U64.unpack_from(raw, index * 8)[0]
             start = base + index * span
-            expected = -1
+            alike = 1
             if not entry & RWX:
                 here = EptRun(start, start + span, 0)
+                alike = _alike(raw, index, count, entry, 0)
             else:
                 why = misconfiguration(
                     entry, level, physical_width=self.physical_width, execute_only=self.execute_only
@@ -263,26 +266,43 @@ class EptReader:
                 elif leaf_level or entry & LARGE_PAGE:
                     delta = (entry & ADDRESS_MASK & _PAGE_MASK[level]) - start
                     here = EptRun(start, start + span, inherited & entry & RWX, delta)
-                    expected = entry + span
+                    alike = _alike(raw, index, count, entry, span)
                 else:
-                    if run is not None:
-                        parts.append(run._replace(end=start))
-                        run = None
                     rwx = inherited & entry & RWX
-                    parts.append(
-                        _Child(
-                            entry & ADDRESS_MASK, level - 1, start, rwx, min(start + span, limit)
-                        )
-                    )
+                    end = min(start + span, limit)
+                    parts.append(_Child(entry & ADDRESS_MASK, level - 1, start, rwx, end))
+                    index += 1
                     continue
-            if run is not None and run.same_outcome(here):
-                continue  # a leaf or an absent entry like the run's: it goes on
-            if run is not None:
-                parts.append(run._replace(end=start))
-            run = here
-        if run is not None:
-            parts.append(run._replace(end=min(base + count * span, limit)))
+            end = min(start + alike * span, limit)
+            last = parts[-1] if parts else None
+            if isinstance(last, EptRun) and last.end == start and last.same_outcome(here):
+                parts[-1] = last._replace(end=end)
+            else:
+                parts.append(here._replace(end=end))
+            index += alike
         return parts
+
+
+def _alike(raw: bytes, index: int, count: int, entry: int, step: int) -> int:
+    """How many entries from ``index`` on are ``entry``, ``entry + step``, ... (at least 1)."""
+    n = count - index
+    last = entry + step * (n - 1)
+    if last >> 64:
+        n = (((1 << 64) - 1 - entry) // step) + 1 if step else n
+    pattern = struct.pack(f"<{n}Q", *range(entry, entry + step * n, step)) if step else (
+        raw[index * 8 : index * 8 + 8] * n
+    )
+    tail = raw[index * 8 : (index + n) * 8]
+    if tail == pattern:
+        return n
+    low, high = 1, n  # the first ``low`` entries match, the first ``high`` do not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if tail[: middle * 8] == pattern[: middle * 8]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def merge(runs: list[EptRun]) -> list[EptRun]:

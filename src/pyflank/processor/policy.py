@@ -148,39 +148,61 @@ class ExitPolicy:
         return self.io_unconditional or self.io_bitmaps is not None
 
 
+# The control bits exit_policy tests, as plain ints (IntFlag arithmetic costs a
+# microsecond per operator, and a handler toggling the monitor trap flag pays it twice
+# per instruction).
+_EXIT_ACKNOWLEDGE_INTERRUPT_ON_EXIT = int(Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT)
+_PIN_ACTIVATE_VMX_PREEMPTION_TIMER = int(Pin.ACTIVATE_VMX_PREEMPTION_TIMER)
+_PIN_EXTERNAL_INTERRUPT_EXITING = int(Pin.EXTERNAL_INTERRUPT_EXITING)
+_P_ACTIVATE_SECONDARY_CONTROLS = int(Proc.ACTIVATE_SECONDARY_CONTROLS)
+_P_HLT_EXITING = int(Proc.HLT_EXITING)
+_P_INTERRUPT_WINDOW_EXITING = int(Proc.INTERRUPT_WINDOW_EXITING)
+_P_MONITOR_TRAP_FLAG = int(Proc.MONITOR_TRAP_FLAG)
+_P_MOV_DR_EXITING = int(Proc.MOV_DR_EXITING)
+_P_RDTSC_EXITING = int(Proc.RDTSC_EXITING)
+_P_UNCONDITIONAL_IO_EXITING = int(Proc.UNCONDITIONAL_IO_EXITING)
+_P_USE_IO_BITMAPS = int(Proc.USE_IO_BITMAPS)
+_P_USE_MSR_BITMAPS = int(Proc.USE_MSR_BITMAPS)
+_P_USE_TSC_OFFSETTING = int(Proc.USE_TSC_OFFSETTING)
+_P2_ENABLE_EPT = int(Proc2.ENABLE_EPT)
+_P2_ENABLE_RDTSCP = int(Proc2.ENABLE_RDTSCP)
+_P2_ENABLE_VM_FUNCTIONS = int(Proc2.ENABLE_VM_FUNCTIONS)
+_P2_WBINVD_EXITING = int(Proc2.WBINVD_EXITING)
+
+
 def exit_policy(vmcs: Vmcs) -> ExitPolicy:
     """Summarise the controls of ``vmcs`` (checked against the engine elsewhere)."""
     read = vmcs.read
     proc = read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
     proc2 = read(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
-    if not proc & Proc.ACTIVATE_SECONDARY_CONTROLS:
+    if not proc & _P_ACTIVATE_SECONDARY_CONTROLS:
         proc2 = 0
     io_bitmaps = None
-    if proc & Proc.USE_IO_BITMAPS:
+    if proc & _P_USE_IO_BITMAPS:
         io_bitmaps = (read(f.ADDRESS_OF_IO_BITMAP_A), read(f.ADDRESS_OF_IO_BITMAP_B))
     pin = read(f.PIN_BASED_VM_EXECUTION_CONTROLS)
     return ExitPolicy(
-        external_interrupts=bool(pin & Pin.EXTERNAL_INTERRUPT_EXITING),
-        acknowledge_on_exit=bool(read(f.VM_EXIT_CONTROLS) & Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT),
-        interrupt_window=bool(proc & Proc.INTERRUPT_WINDOW_EXITING),
-        preemption_timer=bool(pin & Pin.ACTIVATE_VMX_PREEMPTION_TIMER),
-        hlt=bool(proc & Proc.HLT_EXITING),
-        rdtsc=bool(proc & Proc.RDTSC_EXITING),
-        rdtscp_enabled=bool(proc2 & Proc2.ENABLE_RDTSCP),
-        wbinvd=bool(proc2 & Proc2.WBINVD_EXITING),
-        vmfunc_enabled=bool(proc2 & Proc2.ENABLE_VM_FUNCTIONS),
+        external_interrupts=bool(pin & _PIN_EXTERNAL_INTERRUPT_EXITING),
+        acknowledge_on_exit=bool(read(f.VM_EXIT_CONTROLS) & _EXIT_ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        interrupt_window=bool(proc & _P_INTERRUPT_WINDOW_EXITING),
+        preemption_timer=bool(pin & _PIN_ACTIVATE_VMX_PREEMPTION_TIMER),
+        hlt=bool(proc & _P_HLT_EXITING),
+        rdtsc=bool(proc & _P_RDTSC_EXITING),
+        rdtscp_enabled=bool(proc2 & _P2_ENABLE_RDTSCP),
+        wbinvd=bool(proc2 & _P2_WBINVD_EXITING),
+        vmfunc_enabled=bool(proc2 & _P2_ENABLE_VM_FUNCTIONS),
         # SDM: with "use I/O bitmaps" on, "unconditional I/O exiting" is ignored.
-        io_unconditional=bool(proc & Proc.UNCONDITIONAL_IO_EXITING) and io_bitmaps is None,
+        io_unconditional=bool(proc & _P_UNCONDITIONAL_IO_EXITING) and io_bitmaps is None,
         io_bitmaps=io_bitmaps,
-        msr_bitmap=read(f.ADDRESS_OF_MSR_BITMAPS) if proc & Proc.USE_MSR_BITMAPS else None,
+        msr_bitmap=read(f.ADDRESS_OF_MSR_BITMAPS) if proc & _P_USE_MSR_BITMAPS else None,
         exception_bitmap=read(f.EXCEPTION_BITMAP),
         pfec_mask=read(f.PAGE_FAULT_ERROR_CODE_MASK),
         pfec_match=read(f.PAGE_FAULT_ERROR_CODE_MATCH),
         cr3_targets=tuple(
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
-        mov_dr=bool(proc & Proc.MOV_DR_EXITING),
-        tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
-        monitor_trap=bool(proc & Proc.MONITOR_TRAP_FLAG),
-        eptp=read(f.EPT_POINTER) if proc2 & Proc2.ENABLE_EPT else None,
+        mov_dr=bool(proc & _P_MOV_DR_EXITING),
+        tsc_offset=read(f.TSC_OFFSET) if proc & _P_USE_TSC_OFFSETTING else 0,
+        monitor_trap=bool(proc & _P_MONITOR_TRAP_FLAG),
+        eptp=read(f.EPT_POINTER) if proc2 & _P2_ENABLE_EPT else None,
     )

@@ -68,6 +68,7 @@ class EntryLoader:
         self.trap = 0  # RFLAGS.TF the next entry adds, unseen by the guest (``stepping``)
         self.entered_rip = 0  # where the last entry put the guest, and its own TF
         self.entered_tf = 0
+        self._vmcb: tuple[int, ...] = ()  # the controls in the VMCB of the last full entry
 
     # -- the plan -------------------------------------------------------------------------
     def enter(self, plan: EntryPlan) -> ExitRecord | None:
@@ -80,7 +81,9 @@ class EntryLoader:
             self.hooks.set_policy(plan.policy)
             self.hooks.nested.apply(plan.policy.ept)
         fields = self.fields
-        full = self._reload or plan.launch or plan.policy is not None or bool(plan.changed)
+        full = self._reload or plan.launch or bool(plan.changed)
+        if plan.policy is not None and not full:
+            full = self._controls() != self._vmcb  # new intercepts: a new VMCB
         rip, rsp, rflags = plan.rip, plan.regs[4], fields[f.GUEST_RFLAGS]
         overrides: dict[int, int] = {}
         if plan.event is not None:
@@ -251,6 +254,12 @@ class EntryLoader:
         e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)
         e.write_msr_raw(svm.MSR_VM_HSAVE_PA, svm.HSAVE)
 
+    def _controls(self) -> tuple[int, ...]:
+        policy = self.hooks.policy
+        assert policy is not None
+        cr3 = self.hooks.nested.cr3
+        return svm.control_signature(self.fields, mov_dr_exiting=policy.mov_dr, nested_cr3=cr3)
+
     def _full_entry(
         self, values: dict[int, int], gprs: tuple[int, ...], rip: int, rsp: int, rflags: int
     ) -> int:
@@ -281,6 +290,7 @@ class EntryLoader:
             nested_cr3=self.hooks.nested.cr3,
         )
         e.write_physical(svm.VMCB, vmcb)
+        self._vmcb = self._controls()
         cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
         cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
         # The stub runs on its own page tables, GDT, TSS and stack, and calls through its

@@ -74,7 +74,7 @@ class NestedPaging:
         self._regions = -(-ram_size // _LARGE)
         self._mapped = False
         self._split: set[int] = set()  # regions whose directory entry points at a table
-        self._widened: set[int] = set()  # regions with pages allowed more than the EPT says
+        self._widened: set[int] = set()  # pages allowed more than the EPT says, for a step
 
     @property
     def cr3(self) -> int | None:
@@ -99,18 +99,36 @@ class NestedPaging:
             return
         if not self._mapped:
             self._map()
-        changed = view.changes(self.view)
-        self.view = view
-        touched = set(self._widened)
-        for start, end in changed:
-            first = start // _LARGE
-            last = min(-(-end // _LARGE), self._regions)
-            touched.update(range(first, last))
+        previous, self.view = self.view, view
+        pieces: dict[int, list[tuple[int, int]]] = {}
+        for start, end in view.changes(previous):
+            end = min(end, self.ram_size)
+            while start < end:
+                region = start // _LARGE
+                stop = min(end, (region + 1) * _LARGE)
+                pieces.setdefault(region, []).append((start, stop))
+                start = stop
+        for page in self._widened:  # back to what the EPT says
+            pieces.setdefault(page // _LARGE, []).append((page, page + _PAGE))
         self._widened.clear()
-        for region in sorted(touched):
-            self._write_region(view, region)
-        if touched:
+        for region, ranges in sorted(pieces.items()):
+            self._update_region(view, region, ranges)
+        if pieces:
             self.flush()
+
+    def _update_region(self, view: EptView, region: int, ranges: list[tuple[int, int]]) -> None:
+        """Bring 2 MiB ``region`` up to ``view`` where ``ranges`` changed: entry by entry
+        in a table it has already (a region hooked once is likely hooked again), else the
+        whole region."""
+        start = region * _LARGE
+        if region not in self._split:
+            self._write_region(view, region)
+            return
+        table = self._table(region)
+        for first, end in ranges:
+            entries = [npt_entry(self._page(view, gpa), gpa) for gpa in range(first, end, _PAGE)]
+            where = table + (first - start) // _PAGE * 8
+            self.engine.write_physical(where, struct.pack(f"<{len(entries)}Q", *entries))
 
     def _slot(self, region: int) -> int:
         return self._directory(region * _LARGE // _GIB) + (region % 512) * 8
@@ -190,7 +208,7 @@ class NestedPaging:
         self.engine.write_physical(
             self._table(region) + (page % _LARGE) // _PAGE * 8, _Q.pack(entry)
         )
-        self._widened.add(region)
+        self._widened.add(page)
         self.flush()
 
     def restore(self) -> None:
@@ -198,8 +216,8 @@ class NestedPaging:
         if not self._widened or self.view is None:
             self._widened.clear()
             return
-        for region in sorted(self._widened):
-            self._write_region(self.view, region)
+        for page in sorted(self._widened):
+            self._update_region(self.view, page // _LARGE, [(page, page + _PAGE)])
         self._widened.clear()
         self.flush()
 

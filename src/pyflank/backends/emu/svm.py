@@ -29,6 +29,7 @@ entered from user mode would.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Final
 
 from pyflank.intel_x64 import fields as f
@@ -199,6 +200,16 @@ def intercepts(proc: int) -> tuple[int, int, int]:
             cr_read |= read
             cr_write |= write
     return word, cr_read, cr_write
+
+
+def control_signature(
+    values: Mapping[int, int], *, mov_dr_exiting: bool, nested_cr3: int | None
+) -> tuple[int, ...]:
+    """What of the VMX controls a VMCB built from ``values`` holds: a change of controls
+    that leaves it the same needs no new VMCB (the monitor trap flag, EPT permissions)."""
+    proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+    offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
+    return (*intercepts(proc), offset, int(mov_dr_exiting), nested_cr3 or 0)
 
 
 def build_vmcb(
