@@ -115,6 +115,7 @@ def _both(source: str, **kwargs: object) -> tuple[VcpuResult, VcpuResult, Vm, Vm
     handler = Stepper()
     stepped_vm, stepped = run1(source, lambda: handler, **kwargs)  # type: ignore[arg-type]
     assert handler.steps, "nothing was stepped"
+    stepped_vm.steps = handler.steps  # type: ignore[attr-defined]
     return plain, stepped, plain_vm, stepped_vm
 
 
@@ -153,10 +154,14 @@ def test_a_stepped_guest_sees_what_an_unstepped_one_does(name: str) -> None:
 def test_fast_system_calls_are_stepped_like_any_instruction(kernel: str) -> None:
     kvm_gap("monitor_trap_flag")
     source = _kernel() if kernel == "syscall" else _sysenter_kernel(KERNEL_CS)
-    plain, stepped, _, _ = _both(source, setup=user_pages)
+    plain, stepped, _, vm = _both(source, setup=user_pages)
     assert stepped.reason is plain.reason is StopReason.GUEST_HLT, stepped.message
     assert repr(stepped.state) == repr(plain.state)
     assert stepped.vmcs.read(f.GUEST_CS_SELECTOR) == plain.vmcs.read(f.GUEST_CS_SELECTOR)
+    if kernel == "syscall":  # SYSRET lands in ring 3 at RBX: the MTF exit is there, then one
+        back = stepped.state.rbx  # past its first instruction
+        steps = vm.steps  # type: ignore[attr-defined]
+        assert steps[steps.index(back) + 1] == back + len(assemble("mov rdi, cs", back))
 
 
 def test_a_guest_single_stepping_itself_still_gets_its_own_debug_exceptions() -> None:

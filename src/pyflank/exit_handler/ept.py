@@ -103,6 +103,11 @@ class Ept:
         vmcs.write(_PRIMARY, vmcs.read(_PRIMARY) | Proc.ACTIVATE_SECONDARY_CONTROLS)
         vmcs.write(_SECONDARY, vmcs.read(_SECONDARY) | Proc2.ENABLE_EPT)
 
+    def use(self, eptp: int | None = None) -> None:
+        """Run the guest under another EPT (tables of one's own, an EPT view) from the next
+        entry on; None: back to ``tables``."""
+        self._vmcs.write(f.EPT_POINTER, self.eptp if eptp is None else eptp)
+
     def disable(self, vmcs: Vmcs | None = None) -> None:
         """Turn EPT off (the tables stay as they are)."""
         vmcs = vmcs or self._vmcs
@@ -111,22 +116,23 @@ class Ept:
     def protect(
         self,
         gpa: int,
-        size: int = PAGE_SIZE,
+        size: int = 1,
         *,
         read: bool = True,
         write: bool = True,
         execute: bool = True,
     ) -> None:
-        """Give the pages of ``[gpa, gpa + size)`` (widened to whole pages) these
-        permissions, and invalidate.  Write without read is an EPT misconfiguration."""
+        """Give the pages holding ``[gpa, gpa + size)`` (by default the one page ``gpa``
+        is in) these permissions, and invalidate.  Write without read is an EPT
+        misconfiguration."""
         first = gpa & ~(PAGE_SIZE - 1)
         end = -(-(gpa + size) // PAGE_SIZE) * PAGE_SIZE
         bits = permission_bits(read=read, write=write, execute=execute)
         self.tables.protect(first, end - first, bits)
         self.invalidate()
 
-    def restore(self, gpa: int, size: int = PAGE_SIZE) -> None:
-        """Every permission back on ``[gpa, gpa + size)``."""
+    def restore(self, gpa: int, size: int = 1) -> None:
+        """Every permission back on the pages holding ``[gpa, gpa + size)``."""
         self.protect(gpa, size)
 
     def map(self, gpa: int, hpa: int, size: int, permissions: int = RWX) -> None:

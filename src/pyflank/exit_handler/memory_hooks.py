@@ -4,6 +4,12 @@ monitor trap flag steps exactly the one instruction, and at the MTF exit the ``a
 callback runs (the access has happened: a write's value is in memory) and the
 permission is restored.  The guest sees nothing but time passing.
 
+An execute hook runs when execution enters its page (a jump from another page, a
+SYSCALL, an interrupt): the execute permission is lifted and the guest is stepped with
+the monitor trap flag, one MTF exit per instruction, as long as it runs on that page;
+when it leaves, the permission is restored.  So a busy page costs an MTF exit per
+instruction run on it, but an EPT change only per entry.
+
     class WriteWatch(MemoryHooks):
         def setup(self, vmcs):
             super().setup(vmcs)
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from pyflank.exit_handler.ept import EptAccess
 from pyflank.exit_handler.exit_handler_intel_x64 import ExitHandlerIntelX64
 from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.memory import PageFault
 from pyflank.memory.physical import PAGE_SIZE
 
 Callback = Callable[[EptAccess], None]
@@ -59,6 +66,7 @@ class MemoryHooks(ExitHandlerIntelX64):
         super().__init__()
         self.memory_hooks: list[MemoryHook] = []
         self._stepping: list[tuple[EptAccess, list[MemoryHook]]] = []
+        self._running_on: int | None = None  # the execute-hooked page code runs on
 
     def setup(self, vmcs: Vmcs) -> None:
         super().setup(vmcs)
@@ -67,7 +75,7 @@ class MemoryHooks(ExitHandlerIntelX64):
     def hook(
         self,
         gpa: int,
-        size: int = PAGE_SIZE,
+        size: int = 1,
         *,
         read: bool = False,
         write: bool = False,
@@ -75,8 +83,9 @@ class MemoryHooks(ExitHandlerIntelX64):
         on_access: Callback | None = None,
         after: Callback | None = None,
     ) -> MemoryHook:
-        """Hook the given kinds of access to the pages of ``[gpa, gpa + size)``; read hooks
-        catch writes too (the EPT cannot allow a write without a read)."""
+        """Hook the given kinds of access to the pages holding ``[gpa, gpa + size)`` (by
+        default the one page ``gpa`` is in); read hooks catch writes too (the EPT cannot
+        allow a write without a read)."""
         first = gpa & ~(PAGE_SIZE - 1)
         end = -(-(gpa + size) // PAGE_SIZE) * PAGE_SIZE
         hook = MemoryHook(first, end - first, read, write, execute, on_access, after)
@@ -88,13 +97,13 @@ class MemoryHooks(ExitHandlerIntelX64):
         self.memory_hooks.remove(hook)
         self._protect(hook.pages())
 
-    def _protect(self, pages: range | list[int]) -> None:
-        """Each page gets the permissions its hooks leave it."""
+    def _protect(self, pages: range | list[int], *, running: bool = False) -> None:
+        """Each page gets the permissions its hooks leave it (``running``: and execute)."""
         for page in pages:
             hooks = [h for h in self.memory_hooks if h.covers(page)]
             read = not any(h.read for h in hooks)
             write = read and not any(h.write for h in hooks)
-            execute = not any(h.execute for h in hooks)
+            execute = running or not any(h.execute for h in hooks)
             self.ept.protect(page, read=read, write=write, execute=execute)
 
     def handle_ept_violation(self) -> None:
@@ -107,9 +116,19 @@ class MemoryHooks(ExitHandlerIntelX64):
             hook.hits += 1
             if hook.on_access is not None:
                 hook.on_access(access)
-        self._stepping.append((access, hooks))
-        self.ept.restore(access.page)  # lifted for the one instruction
+        if access.fetch and not access.qualification.paging_structure_access:
+            self._leave_page()  # (an execute-hooked page jumped to from another)
+            self._running_on = access.page  # run on the page, stepped, until it leaves
+            self._protect([access.page], running=True)
+        else:
+            self._stepping.append((access, hooks))
+            self.ept.restore(access.page)  # lifted for the one instruction
         self.monitor_trap_flag(True)
+
+    def _leave_page(self) -> None:
+        page, self._running_on = self._running_on, None
+        if page is not None:
+            self._protect([page])
 
     def unhooked_violation(self, access: EptAccess) -> None:
         """An EPT violation no hook caused (override to handle it): the seed's report."""
@@ -117,12 +136,23 @@ class MemoryHooks(ExitHandlerIntelX64):
 
     def handle_monitor_trap_flag(self) -> None:
         stepped, self._stepping = self._stepping, []
-        if not stepped:
+        if not stepped and self._running_on is None:
             self.unimplemented_handler()
             return
-        self.monitor_trap_flag(False)
-        self._protect(sorted({access.page for access, _ in stepped}))
+        if stepped:
+            self._protect(sorted({access.page for access, _ in stepped}))
+        if self._running_on is not None and self._page_of_rip() != self._running_on:
+            self._leave_page()
+        if self._running_on is None:
+            self.monitor_trap_flag(False)
         for access, hooks in stepped:
             for hook in hooks:
                 if hook.after is not None:
                     hook.after(access)
+
+    def _page_of_rip(self) -> int | None:
+        try:
+            gpa = self.guest_linear().physical(self.m_state_save.rip, execute=True)
+        except PageFault:
+            return None
+        return gpa & ~(PAGE_SIZE - 1)

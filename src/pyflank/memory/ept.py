@@ -458,3 +458,4 @@ def _check_pages(gpa: int, size: int) -> None:
         raise ValueError(f"[{gpa:#x}, +{size:#x}) is not a non-empty range of 4 KiB pages")
     if gpa + size > 1 << 48:
         raise ValueError(f"[{gpa:#x}, +{size:#x}) is beyond a 4-level EPT (48 bits)")
+

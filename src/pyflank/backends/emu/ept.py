@@ -69,7 +69,9 @@ def nested_fault(
     ``stepping``: the RIP of the instruction being stepped (a fault inside a step belongs
     to it), else None."""
     gpa = fault_address(engine)
-    regs, _, _ = capture.capture()
+    regs, _, moved = capture.capture()
+    if moved:  # (the capture consumed them: the exit record, or the next, reports them)
+        capture.noted.update(moved)
     rip = regs[16]
     ins = dec.decode(engine.fetch(rip), rip)
     system = capture.system

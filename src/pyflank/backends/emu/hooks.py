@@ -195,7 +195,7 @@ class ExitHooks:
         self.draining = False
         self._drain_context: Any = None
         self.nested = NestedPaging(engine, memory)  # EPT, enforced
-        self.stepper = Stepper(engine, memory, self.nested)  # one instruction at a time
+        self.stepper = Stepper(engine, memory, self.nested, capture.progress)  # one instruction
         self._head = capture.head
         self._dr7 = capture.dr7
         self._progress = capture.progress  # the block gate's count of guest code run
@@ -680,7 +680,9 @@ class ExitHooks:
         """An exception the guest raised; RIP is at the instruction (or past it, a trap's)."""
         e = self.engine
         if vector == VECTOR_DB and self.stepper.armed:
-            self._leave_precise(STEPPED)  # the single step's own trap
+            # The single step's own trap; after SYSCALL it comes with the call pending.
+            if self.outcome is None:
+                self._leave_precise(STEPPED)
             return
         rip = e.read(x86.UC_X86_REG_RIP)
         if vector == VECTOR_UD:

@@ -12,7 +12,10 @@ single-stepping itself gets its own #DB after the step.
 
 A step ends at the trap (the instruction completed), or earlier when the instruction
 exits, faults, or the engine stops for another reason: ``interrupted`` then puts the
-guest's flag back without touching memory.
+guest's flag back without touching memory.  QEMU checks TF again after SYSRET (and
+SYSCALL), so SYSRET to a guest whose R11 clears TF raises no trap: the stop gate (which
+stops the engine at a block start) is set to stop at the block after the stepped one,
+which then ends the step all the same.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pyflank.memory import GuestMemoryError, PageFault
 
 if TYPE_CHECKING:
     from pyflank.backends.emu.engine import Engine
+    from pyflank.backends.emu.stop_gate import GateState
     from pyflank.backends.emu.nested import NestedPaging
     from pyflank.memory import GuestPhysicalMemory
     from pyflank.processor import ExitRecord
@@ -50,27 +54,42 @@ class Stepper:
     came) or ``interrupted`` (anything else)."""
 
     __slots__ = (
-        "_dr6", "armed", "engine", "guest_tf", "memory", "monitor_trap", "nested", "rip",
+        "_dr6", "_end_at", "_saved_end", "armed", "engine", "gate", "guest_tf", "memory",
+        "monitor_trap", "nested", "rip",
     )  # fmt: skip
 
-    def __init__(self, engine: Engine, memory: GuestPhysicalMemory, nested: NestedPaging) -> None:
+    def __init__(
+        self, engine: Engine, memory: GuestPhysicalMemory, nested: NestedPaging, gate: GateState
+    ) -> None:
         self.engine = engine
         self.memory = memory
         self.nested = nested
+        self.gate = gate  # the stop gate's progress count and budget
+        self._saved_end = self._end_at = 0
         self.armed = False
         self.monitor_trap = False  # the step ends in an MTF exit (else it is the engine's own)
         self.guest_tf = 0  # the guest's RFLAGS.TF under ours
         self.rip = 0  # the instruction being stepped
         self._dr6 = 0
 
-    def arm(self, rip: int, guest_tf: int, *, monitor_trap: bool, set_flag: bool) -> None:
+    def arm(
+        self, rip: int, guest_tf: int, *, monitor_trap: bool, set_flag: bool, skip: int = 0
+    ) -> None:
         """Step the instruction at ``rip``; ``set_flag``: write TF into the engine now
-        (else the entry that runs next loads it)."""
+        (else the entry that runs next loads it); ``skip``: bytes of the engine's own code
+        (the entry stub) that run first."""
         e = self.engine
         if set_flag:
             e.write(x86.UC_X86_REG_RFLAGS, e.read(x86.UC_X86_REG_RFLAGS) | RFLAGS_TF)
         self.armed, self.monitor_trap, self.guest_tf, self.rip = True, monitor_trap, guest_tf, rip
         self._dr6 = e.read(x86.UC_X86_REG_DR6)
+        gate = self.gate
+        self._saved_end, self._end_at = gate.budget_end, gate.executed + skip + 1
+        gate.budget_end = min(self._saved_end, self._end_at)
+
+    def gate_stopped(self) -> bool:
+        """The stop gate stopped the engine at the block after the stepped one."""
+        return bool(self.gate.executed >= self._end_at)
 
     def extend(self, *, monitor_trap: bool) -> None:
         """Another reason to stop after the instruction already being stepped."""
@@ -116,6 +135,7 @@ class Stepper:
 
     def _end(self) -> None:
         self.armed = False
+        self.gate.budget_end = self._saved_end
         self.nested.restore()
 
     def _mend_pushed_flags(self, size: int) -> None:

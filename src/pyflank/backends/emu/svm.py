@@ -67,6 +67,9 @@ HOST_GDT_LIMIT: Final = 8 * len(HOST_GDT_ENTRIES) - 1
 # CALL FAR [RIP + 0] (m16:32; a gate ignores the offset), then the far pointer.
 CALL_THROUGH_GATE: Final = bytes.fromhex("ff1d00000000") + struct.pack("<IH", 0, HOST_GATE_SELECTOR)
 VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
+# The code the stub runs in its blocks: the far call (a block of its own), VMLOAD and
+# VMRUN (which ends the second); the stop gate counts them before the guest's first.
+STUB_BLOCK_BYTES: Final = 6 + 6
 
 MSR_VM_HSAVE_PA: Final = 0xC0010117
 EFER_SVME: Final = 1 << 12

@@ -93,8 +93,13 @@ class EmuVcpu:
         try:
             outcome: ExitRecord | EntryPlan | Stop | Pause | None = loader.enter(plan)
             if outcome is None and loader.trap:
+                stub = svm.STUB_BLOCK_BYTES if loader.start_rip == svm.STUB else 0
                 self.stepper.arm(
-                    loader.entered_rip, loader.entered_tf, monitor_trap=True, set_flag=False
+                    loader.entered_rip,
+                    loader.entered_tf,
+                    monitor_trap=True,
+                    set_flag=False,
+                    skip=stub,
                 )
                 self.hooks.decide = self._while_stepping
             while outcome is None:
@@ -111,7 +116,7 @@ class EmuVcpu:
         status = self.engine.start(self.loader.start_rip)
         outcome = self.hooks.take()
         if self.stepper.armed:
-            if outcome is STEPPED:
+            if outcome is STEPPED or outcome is None and self.stepper.gate_stopped():
                 return self._stepped()
             if isinstance(outcome, StepOver):
                 self._step_over(outcome)
