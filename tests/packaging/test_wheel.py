@@ -124,8 +124,8 @@ def test_load_asm_with_the_sdk_include(installed: Installed) -> None:
     out = installed.python_code(
         "from pyflank import Vm\n"
         "vm = Vm()\n"
-        "vm.load_asm('.include \"pyflank.inc\"\\n PYFLANK_INIT\\n VMCALL_VERSIONS 0\\n"
-        " PUTS text, 3\\n PYFLANK_HALT\\ntext: .ascii \"ok\\\\n\"\\n PYFLANK_RUNTIME\\n')\n"
+        'vm.load_asm(\'.include "pyflank.inc"\\n PYFLANK_INIT\\n VMCALL_VERSIONS 0\\n'
+        ' PUTS text, 3\\n PYFLANK_HALT\\ntext: .ascii "ok\\\\n"\\n PYFLANK_RUNTIME\\n\')\n'
         "[r] = vm.run()\n"
         "print(r.reason.name, r.state.rdx, r.state.rbx, vm.serial_output)"
     )

@@ -61,8 +61,8 @@ class Btf:
     def __init__(self, blob: bytes) -> None:
         if len(blob) < _HEADER.size:
             raise BtfError("too short for a BTF header")
-        magic, _version, _flags, header, type_off, type_len, str_off, str_len = (
-            _HEADER.unpack_from(blob)
+        magic, _version, _flags, header, type_off, type_len, str_off, str_len = _HEADER.unpack_from(
+            blob
         )
         if magic != MAGIC:
             raise BtfError(f"bad BTF magic {magic:#x}")

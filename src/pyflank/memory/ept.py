@@ -289,8 +289,10 @@ def _alike(raw: bytes, index: int, count: int, entry: int, step: int) -> int:
     last = entry + step * (n - 1)
     if last >> 64:
         n = (((1 << 64) - 1 - entry) // step) + 1 if step else n
-    pattern = struct.pack(f"<{n}Q", *range(entry, entry + step * n, step)) if step else (
-        raw[index * 8 : index * 8 + 8] * n
+    pattern = (
+        struct.pack(f"<{n}Q", *range(entry, entry + step * n, step))
+        if step
+        else (raw[index * 8 : index * 8 + 8] * n)
     )
     tail = raw[index * 8 : (index + n) * 8]
     if tail == pattern:
@@ -458,4 +460,3 @@ def _check_pages(gpa: int, size: int) -> None:
         raise ValueError(f"[{gpa:#x}, +{size:#x}) is not a non-empty range of 4 KiB pages")
     if gpa + size > 1 << 48:
         raise ValueError(f"[{gpa:#x}, +{size:#x}) is beyond a 4-level EPT (48 bits)")
-

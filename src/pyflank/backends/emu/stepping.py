@@ -33,8 +33,8 @@ from pyflank.memory import GuestMemoryError, PageFault
 
 if TYPE_CHECKING:
     from pyflank.backends.emu.engine import Engine
-    from pyflank.backends.emu.stop_gate import GateState
     from pyflank.backends.emu.nested import NestedPaging
+    from pyflank.backends.emu.stop_gate import GateState
     from pyflank.memory import GuestPhysicalMemory
     from pyflank.processor import ExitRecord
 

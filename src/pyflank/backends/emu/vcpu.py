@@ -116,7 +116,7 @@ class EmuVcpu:
         status = self.engine.start(self.loader.start_rip)
         outcome = self.hooks.take()
         if self.stepper.armed:
-            if outcome is STEPPED or outcome is None and self.stepper.gate_stopped():
+            if outcome is STEPPED or (outcome is None and self.stepper.gate_stopped()):
                 return self._stepped()
             if isinstance(outcome, StepOver):
                 self._step_over(outcome)
@@ -124,8 +124,10 @@ class EmuVcpu:
             self._interrupt_step()
             if isinstance(outcome, Pause | Stop) and outcome.state is not None:
                 state = self.stepper.record(outcome.state)
-                outcome = Pause(state, outcome.halted) if isinstance(outcome, Pause) else Stop(
-                    outcome.reason, outcome.message, state
+                outcome = (
+                    Pause(state, outcome.halted)
+                    if isinstance(outcome, Pause)
+                    else Stop(outcome.reason, outcome.message, state)
                 )
         elif isinstance(outcome, StepOver):
             self._step_over(outcome)
