@@ -44,12 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = REFERENCE if args else RESULTS
     for module in (
-        "benchmarks.emu",
-        "benchmarks.emu_ept",
-        "benchmarks.kvm",
-        "benchmarks.bfm",
-        "benchmarks.observe",
-    ):
+        "benchmarks.emu", "benchmarks.emu_ept", "benchmarks.kvm", "benchmarks.bfm",
+        "benchmarks.observe", "benchmarks.linux",
+    ):  # fmt: skip
         importlib.import_module(module)  # each registers its own section
     print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")
     results: dict[str, object] = {

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from kvm_support import kvm_marks
+from pyflank.platform.linux.assets import AssetsUnavailable, LinuxAssets, ensure
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -69,3 +70,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
     if reasons:
         line += " (" + "; ".join(sorted(reasons)) + ")"
     terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def linux_assets() -> LinuxAssets:
+    """Debian's kernel and the initramfs: fetched once (apt-get download), cached; a test
+    that needs them skips, saying why, only where no package manager can provide them."""
+    try:
+        return ensure("cloud")
+    except AssetsUnavailable as exc:
+        pytest.skip(f"no Debian kernel: {exc}")

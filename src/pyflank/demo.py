@@ -1,6 +1,8 @@
-"""``make run``: the demo guest under the seed's exit handler, then a bfm session.
+"""``make run``: Debian's kernel booting to a shell's marker under the seed's exit handler
+(``linux_demo``) where the kernel can be obtained; otherwise, or with ``--classic``, the
+demo guest under the seed's exit handler and a bfm session.
 
-python -m pyflank.demo [--backend emu|kvm|auto] [--guest-only | --bfm-only]
+python -m pyflank.demo [--backend emu|kvm|auto] [--classic] [--guest-only | --bfm-only]
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pyflank import guests
+from pyflank import guests, linux_demo
 from pyflank.abi import BF_VMCALL_SUCCESS, VmcallDataType, VmcallOpcode
 from pyflank.backends.factory import NAMES, resolve
+from pyflank.backends.kvm.policy import GAPS
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import exit_reasons
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import MSR_NAMES
+from pyflank.platform.linux.assets import AssetsUnavailable
 from pyflank.vmm import Vm
 
 BUFFERS = 0x0000_7F00_0000_0000  # guest-virtual, mapped onto scattered physical pages
@@ -147,10 +151,19 @@ def run_bfm_session(backend: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyflank.demo")
     parser.add_argument("--backend", choices=NAMES, default="auto")
+    parser.add_argument("--classic", action="store_true", help="the demo guest, not Linux")
     parser.add_argument("--guest-only", action="store_true")
     parser.add_argument("--bfm-only", action="store_true")
     args = parser.parse_args(argv)
     backend = resolve(args.backend)
+    if not (args.classic or args.guest_only or args.bfm_only):
+        if backend != "emu":
+            print(f"Linux on {backend}: KVM gap 'linux' ({GAPS['linux']}); the demo guest instead")
+        else:
+            try:
+                return linux_demo.boot()
+            except AssetsUnavailable as exc:
+                print(f"no Linux kernel here ({exc}): the demo guest instead")
     status = 0
     if not args.bfm_only:
         status |= run_guest(backend)

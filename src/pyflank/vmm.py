@@ -19,14 +19,17 @@ Limits of the software CPU with several vCPUs: each runs its own unicorn engine 
 shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
 instructions atomic between engines, and an engine does not notice another engine writing
 code it has already translated.  Guests that synchronise vCPUs through shared memory
-(spinlocks) or patch each other's code need the KVM backend.  Taking turns would not fix
-it cheaply: unicorn resumes imprecisely after an asynchronous stop (see ``EmuVcpu.run``).
+(spinlocks) or patch each other's code need the KVM backend.  (Each engine stops exactly
+at a block start -- ``backends.emu.stop_gate`` -- so taking turns would be correct, but it
+would serialise the vCPUs.)
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
+import math
 import threading
 import time
 import weakref
@@ -44,6 +47,7 @@ from pyflank.backends.base import (
 )
 from pyflank.backends.factory import open_backend
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
+from pyflank.exit_handler.fault import capture, handler_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
@@ -61,7 +65,7 @@ from pyflank.platform.devices.bus import PortBus
 from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
 from pyflank.platform.devices.uart import Uart16550
-from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage
+from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage, load_vmlinux
 from pyflank.platform.linux.cmdline import compose
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
@@ -76,6 +80,7 @@ log = logging.getLogger("pyflank")
 DEFAULT_MEMORY_SIZE = 16 * 1024 * 1024
 LINUX_MEMORY_SIZE = 256 * 1024 * 1024
 RTC_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z: the RTC of a PC Vm, for repeatable runs
+STOP_PATIENCE = 5.0  # seconds an interrupted run waits for its vCPUs to stop
 HandlerFactory = type[ExitHandlerIntelX64] | Callable[[], ExitHandlerIntelX64]
 BackendFactory = Callable[[GuestPhysicalMemory, PortIo], Backend]
 
@@ -100,6 +105,9 @@ class VcpuResult:
     """How many VM exits the handler saw."""
     trace: list[tuple[int, int]] | None = field(default=None, repr=False)
     """(basic exit reason, guest RIP) of every exit when the Vm was made with ``trace=True``."""
+
+
+StopCallback = Callable[[VcpuResult], None]
 
 
 def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
@@ -147,6 +155,9 @@ class Vcpu:
         """Its VMX processor while the Vm runs."""
         self.result: VcpuResult | None = None
         """Why and how it stopped, once it has."""
+        self.finished = threading.Event()
+        """Set when its thread is done with the engine (``result`` is then final)."""
+        self._thread: threading.Thread | None = None
 
     def count_instructions(self) -> Callable[[], int] | None:
         """Start counting guest instructions (observers ask, before the run); a reader of
@@ -186,23 +197,50 @@ class Vcpu:
         if self.processor is not None:
             self.processor.request_stop(reason)
 
-    def _run(self) -> None:
+    def start(self, on_stop: StopCallback | None) -> None:
+        """Run on a thread of its own; ``finished`` is set when it is done."""
+        self._thread = threading.Thread(
+            target=self._run, args=(on_stop,), name=f"vcpu{self.vcpuid}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for its thread to end (``Vm.run`` does, before it frees the engine)."""
+        if self._thread is not None:
+            self._thread.join(1.0)  # it has set ``finished``: only its return is left
+
+    def _run(self, on_stop: StopCallback | None) -> None:
+        try:
+            self.result = self._stop_result()
+            if on_stop is not None:
+                try:
+                    on_stop(self.result)
+                except Exception:  # the caller's callback must not kill the vCPU thread
+                    log.exception("on_stop callback failed for vCPU %d", self.vcpuid)
+        finally:
+            self.finished.set()
+
+    def _stop_result(self) -> VcpuResult:
         engine, processor = self.engine, self.processor
         assert engine is not None and processor is not None
         try:
             stop = run_loop(engine, processor)
-        except Exception as exc:  # an engine failure stops this vCPU, not the VMM
+        except BaseException as exc:  # an engine failure stops this vCPU only
             log.exception("vCPU %d failed", self.vcpuid)
-            stop = Stop(StopReason.ERROR, f"{type(exc).__name__}: {exc}")
+            stop = Stop(StopReason.ERROR, f"the engine raised {capture(exc).exception}")
         if processor.observer is not None:
             try:
                 processor.observer.stopped(stop)
             except Exception:  # an observer's failure loses no result
                 log.exception("vCPU %d: an observer failed at the stop", self.vcpuid)
-        self.result = VcpuResult(
+        reason, message = stop.reason, stop.message
+        fault = handler_fault(self.handler)
+        if fault is not None:  # dispatch() halted the vCPU: say why, not just "halted"
+            reason, message = StopReason.HANDLER_ERROR, fault.describe()
+        return VcpuResult(
             vcpuid=self.vcpuid,
-            reason=stop.reason,
-            message=stop.message,
+            reason=reason,
+            message=message,
             state=copy.copy(self.state),
             vmcs=self.vmcs,
             debug_ring=self.debug_ring.read(),
@@ -283,6 +321,7 @@ class Vm:
         self.linux: LinuxBoot | None = None
         """What ``boot_linux`` put where (kernel, initrd, command line, zero page)."""
         self._ran = False
+        self._started: list[Vcpu] = []
         if _setup:
             self._setup()
 
@@ -303,19 +342,25 @@ class Vm:
         backend: str | BackendFactory = "emu",
         trace: bool = False,
         console: Callable[[int], None] | None = None,
+        observers: Sequence[VmObserver] = (),
+        decompress_in_guest: bool = False,
     ) -> Vm:
         """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
 
         ``append`` is the command line as QEMU takes it; the platform adds what its
         hardware needs (``platform.linux.cmdline``: no ACPI, APICs or PCI, the TSC rate).
-        The one vCPU starts at the 64-bit entry with RSI at the zero page.  ``console``
-        receives COM1's output as it is sent; ``serial.feed`` types into the guest.
+        The one vCPU starts at a 64-bit entry with RSI at the zero page: the kernel's own,
+        decompressed here (``load_vmlinux``), or with ``decompress_in_guest`` the bzImage's,
+        whose decompressor then runs in the guest (seconds on the software CPU).
+        ``console`` receives COM1's output as it is sent; ``serial.feed`` types into the
+        guest.
         """
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
-            console=console, _setup=False,
+            console=console, observers=observers, _setup=False,
         )  # fmt: skip
-        boot = load_bzimage(
+        load = load_bzimage if decompress_in_guest else load_vmlinux
+        boot = load(
             vm.memory,
             _read(kernel),
             cmdline=compose(append, tsc_khz=TSC_HZ // 1000),
@@ -401,43 +446,112 @@ class Vm:
         self.close()
 
     # -- running -------------------------------------------------------------------------
-    def run(self, timeout: float = 5.0) -> list[VcpuResult]:
-        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each."""
+    def run(
+        self, timeout: float | None = 5.0, *, on_stop: StopCallback | None = None
+    ) -> list[VcpuResult]:
+        """Run every vCPU until it stops or ``timeout`` seconds pass; one result each.
+
+        ``timeout=None`` (or ``math.inf``) waits for the vCPUs however long they run.
+        ``on_stop(result)``, if given, is called on each vCPU's thread as that vCPU stops.
+        The arguments are checked before any vCPU starts; whatever ends the run (a
+        timeout, an exception, Ctrl-C in the caller), every vCPU thread is stopped and
+        joined before the backend is freed.
+        """
+        limit = _checked_timeout(timeout)
+        if on_stop is not None and not callable(on_stop):
+            raise TypeError(f"on_stop must be callable, not {type(on_stop).__name__}")
         if self._ran:
             raise RuntimeError("a Vm runs once")
         self._ran = True
         try:
-            return self._run(timeout)
+            return self._run(limit, on_stop)
         finally:
-            self.close()
+            if self._threads_stopped():
+                self.close()
+            else:  # freeing the engines under a running vCPU would crash the process
+                _STRANDED.append(self)
+                log.error("vCPU threads did not stop: the backend stays allocated")
 
-    def _run(self, timeout: float) -> list[VcpuResult]:
+    def _run(self, timeout: float | None, on_stop: StopCallback | None) -> list[VcpuResult]:
         for vcpu in self.vcpus:  # without local APICs only the boot vCPU takes interrupts
             machine = self.platform if vcpu.vcpuid == 0 else None
             vcpu._attach(self.backend, trace=self.trace, machine=machine, observers=self.observers)
-        threads = [
-            threading.Thread(target=v._run, name=f"vcpu{v.vcpuid}", daemon=True) for v in self.vcpus
-        ]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        for vcpu, thread in zip(self.vcpus, threads, strict=True):
-            # A stop request can race with the vCPU re-entering the guest: repeat it.
-            while thread.is_alive():
-                vcpu.request_stop(StopReason.TIMEOUT)
-                thread.join(0.01)
+        try:
+            for vcpu in self.vcpus:
+                vcpu.start(on_stop)
+                self._started.append(vcpu)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for vcpu in self.vcpus:
+                vcpu.finished.wait(None if deadline is None else deadline - time.monotonic())
+            self._stop_vcpus(StopReason.TIMEOUT)
+        finally:
+            # An exception or Ctrl-C while waiting: the vCPUs must still stop before the
+            # engines go.  Bounded, so a vCPU blocked in a device cannot hang the caller.
+            self._stop_vcpus(StopReason.STOPPED, patience=STOP_PATIENCE)
         for observer in self.observers:
             try:
                 observer.finished()
             except Exception:  # an observer's failure loses no result
                 log.exception("an observer failed at the end of the run")
-        results = []
-        for vcpu in self.vcpus:
-            assert vcpu.result is not None
-            results.append(vcpu.result)
-        return results
+        return [vcpu.result or _lost_result(vcpu) for vcpu in self.vcpus]
+
+    def _stop_vcpus(self, reason: StopReason, patience: float | None = None) -> None:
+        """Ask each live vCPU to stop until its thread ends (or ``patience`` runs out).
+
+        Waits on the vCPU's own event, not ``Thread.join``: CPython 3.11 marks a thread
+        stopped when Ctrl-C interrupts a join of it, although it still runs.
+        """
+        deadline = None if patience is None else time.monotonic() + patience
+        for vcpu in self._started:
+            # A stop request can race with the vCPU re-entering the guest: repeat it.
+            while not vcpu.finished.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                try:
+                    vcpu.request_stop(reason)
+                    vcpu.finished.wait(0.01)
+                except KeyboardInterrupt:
+                    if deadline is None:
+                        raise  # the bounded stop in _run's finally takes over
+                    # else: a second Ctrl-C while stopping; the first one is on its way up
+            vcpu.join()
+
+    def _threads_stopped(self) -> bool:
+        return all(vcpu.finished.is_set() for vcpu in self._started)
+
+
+def _checked_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be at least 0 seconds, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _lost_result(vcpu: Vcpu) -> VcpuResult:
+    """A vCPU whose thread could not be stopped (or ended without a result)."""
+    processor = vcpu.processor
+    return VcpuResult(
+        vcpuid=vcpu.vcpuid,
+        reason=StopReason.ERROR,
+        message="the vCPU did not stop when asked",
+        state=copy.copy(vcpu.state),
+        vmcs=vcpu.vmcs,
+        debug_ring=vcpu.debug_ring.read(),
+        exits=processor.exits if processor is not None else 0,
+    )
+
+
+def _stop_stranded() -> None:
+    """At exit, stop vCPUs a run could not: unicorn must not run while RAM is unmapped."""
+    for vm in _STRANDED:
+        vm._stop_vcpus(StopReason.STOPPED, patience=STOP_PATIENCE)
+
+
+_STRANDED: list[Vm] = []
+atexit.register(_stop_stranded)
 
 
 def _read(source: bytes | str | Path) -> bytes:

@@ -11,7 +11,7 @@ import pyflank
 ROOT = Path(pyflank.__file__).parent
 # Top to bottom; a module may import its own layer and the layers below it.
 LAYERS = (
-    ("cli", "demo", "testing", "observe"),
+    ("cli", "demo", "linux_demo", "testing", "observe"),
     ("vmm",),
     ("backends",),
     ("processor",),

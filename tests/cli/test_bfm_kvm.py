@@ -54,3 +54,41 @@ def test_clients_on_two_kvm_vcpus(tmp_path: Path) -> None:
         assert outputs == [f"c{i}: 20 ok" for i in range(4)]
     finally:
         bfm("stop")
+
+
+def test_run_a_program_on_kvm(tmp_path: Path) -> None:
+    program = tmp_path / "hello.s"
+    program.write_text('.include "pyflank.inc"\n mov dx, 0x3f8\n mov al, 0x4b\n out dx, al\n hlt\n')
+    result = Bfm(tmp_path / "run")("run", str(program), "--backend", "kvm")
+    assert result.code == 0, result
+    assert result.out == "K"
+    assert "(asm) on kvm, 1 vCPU" in result.err
+    assert "vcpu 0: guest hlt" in result.err
+
+
+EXITS_IN_CPUID = """
+from pyflank.exit_handler import ExitHandlerIntelX64
+
+class ExitsInCpuid(ExitHandlerIntelX64):
+    def handle_cpuid(self) -> None:
+        raise SystemExit("no CPUID today")  # KVM asks it before the first entry
+"""
+
+
+def test_a_vm_that_cannot_start_is_reported_not_hung(tmp_path: Path) -> None:
+    (tmp_path / "cpuid.py").write_text(EXITS_IN_CPUID)
+    bfm = Bfm(tmp_path / "run")
+    try:
+        assert bfm("quick", str(tmp_path / "cpuid.py"), "--backend", "kvm").code == 0
+        reason = bfm.fails("vmcall", "versions", "1")
+        assert "the VM could not run: SystemExit: no CPUID today" in reason
+        status = bfm("status").out.splitlines()
+        assert status[0] == "VMM_CORRUPT" and "could not run" in status[1]
+    finally:
+        bfm("stop")
+    program = tmp_path / "hlt.s"
+    program.write_text("hlt\n")
+    reason = bfm.fails(
+        "run", str(program), "--backend", "kvm", "--extension", str(tmp_path / "cpuid.py")
+    )
+    assert "the VM could not run: SystemExit: no CPUID today" in reason

@@ -49,8 +49,13 @@ def test_lifecycle(bfm: Bfm, tmp_path: Path) -> None:
     result = bfm("start")  # start implies load (the default handler)
     assert result.code == 0 and "ExitHandlerIntelX64" in result.out
     assert bfm("status").out == "VMM_RUNNING"
-    assert bfm("start").out == "the VMM is already running"
-    assert "stop' first" in bfm.fails("load", str(tmp_path))
+    # Bareflank's rules: start restarts a running VMM (with the options given now), a
+    # load that fails changes nothing, a load that works stops the running VMM first.
+    restarted = bfm("start", "--vcpus", "2")
+    assert restarted.out.startswith("stopped the running VMM\nstarted"), restarted
+    assert "on 2 vCPU(s)" in restarted.out
+    assert "not a regular file" in bfm.fails("load", str(tmp_path))
+    assert bfm("status").out == "VMM_RUNNING"
     assert bfm("stop").out == "stopped"
     assert bfm("status").out == "VMM_LOADED"
     assert bfm("stop").code == 0
@@ -165,3 +170,14 @@ def test_modules_extension_runs_composed(bfm: Bfm, tmp_path: Path) -> None:
     (tmp_path / "both.modules").write_text(json.dumps({"modules": ["exclaim.py", "upper.py"]}))
     assert bfm("quick", str(tmp_path / "both.modules")).code == 0
     assert bfm("vmcall", "string", "unformatted", "hi").out == "received from vmm: HI!"
+
+
+def test_json_travels_faithfully(running: Bfm) -> None:
+    reply = running("vmcall", "string", "json", '{"name": "Zoë", "日本": [1.5, null]}')
+    assert reply.out == (
+        'received from vmm: {\n    "got": {\n        "name": "Zoë",\n'
+        '        "日本": [\n            1.5,\n            null\n        ]\n    }\n}'
+    )
+    assert "invalid JSON: NaN is not standard JSON" in running.fails(
+        "vmcall", "string", "json", '{"x": NaN}'
+    )

@@ -9,7 +9,7 @@ def test_demo_guest(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--guest-only"]) == 0
     out = capsys.readouterr().out
     for expected in (
-        "leaf 0x0: eax=0x7",
+        "leaf 0x0: eax=0x16",
         "(GenuineIntel)",
         "(PyFlank)",
         "IA32_EFER <- 0xd01",
@@ -34,3 +34,13 @@ def test_demo_bfm_session(capsys: pytest.CaptureFixture[str]) -> None:
     assert "received from vmm: hello from bfm" in out
     assert "vmm unittest 1: passed" in out
     assert out.rstrip().endswith("$ bfm status\n  VMM_LOADED")
+
+
+def test_make_run_boots_linux_to_the_marker(
+    capsys: pytest.CaptureFixture[str], linux_assets: object
+) -> None:
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    assert "pyflank-init: uptime" in out
+    assert "power off after" in out
+    assert "cpuid" in out and "rdmsr" in out  # the exit summary's rows

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
 from emu_helpers import RUNTIME, SDK, run1
 
+from elf_image import elf_image
 from pyflank.backends.base import StopReason
 from pyflank.intel_x64 import checks
 from pyflank.intel_x64 import fields as f
@@ -50,31 +50,13 @@ def test_guest_prints_through_the_sdk() -> None:
     assert result.reason is StopReason.GUEST_HLT
 
 
-def _elf(segments: list[tuple[int, int, bytes, int, int]], entry: int) -> bytes:
-    """A minimal ELF64 x86-64 executable: (vaddr, paddr, data, memsz, flags) per PT_LOAD."""
-    header_size, ph_size = 64, 56
-    offset = header_size + ph_size * len(segments)
-    phdrs, blobs = b"", b""
-    for vaddr, paddr, data, memsz, flags in segments:
-        phdrs += struct.pack(
-            "<IIQQQQQQ", 1, flags, offset + len(blobs), vaddr, paddr, len(data), memsz, 0x1000
-        )
-        blobs += data
-    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header = ident + struct.pack(
-        "<HHIQQQIHHHHHH", 2, 62, 1, entry, header_size, 0, 0, header_size, ph_size,
-        len(segments), 64, 0, 0,
-    )  # fmt: skip
-    return header + phdrs + blobs
-
-
 def test_elf_segments_load_at_their_addresses_with_bss_and_a_high_mapping(
     tmp_path: Path, backend: str
 ) -> None:
     high = 0xFFFF_8000_0020_0000
     code = assemble(f"mov rax, {high:#x}\n mov r8, [rax]\n mov r9, [rax + 0x100]\n hlt", 0x100000)
     data = (0x1122334455667788).to_bytes(8, "little")
-    image = _elf(
+    image = elf_image(
         [(0x100000, 0x100000, code, len(code), 5), (high, 0x200000, data, 0x200, 6)], 0x100000
     )
     path = tmp_path / "guest.elf"
@@ -96,7 +78,7 @@ def test_loaders_refuse_what_does_not_fit() -> None:
     with pytest.raises(LoadError):
         vm.load_elf(b"not an elf")
     with pytest.raises(LoadError):
-        vm.load_elf(_elf([(0x100000, 0x10000000, b"\x90", 1, 5)], 0x100000))
+        vm.load_elf(elf_image([(0x100000, 0x10000000, b"\x90", 1, 5)], 0x100000))
 
 
 @pytest.mark.backend_independent  # no guest

@@ -12,10 +12,11 @@ from pyflank.intel_x64.checks import bits as b
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.platform.linux import e820
 from pyflank.platform.linux.assets import LinuxAssets
-from pyflank.platform.linux.bzimage import load_bzimage
+from pyflank.platform.linux.bzimage import load_bzimage, load_vmlinux
 from pyflank.platform.linux.cmdline import PLATFORM_ARGUMENTS, compose
 from pyflank.platform.linux.entry import BOOT_CS, BOOT_DS, BOOT_TSS
 from pyflank.platform.linux.layout import LinuxLayout
+from pyflank.platform.linux.payload import extract_vmlinux
 from pyflank.platform.linux.setup_header import BootProtocolError, parse
 from pyflank.vmm import Vm
 
@@ -142,3 +143,29 @@ def test_debians_kernel_loads_with_its_own_header(linux_assets: LinuxAssets) -> 
     assert boot.initrd is not None and boot.initrd[0] >= sum(boot.kernel)
     with pytest.raises(BootProtocolError, match="MiB of RAM"):
         load_bzimage(GuestPhysicalMemory(32 * MIB), image, cmdline="")
+
+
+def test_debians_kernel_is_entered_past_its_decompressor(linux_assets: LinuxAssets) -> None:
+    image = linux_assets.kernel.bzimage.read_bytes()
+    header = parse(image)
+    elf = extract_vmlinux(image)
+    memory = GuestPhysicalMemory(256 * MIB)
+    initrd = linux_assets.initramfs.read_bytes()
+    boot = load_vmlinux(memory, image, cmdline=compose("console=ttyS0"), initrd=initrd)
+    entry = struct.unpack_from("<Q", elf, 24)[0]  # e_entry: startup_64's physical address
+    assert boot.entry.rip == entry == boot.kernel[0] == header.pref_address
+    assert boot.entry.long_mode and boot.entry.registers["rsi"] == boot.boot_info
+    segment = struct.unpack_from("<Q", elf, 32)[0]  # e_phoff; the first PT_LOAD is .text
+    offset = struct.unpack_from("<Q", elf, segment + 8)[0]
+    assert memory.read(entry, 64) == elf[offset : offset + 64]
+    zero_page = memory.read(boot.boot_info, 4096)
+    assert struct.unpack_from("<I", zero_page, 0x228)[0] == boot.cmdline_address
+    assert boot.initrd is not None and boot.initrd[0] >= sum(boot.kernel)
+    assert struct.unpack_from("<II", zero_page, 0x218) == boot.initrd
+
+
+def test_the_guest_can_run_the_bzimages_own_decompressor(linux_assets: LinuxAssets) -> None:
+    image = linux_assets.kernel.bzimage.read_bytes()
+    vm = Vm.boot_linux(image, decompress_in_guest=True)
+    assert vm.linux is not None
+    assert vm.linux.entry.rip == parse(image).pref_address + 0x200

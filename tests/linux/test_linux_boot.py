@@ -45,7 +45,7 @@ class Boot:
         return hashlib.sha256(repr(self.result.trace).encode()).hexdigest()
 
 
-def boot(assets: LinuxAssets) -> Boot:
+def boot(assets: LinuxAssets, *, decompress_in_guest: bool = False) -> Boot:
     console = bytearray()
     vm = Vm.boot_linux(
         assets.kernel.bzimage,
@@ -54,6 +54,7 @@ def boot(assets: LinuxAssets) -> Boot:
         handler=CountingExits,
         trace=True,
         console=console.append,
+        decompress_in_guest=decompress_in_guest,
     )
     [result] = vm.run(timeout=120)
     handler = vm.vcpus[0].handler
@@ -64,6 +65,13 @@ def boot(assets: LinuxAssets) -> Boot:
 @pytest.fixture(scope="module")
 def booted(linux_assets: LinuxAssets) -> Boot:
     return boot(linux_assets)
+
+
+@pytest.mark.slow
+def test_the_bzimages_own_decompressor_boots_it_too(linux_assets: LinuxAssets) -> None:
+    through_decompressor = boot(linux_assets, decompress_in_guest=True)
+    assert through_decompressor.result.reason is StopReason.POWER_OFF
+    assert MARKER_LINE.search(through_decompressor.console) is not None
 
 
 def test_linux_boots_to_init_and_powers_off(booted: Boot, linux_assets: LinuxAssets) -> None:

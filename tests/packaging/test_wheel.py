@@ -115,9 +115,15 @@ def test_bfm_start_every_vmcall_stop(installed: Installed, tmp_path: Path) -> No
 
 
 def test_demo(installed: Installed) -> None:
-    out = installed.run(installed.python, "-m", "pyflank.demo", timeout=300).stdout
+    out = installed.run(installed.python, "-m", "pyflank.demo", "--classic", timeout=300).stdout
     assert "vCPU 0 stopped: promoted" in out
     assert "$ bfm stop" in out
+
+
+def test_the_demo_boots_linux_from_the_wheel(installed: Installed, linux_assets: object) -> None:
+    out = installed.run(installed.python, "-m", "pyflank.demo", timeout=300).stdout
+    assert "pyflank-init: uptime" in out
+    assert "power off after" in out
 
 
 def test_load_asm_with_the_sdk_include(installed: Installed) -> None:

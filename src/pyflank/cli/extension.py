@@ -17,18 +17,26 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from pyflank.cli.errors import ExtensionError
+from pyflank.cli.errors import ExtensionError, UsageError
+from pyflank.cli.files import read_input
+from pyflank.cli.protocol import loads
 from pyflank.exit_handler import ExitHandlerIntelX64
 
 __all__ = ["ExtensionError", "compose", "load_handler", "load_modules_file"]
 
 HandlerClass = type[ExitHandlerIntelX64]
+_MAX_MODULES_FILE = 1 << 20
 
 
 def _module_from_file(path: Path) -> ModuleType:
-    if not path.is_file():
-        raise ExtensionError(f"no such extension file: {path}")
-    name = f"pyflank_extension_{abs(hash(str(path.resolve())))}"
+    try:
+        if not path.exists():
+            raise ExtensionError(f"no such extension file: {path}")
+        if not path.is_file():
+            raise ExtensionError(f"{path}: not a regular file")
+        name = f"pyflank_extension_{abs(hash(str(path.resolve())))}"
+    except OSError as exc:  # a name too long, a loop of links, ...
+        raise ExtensionError(f"{path}: {exc.strerror or exc}") from None
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ExtensionError(f"not a Python file: {path}")
@@ -36,9 +44,9 @@ def _module_from_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: any failure is a load error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code: any failure
         del sys.modules[name]
-        raise ExtensionError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise ExtensionError(f"{path}: {_describe(exc)}") from None
     return module
 
 
@@ -47,8 +55,17 @@ def _module(target: str) -> ModuleType:
         return _module_from_file(Path(target))
     try:
         return importlib.import_module(target)
-    except Exception as exc:
-        raise ExtensionError(f"cannot import module {target}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code: any failure
+        raise ExtensionError(f"cannot import module {target}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, even when the exception's ``__str__`` is broken."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 - the user's exception class
+        text = "<__str__ raised>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _handlers_in(module: ModuleType) -> list[HandlerClass]:
@@ -61,11 +78,13 @@ def _handlers_in(module: ModuleType) -> list[HandlerClass]:
     ]
 
 
-def load_handler(spec: str) -> HandlerClass:
+def load_handler(spec: str, _loading: frozenset[Path] = frozenset()) -> HandlerClass:
     """The one exit handler class ``spec`` names."""
     if spec.endswith(".modules"):
-        return load_modules_file(Path(spec))
+        return load_modules_file(Path(spec), _loading)
     target, _, class_name = spec.partition(":")
+    if not target:
+        raise ExtensionError(f"{spec!r} names no extension")
     module = _module(target)
     if class_name:
         cls = getattr(module, class_name, None)
@@ -81,14 +100,20 @@ def load_handler(spec: str) -> HandlerClass:
     return found[0]
 
 
-def load_modules_file(path: Path) -> HandlerClass:
+def load_modules_file(path: Path, _loading: frozenset[Path] = frozenset()) -> HandlerClass:
     """A ``.modules`` file: ``{"modules": ["a.py", "pkg.mod:Name", ...]}``, paths relative to it."""
     try:
-        document = json.loads(path.read_text())
+        resolved = path.resolve()
     except OSError as exc:
-        raise ExtensionError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ExtensionError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise ExtensionError(f"{path}: {exc.strerror or exc}") from None
+    if resolved in _loading:
+        raise ExtensionError(f"{path}: includes itself")
+    try:
+        document = loads(read_input(path, _MAX_MODULES_FILE))
+    except UsageError as exc:
+        raise ExtensionError(str(exc)) from None
+    except ValueError as exc:
+        raise ExtensionError(f"{path}: not JSON ({_json_problem(exc)})") from None
     modules = document.get("modules") if isinstance(document, dict) else None
     if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
         raise ExtensionError(f'{path}: expected {{"modules": ["extension", ...]}}')
@@ -96,10 +121,16 @@ def load_modules_file(path: Path) -> HandlerClass:
     classes = []
     for entry in modules:
         target, sep, name = entry.partition(":")
-        if target.endswith(".py") and not Path(target).is_absolute():
+        if target.endswith((".py", ".modules")) and not Path(target).is_absolute():
             entry = str(base / target) + sep + name
-        classes.append(load_handler(entry))
+        classes.append(load_handler(entry, _loading | {resolved}))
     return compose(classes)
+
+
+def _json_problem(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}"
+    return str(exc)
 
 
 def compose(classes: list[HandlerClass]) -> HandlerClass:

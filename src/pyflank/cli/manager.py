@@ -1,25 +1,39 @@
-"""What each bfm command does to the runtime directory and the VMM service."""
+"""What each bfm command does to the runtime directory and the VMM service.
+
+The state rules are Bareflank's bfm's (``ioctl_driver``), with the differences the
+README lists: ``start`` with nothing loaded loads the default handler (and says so),
+``stop`` and ``unload`` clean up a corrupt VMM, ``dump`` also works on a corrupt VMM
+whose service still answers.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyflank.cli import protocol
-from pyflank.cli.runtime import RuntimeDir, VmmStatus, process_alive
+from pyflank.cli.runtime import RuntimeDir, VmmStatus
+from pyflank.cli.service_process import (
+    SERVICE_MODULE,
+    ServiceRecord,
+    read_record,
+    terminate,
+    wait_gone,
+    why_not_our_service,
+)
 
 DEFAULT_EXTENSION = "pyflank.exit_handler.exit_handler_intel_x64:ExitHandlerIntelX64"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-PING_TIMEOUT = 2.0
+PING_TIMEOUT = 10.0  # a loaded service answers slowly; a dead one is refused at once
 
 
 class ManagerError(Exception):
@@ -31,48 +45,101 @@ class ManagerError(Exception):
         self.output = output  # printed on stdout before the one-line reason
 
 
+@dataclass(frozen=True)
+class Status:
+    """The VMM's state, what is wrong with it, and (for -v) what runs."""
+
+    state: VmmStatus
+    problem: str = ""  # why the VMM is corrupt, when it is not one vCPU's stop
+    vcpus: list[str] = field(default_factory=list)  # a line per stopped vCPU (-v: every one)
+    service: ServiceRecord | None = None  # the verified live service, if there is one
+    info: dict[str, Any] = field(default_factory=dict)  # its answer to ping
+
+    @property
+    def answering(self) -> bool:
+        return bool(self.info)
+
+    def reason(self) -> str:
+        """One line: why the VMM is in this state (empty when nothing is wrong)."""
+        return "; ".join(([self.problem] if self.problem else []) + self.vcpus)
+
+    def lines(self, verbose: bool) -> list[str]:
+        """What ``bfm status`` prints: the state, the vCPUs that stopped (-v: more)."""
+        problem = [self.problem] if verbose and self.problem else []
+        return [self.state.value, *self.vcpus, *problem]
+
+
 @contextlib.contextmanager
 def _locked(rt: RuntimeDir) -> Iterator[None]:
     """Serialize state changes between concurrent bfm processes."""
     rt.ensure()
-    with open(rt.path / "bfm.lock", "w") as lock:
+    fd = os.open(rt.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
-def _ping(rt: RuntimeDir) -> bool:
+def _vcpu_lines(info: dict[str, Any], everyone: bool) -> list[str]:
+    lines = []
+    vcpus = info.get("vcpus")
+    for vcpu in vcpus if isinstance(vcpus, list) else []:
+        if not isinstance(vcpu, dict):
+            continue
+        state = vcpu.get("state")
+        if state == "running" and not everyone:
+            continue
+        line = f"vcpu {vcpu.get('vcpuid')}: {state}"
+        if state != "running":
+            line += f" ({vcpu.get('reason')})"
+            if vcpu.get("message"):
+                line += f": {vcpu.get('message')}"
+        lines.append(line)
+    return lines
+
+
+def status(rt: RuntimeDir, *, verbose: bool = False) -> Status:
+    if not rt.exists():
+        return Status(VmmStatus.UNLOADED)
+    record = read_record(rt)
+    if record is None:
+        if os.path.lexists(rt.pidfile) or os.path.lexists(rt.socket):
+            return Status(VmmStatus.CORRUPT, "the VMM service left files behind and is gone")
+        return Status(VmmStatus.LOADED if rt.read_loaded() is not None else VmmStatus.UNLOADED)
+    why = why_not_our_service(rt, record)
+    if why is not None:
+        return Status(VmmStatus.CORRUPT, f"the VMM service is gone: {why}")
     try:
-        return protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT).get("ok") is True
-    except protocol.ProtocolError:
-        return False
-
-
-def status(rt: RuntimeDir) -> VmmStatus:
-    pid = rt.read_pid()
-    if pid is not None or rt.socket.exists():
-        if pid is not None and process_alive(pid) and _ping(rt):
-            return VmmStatus.RUNNING
-        return VmmStatus.CORRUPT
-    return VmmStatus.LOADED if rt.read_loaded() is not None else VmmStatus.UNLOADED
+        info = protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT, server_pid=record.pid)
+    except protocol.ProtocolError as exc:
+        return Status(VmmStatus.CORRUPT, f"the VMM service does not answer: {exc}", service=record)
+    if not info.get("ok"):
+        if info.get("busy"):  # alive, only full: a busy VMM is a running VMM
+            return Status(VmmStatus.RUNNING, str(info.get("error")), service=record)
+        return Status(VmmStatus.CORRUPT, str(info.get("error")), service=record)
+    state = VmmStatus.CORRUPT if _vcpu_lines(info, everyone=False) else VmmStatus.RUNNING
+    return Status(state, vcpus=_vcpu_lines(info, everyone=verbose), service=record, info=info)
 
 
 def load(rt: RuntimeDir, extension: str) -> str:
+    from pyflank.cli.extension import load_handler  # noqa: PLC0415 - keeps bfm quick
+
+    spec = _absolute(extension)
+    handler = load_handler(spec)  # fail now, before anything changes
     with _locked(rt):
         state = status(rt)
-        if state in (VmmStatus.RUNNING, VmmStatus.CORRUPT):
-            raise ManagerError(f"the VMM is {state.value}: run 'bfm stop' first")
-        from pyflank.cli.extension import load_handler  # noqa: PLC0415 - keeps bfm quick
-
-        spec = _absolute(extension)
-        handler = load_handler(spec)  # fail now, not at start
+        if state.state is VmmStatus.CORRUPT:
+            raise ManagerError(f"the VMM is VMM_CORRUPT ({state.reason()}): run 'bfm stop' first")
+        stopped = state.state is VmmStatus.RUNNING and _stop_service(rt, state)
         rt.write_loaded({"extension": spec, "handler": handler.__name__})
-        return f"loaded {handler.__name__} from {extension}"
+    return ("stopped the running VMM; " if stopped else "") + (
+        f"loaded {handler.__name__} from {extension}"
+    )
 
 
 def _absolute(extension: str) -> str:
     target, sep, name = extension.partition(":")
     if target.endswith((".py", ".modules")) or "/" in target:
-        return str(Path(target).resolve()) + sep + name
+        return os.path.abspath(target) + sep + name  # not resolved: load already checked it
     return extension
 
 
@@ -83,123 +150,154 @@ def unload(rt: RuntimeDir) -> str:
     return "unloaded"
 
 
-def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1) -> str:
+def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int = 0) -> str:
     if vcpus < 1:
         raise ManagerError("--vcpus must be at least 1", exit_code=2)
+    from pyflank.cli.backend_choice import choose_backend  # noqa: PLC0415 - probes KVM
+
+    choice = choose_backend(backend, rt)
+    lines = []
     with _locked(rt):
         state = status(rt)
-        if state is VmmStatus.RUNNING:
-            return "the VMM is already running"
-        if state is VmmStatus.CORRUPT:
-            raise ManagerError("the VMM is VMM_CORRUPT: run 'bfm stop' to clean it up")
+        if state.state is VmmStatus.CORRUPT:
+            raise ManagerError(f"the VMM is VMM_CORRUPT ({state.reason()}): run 'bfm stop' first")
+        if state.state is VmmStatus.RUNNING:  # Bareflank restarts a running VMM
+            _stop_service(rt, state)
+            lines.append("stopped the running VMM")
         record = rt.read_loaded()
-        if record is None:  # start implies load: the default exit handler
+        if record is None:  # pyflank has a handler to run without a load: the seed's
             record = {"extension": DEFAULT_EXTENSION, "handler": "ExitHandlerIntelX64"}
             rt.write_loaded(record)
-        _spawn(rt, record["extension"], backend, vcpus)
-        info = protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT)
-    lines = [f"started {record['handler']} on {vcpus} vCPU(s), backend {info.get('backend')}"]
+            lines.append("nothing was loaded: loaded the default handler ExitHandlerIntelX64")
+        info = _spawn(rt, record["extension"], choice.name, vcpus, memory)
+    lines.append(f"started {record['handler']} on {vcpus} vCPU(s), backend {info.get('backend')}")
+    if choice.why:
+        lines.append(choice.why)
     if info.get("capabilities"):
         lines.append(str(info["capabilities"]))
     return "\n".join(lines)
 
 
-def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int) -> None:
+def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int, memory: int) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "pyflank.cli.service", "--runtime-dir", str(rt.path),
+        sys.executable, "-m", SERVICE_MODULE, "--runtime-dir", str(rt.path),
         "--extension", extension, "--backend", backend, "--vcpus", str(vcpus),
+        "--memory", str(memory),
     ]  # fmt: skip
-    with open(rt.log, "ab") as log:
+    rt.remove(rt.pidfile)
+    rt.remove(rt.saved_rings)
+    log_fd = os.open(rt.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(log_fd, "wb") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
-    rt.pidfile.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             rt.clean_service_files()
             raise ManagerError(f"the VMM service failed to start: {_last_log_line(rt)}")
-        if rt.socket.exists() and _ping(rt):
-            return
+        record = read_record(rt)
+        if record is not None and record.pid == process.pid:
+            with contextlib.suppress(protocol.ProtocolError):
+                info = protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT, server_pid=record.pid)
+                if info.get("ok"):
+                    return info
         time.sleep(0.02)
-    _terminate(process.pid)
+    process.kill()
+    process.wait()
     rt.clean_service_files()
     raise ManagerError("the VMM service did not come up in time")
 
 
 def _last_log_line(rt: RuntimeDir) -> str:
     with contextlib.suppress(OSError):
-        lines = [line for line in rt.log.read_text().splitlines() if line.strip()]
+        lines = [line for line in rt.log.read_text(errors="replace").splitlines() if line.strip()]
         if lines:
             return lines[-1]
     return "no output"
 
 
-def _terminate(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if process_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def _stop_service(rt: RuntimeDir, state: Status) -> bool:
+    """Stop the service ``state`` found (only a verified one is ever signalled); clean up.
+    Whether a live service was stopped."""
+    service = state.service
+    if service is not None:
+        if state.answering or state.state is VmmStatus.CORRUPT:
+            with contextlib.suppress(protocol.ProtocolError):
+                protocol.call(rt.socket, {"op": "stop"}, STOP_TIMEOUT, server_pid=service.pid)
+        if not wait_gone(rt, service, STOP_TIMEOUT):
+            terminate(rt, service, STOP_TIMEOUT)
+    rt.clean_service_files()
+    return service is not None
 
 
 def stop(rt: RuntimeDir) -> str:
     with _locked(rt):
         state = status(rt)
-        pid = rt.read_pid()
-        if state is VmmStatus.RUNNING:
-            with contextlib.suppress(protocol.ProtocolError):
-                protocol.call(rt.socket, {"op": "stop"}, STOP_TIMEOUT)
-        if pid is not None:
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if process_alive(pid):
-                _terminate(pid)
-        rt.clean_service_files()
-    if state is VmmStatus.CORRUPT:
-        return "stopped (cleaned up a VMM that had died)"
-    return "stopped" if state is VmmStatus.RUNNING else "the VMM was not running"
+        if state.state not in (VmmStatus.RUNNING, VmmStatus.CORRUPT):
+            return "the VMM was not running"
+        _stop_service(rt, state)
+    if state.state is VmmStatus.CORRUPT:
+        return f"stopped (cleaned up a VMM that had failed: {state.reason()})"
+    return "stopped"
 
 
-def _require_running(rt: RuntimeDir) -> None:
+def _answering(rt: RuntimeDir, what: str) -> Status:
     state = status(rt)
-    if state is not VmmStatus.RUNNING:
-        raise ManagerError(f"the VMM is not running ({state.value}): run 'bfm start' first")
+    if not state.answering:
+        why = f": {state.reason()}" if state.reason() else ""
+        raise ManagerError(
+            f"the VMM is not running ({state.state.value}{why}): {what} needs 'bfm start' first"
+        )
+    return state
 
 
-def _request(rt: RuntimeDir, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    _require_running(rt)
-    reply = protocol.call(rt.socket, message, timeout)
+def _request(rt: RuntimeDir, state: Status, message: dict[str, Any]) -> dict[str, Any]:
+    assert state.service is not None
+    reply = protocol.call(rt.socket, message, 60.0, server_pid=state.service.pid)
     if not reply.get("ok"):
         raise ManagerError(str(reply.get("error", "the VMM refused the request")))
     return reply
 
 
 def dump(rt: RuntimeDir, vcpuid: int) -> str:
-    return str(_request(rt, {"op": "dump", "vcpuid": vcpuid})["text"]).rstrip("\n")
+    state = status(rt)
+    if state.state is VmmStatus.LOADED:  # as Bareflank: the ring outlives the run
+        rings = rt.read_record(rt.saved_rings, limit=64 << 20) or {}
+        text = rings.get(str(vcpuid))
+        if not isinstance(text, str):
+            raise ManagerError(f"no debug ring of vCPU {vcpuid} from the last run")
+        return text.rstrip("\n")
+    state = _answering(rt, "dump")
+    return str(_request(rt, state, {"op": "dump", "vcpuid": vcpuid})["text"]).rstrip("\n")
 
 
 def vmcall(rt: RuntimeDir, cpuid: int, request: dict[str, Any]) -> dict[str, Any]:
-    return _request(rt, {"op": "vmcall", "cpuid": cpuid, **request})
+    state = status(rt)
+    if state.state is not VmmStatus.RUNNING:
+        why = f": {state.reason()}" if state.reason() else ""
+        raise ManagerError(
+            f"the VMM is not running ({state.state.value}{why})"
+            + ("" if why else ": run 'bfm start' first")
+        )
+    return _request(rt, state, {"op": "vmcall", "cpuid": cpuid, **request})
+
+
+def status_lines(rt: RuntimeDir, verbose: bool) -> Sequence[str]:
+    return status(rt, verbose=verbose).lines(verbose)
 
 
 def check(path: Path) -> str:
     # Imported here so that the other commands do not pay for the checks.
+    from pyflank.cli.files import read_input  # noqa: PLC0415
     from pyflank.intel_x64 import checks  # noqa: PLC0415
     from pyflank.intel_x64.cpu import ModelCpu  # noqa: PLC0415
     from pyflank.intel_x64.vmcs_json import vmcs_from_json  # noqa: PLC0415
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ManagerError(f"cannot read {path}: {exc.strerror}", exit_code=2) from None
+    text = read_input(path, 16 << 20).decode("utf-8", "replace")
     try:
         vmcs = vmcs_from_json(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ManagerError(f"{path}: {exc}", exit_code=2) from None
     violations = checks.check_all(vmcs, ModelCpu())
     if not violations:

@@ -37,10 +37,13 @@ DIFFERENCES: Final[tuple[Difference, ...]] = (
         "`dispatch()`",
         "the exit stub around `dispatch()` caught a handler's exception with "
         "`guard_exceptions` (a banner and the message), then called `halt()`",
-        "`dispatch()` itself catches it, logs `exit handler raised <type>: <message>` and "
-        "calls `halt()`",
+        "`dispatch()` itself catches any exception (`SystemExit` and `KeyboardInterrupt` "
+        "too, one whose `__str__` raises, with the debug ring gone), logs `the exit handler "
+        "raised <type>: <message> in <handler> (<file>:<line>)` and the traceback, and halts; "
+        "the vCPU stops as `handler error` with that line",
         "the same outcome (that vCPU halts), also when `dispatch()` is called directly, "
-        "as tests do",
+        "as tests do; a vCPU thread never receives a real Ctrl-C, so one there is the "
+        "extension's, and the stop says what failed where",
     ),
     Difference(
         "`dispatch()` / `handle_exit()`",
@@ -109,6 +112,12 @@ DIFFERENCES: Final[tuple[Difference, ...]] = (
         "integer beyond 64 bits failed the vmcall",
         "numbers stay what the JSON says (floats, integers of any size)",
         "silently truncating a guest's number corrupts its data",
+    ),
+    Difference(
+        "`reply_with_json()` of a NaN or an infinite float",
+        "could not arise (no floating point)",
+        "`BF_VMCALL_FAILURE`, nothing written",
+        "standard JSON has no NaN or Infinity: the guest would get text no JSON parser takes",
     ),
     Difference(
         "`handle_rdmsr()`, `handle_wrmsr()` of an MSR the CPU lacks",

@@ -34,6 +34,7 @@ from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.ept import Ept
+from pyflank.exit_handler.fault import halt_on_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, invalidation, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
@@ -138,7 +139,10 @@ def bareflank_json(value: Any) -> str:
     in byte order (its objects were std::map), text other than control characters,
     quote and backslash written as it is (UTF-8, not \\u escapes)."""
     plain = json.loads(json.dumps(value))  # keys become strings, as JSON spells them
-    return json.dumps(_keys_in_byte_order(plain), separators=(",", ":"), ensure_ascii=False)
+    # Standard JSON: a NaN or Infinity is an error, never written.
+    return json.dumps(
+        _keys_in_byte_order(plain), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def _keys_in_byte_order(value: Any) -> Any:
@@ -272,14 +276,14 @@ class ExitHandlerIntelX64:
     def dispatch(self) -> None:
         """Decode the exit reason, run its handler, then resume the guest.
 
-        A handler that raises halts the vCPU: the guest can never crash the VMM.
+        A handler that raises (anything, ``SystemExit`` included) halts the vCPU with a
+        report of the exception and its frame: the guest can never crash the VMM.
         """
         vmcs = self.m_vmcs
         try:
             self.handle_exit(vmcs.read(_EXIT_REASON) & 0xFFFF)
-        except Exception as exc:  # noqa: BLE001 - a handler bug stops only this vCPU
-            self.log(f"exit handler raised {type(exc).__name__}: {exc}", logging.ERROR)
-            self.halt()
+        except BaseException as exc:  # noqa: BLE001 - a handler bug stops only this vCPU
+            halt_on_fault(self, exc)
         if vmcs.state is _LAUNCHED:
             vmcs.resume()
 

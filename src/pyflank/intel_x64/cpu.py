@@ -97,11 +97,19 @@ _LEAF1_EDX = sum(1 << b for b in (0, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 19, 2
 _LEAF1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 23))
 _EXT1_EDX = sum(1 << b for b in (11, 20, 26, 27, 29))
 
+# The model's clocks: a 100 MHz crystal, TSC and core at TSC_MHZ.  Leaves 0x15 and 0x16 let
+# a guest kernel read its TSC frequency instead of timing it against the PIT, which on
+# a software CPU costs hundreds of thousands of port exits for no information.
+CRYSTAL_HZ = 100_000_000
+TSC_MHZ = 2600
+
 # Leaves whose subleaf matters are keyed (leaf, subleaf); the rest by leaf.
 DEFAULT_CPUID: dict[int | tuple[int, int], CpuidRegisters] = {
-    0x0: _vendor_leaf(0x7, "GenuineIntel"),
+    0x0: _vendor_leaf(0x16, "GenuineIntel"),
     0x1: (0x000506E3, 0x00000800, _LEAF1_ECX, _LEAF1_EDX),
     (0x7, 0): (0, 0x00000001, 0, 0),
+    0x15: (1, TSC_MHZ * 1_000_000 // CRYSTAL_HZ, CRYSTAL_HZ, 0),
+    0x16: (TSC_MHZ, TSC_MHZ, 100, 0),
     0x80000000: (0x80000008, 0, 0, 0),
     0x80000001: (0, 0, 0x00000001, _EXT1_EDX),
     **_brand_leaves("pyflank model CPU"),

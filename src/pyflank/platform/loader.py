@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from elftools.elf.elffile import ELFFile
 from pyflank.memory import PAGE_SIZE_4K, GuestPhysicalMemory, PageTableBuilder
 
 _PF_X, _PF_W = 0x1, 0x2
+_ELF64_HEADER, _ELF64_PHDR = 64, 56
 
 
 class LoadError(ValueError):
@@ -30,6 +33,22 @@ def load_flat(memory: GuestPhysicalMemory, code: bytes, gpa: int) -> LoadedImage
     return LoadedImage(entry=gpa, segments=((gpa, len(code)),))
 
 
+def _read_image(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or exc
+        raise LoadError(f"{path}: cannot read: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a regular file ends: /dev/zero does not
+        os.close(fd)
+        raise LoadError(f"{path}: not a regular file")
+    try:
+        with os.fdopen(fd, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def load_elf(
     memory: GuestPhysicalMemory,
     image: bytes | str | Path,
@@ -41,40 +60,99 @@ def load_elf(
 
     A segment whose virtual address differs from its physical one is mapped there with
     4 KiB pages (rights from its flags) when ``page_tables`` is given; ``physical`` loads
-    without mapping anything (a kernel entered with paging off maps itself).
+    without mapping anything (a kernel entered with paging off maps itself).  A truncated
+    or malformed file is a ``LoadError`` naming the file and what is wrong; nothing is
+    written to guest RAM unless every segment checks out.
     """
-    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    name = "the ELF image" if isinstance(image, bytes) else str(image)
+    data = image if isinstance(image, bytes) else _read_image(Path(image))
     try:
-        elf = ELFFile(io.BytesIO(data))
-    except Exception as exc:
-        raise LoadError(f"not an ELF file: {exc}") from exc
+        segments, entry = _parse(data, memory)
+    except LoadError as exc:
+        raise LoadError(f"{name}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - elftools on a hostile file can raise anything
+        raise LoadError(f"{name}: malformed ELF file ({type(exc).__name__}: {exc})") from None
+    mapped = [] if physical else [s for s in segments if s.vaddr != s.gpa]
+    for segment in mapped:
+        if (segment.vaddr - segment.gpa) % PAGE_SIZE_4K:
+            raise LoadError(
+                f"{name}: segment {segment.index} at {segment.vaddr:#x} and gpa "
+                f"{segment.gpa:#x} differ within a page"
+            )
+        if page_tables is None:
+            raise LoadError(
+                f"{name}: segment {segment.index} at {segment.vaddr:#x} needs page tables "
+                f"to map gpa {segment.gpa:#x}"
+            )
+    for segment in segments:
+        memory.write(segment.gpa, data[segment.offset : segment.offset + segment.filesz])
+        memory.fill(segment.gpa + segment.filesz, segment.memsz - segment.filesz)
+    for segment in mapped:
+        assert page_tables is not None
+        try:
+            _map_segment(page_tables, segment)
+        except ValueError as exc:  # a non-canonical address, page-table area full, ...
+            raise LoadError(f"{name}: segment {segment.index}: {exc}") from None
+    return LoadedImage(entry=entry, segments=tuple((s.gpa, s.memsz) for s in segments))
+
+
+@dataclass(frozen=True)
+class _Segment:
+    index: int
+    offset: int
+    gpa: int
+    vaddr: int
+    filesz: int
+    memsz: int
+    flags: int
+
+
+def _parse(data: bytes, memory: GuestPhysicalMemory) -> tuple[list[_Segment], int]:
+    if len(data) < _ELF64_HEADER:
+        raise LoadError(f"not an ELF file ({len(data)} bytes, shorter than an ELF64 header)")
+    if not data.startswith(b"\x7fELF"):
+        raise LoadError("not an ELF file (no ELF magic number)")
+    elf = ELFFile(io.BytesIO(data))
     if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
         raise LoadError("only ELF64 x86-64 executables can be loaded")
     if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
         raise LoadError(f"{elf['e_type']} is not an executable")
+    table_end = elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]
+    if elf["e_phnum"] and (elf["e_phentsize"] != _ELF64_PHDR or table_end > len(data)):
+        raise LoadError(f"the program header table ends at {table_end:#x}, past the file")
     segments = []
-    for segment in elf.iter_segments():
-        if segment["p_type"] != "PT_LOAD" or segment["p_memsz"] == 0:
+    for index in range(elf["e_phnum"]):
+        header = elf.get_segment(index).header
+        if header["p_type"] != "PT_LOAD" or header["p_memsz"] == 0:
             continue
-        gpa, vaddr = segment["p_paddr"], segment["p_vaddr"]
-        filesz, memsz = segment["p_filesz"], segment["p_memsz"]
-        if filesz > memsz or not memory.contains(gpa, memsz):
-            raise LoadError(f"segment at gpa {gpa:#x} (+{memsz:#x}) does not fit in RAM")
-        memory.write(gpa, segment.data()[:filesz])
-        memory.fill(gpa + filesz, memsz - filesz)
-        if vaddr != gpa and not physical:
-            if page_tables is None:
-                raise LoadError(f"segment at {vaddr:#x} needs page tables to map gpa {gpa:#x}")
-            _map_segment(page_tables, vaddr, gpa, memsz, segment["p_flags"])
-        segments.append((gpa, memsz))
+        segment = _Segment(
+            index, header["p_offset"], header["p_paddr"], header["p_vaddr"],
+            header["p_filesz"], header["p_memsz"], header["p_flags"],
+        )  # fmt: skip
+        if segment.offset + segment.filesz > len(data):
+            raise LoadError(
+                f"segment {index} is truncated: it needs bytes up to "
+                f"{segment.offset + segment.filesz:#x}, the file has {len(data):#x}"
+            )
+        if segment.filesz > segment.memsz:
+            raise LoadError(f"segment {index} has more file bytes than memory bytes")
+        if not memory.contains(segment.gpa, segment.memsz):
+            raise LoadError(
+                f"segment {index} at gpa {segment.gpa:#x} (+{segment.memsz:#x}) does not fit "
+                f"in {memory.size:#x} bytes of RAM"
+            )
+        segments.append(segment)
     if not segments:
         raise LoadError("the ELF file has no PT_LOAD segment")
-    return LoadedImage(entry=elf["e_entry"], segments=tuple(segments))
+    entry = elf["e_entry"]
+    # A kernel's entry may be physical (vmlinux: e_entry is where startup_64 is loaded).
+    if not any(entry - base in range(s.memsz) for s in segments for base in (s.vaddr, s.gpa)):
+        raise LoadError(f"the entry point {entry:#x} is outside every PT_LOAD segment")
+    return segments, entry
 
 
-def _map_segment(tables: PageTableBuilder, vaddr: int, gpa: int, size: int, flags: int) -> None:
-    if (vaddr - gpa) % PAGE_SIZE_4K:
-        raise LoadError(f"segment at {vaddr:#x} and gpa {gpa:#x} differ within a page")
+def _map_segment(tables: PageTableBuilder, segment: _Segment) -> None:
+    vaddr, gpa, size, flags = segment.vaddr, segment.gpa, segment.memsz, segment.flags
     start = vaddr - vaddr % PAGE_SIZE_4K
     end = -(-(vaddr + size) // PAGE_SIZE_4K) * PAGE_SIZE_4K
     tables.map(

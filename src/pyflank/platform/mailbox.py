@@ -8,12 +8,16 @@ at ``BASE_PORT``).  The agent reads its
 posts a request, runs the vmcall with the slot's registers and buffers, stores
 the registers back and writes its ``DONE`` port.  A read of ``WAIT`` that
 returns 0 tells the agent to stop.
+
+An answer goes to the request the agent took, never to whoever asks next: a caller
+that stopped waiting loses its own reply and nobody else's.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,12 +45,27 @@ class VmcallReply:
     out: bytes  # the output buffer, whole; the handler's r09 says how much is meaningful
 
 
+@dataclass(eq=False)
+class _Request:
+    """One vmcall; the agent's answer is matched to the request it took, by identity."""
+
+    reply: VmcallReply | None = None
+    cancelled: bool = False  # its caller gave up: the agent's answer is dropped
+
+
 class _Slot:
+    """One vCPU's mailbox.  A request is posted, then taken by the agent, then answered;
+    the slot's memory belongs to the agent from taking to answering, so the next request
+    waits for the answer even when its predecessor's caller stopped waiting."""
+
     def __init__(self) -> None:
-        self.lock = threading.Lock()  # one request at a time per vCPU
-        self.request = threading.Event()
-        self.done = threading.Event()
-        self.stopping = False
+        self.changed = threading.Condition()
+        self.posted: _Request | None = None  # waiting for the agent's WAIT
+        self.taken: _Request | None = None  # the agent runs it: the slot is the agent's
+        self.stopped: str | None = None  # why the agent will answer no more
+
+    def idle(self) -> bool:
+        return self.posted is None and self.taken is None
 
 
 class Mailbox:
@@ -66,31 +85,61 @@ class Mailbox:
     def vmcall(
         self, vcpuid: int, registers: list[int], data: bytes = b"", timeout: float = 30.0
     ) -> VmcallReply:
-        """Have vCPU ``vcpuid``'s agent execute a vmcall; DATA buffers are the slot's."""
+        """Have vCPU ``vcpuid``'s agent execute a vmcall; DATA buffers are the slot's.
+
+        Requests to one vCPU run one at a time, in turn.  A request that times out is
+        withdrawn if the agent has not taken it yet; if it has, its answer, when it comes,
+        is dropped, and the next request waits for it rather than receive it.
+        """
         if not 0 <= vcpuid < len(self._slots):
             raise MailboxError(f"no vCPU {vcpuid} (the VMM runs {len(self._slots)})")
         if len(registers) != len(SLOTS) or len(data) > VMCALL_IN_BUFFER_SIZE:
             raise MailboxError("a vmcall carries 16 registers and at most 32 pages of data")
         slot, address = self._slots[vcpuid], self.slot_address(vcpuid)
-        with slot.lock:
-            if slot.stopping:
-                raise MailboxError(f"the agent on vCPU {vcpuid} has stopped")
+        deadline = time.monotonic() + timeout
+        with slot.changed:
+            if not slot.changed.wait_for(lambda: slot.idle() or slot.stopped, timeout):
+                raise MailboxError(
+                    f"the agent on vCPU {vcpuid} is still busy with an earlier vmcall "
+                    f"after {timeout} s"
+                )
+            self._raise_if_stopped(slot, vcpuid)
             self.memory.write(address + REGISTERS_OFFSET, _REGISTERS.pack(*registers))
             self.memory.write(address + IN_OFFSET, data)
             self.memory.fill(address + OUT_OFFSET, VMCALL_OUT_BUFFER_SIZE)
-            slot.done.clear()
-            slot.request.set()
-            if not slot.done.wait(timeout):
-                raise MailboxError(f"the agent on vCPU {vcpuid} did not answer in {timeout} s")
-            values = _REGISTERS.unpack(self.memory.read(address, _REGISTERS.size))
-            out = self.memory.read(address + OUT_OFFSET, VMCALL_OUT_BUFFER_SIZE)
-        return VmcallReply(values, out)
+            request = slot.posted = _Request()
+            slot.changed.notify_all()
+            remaining = max(0.0, deadline - time.monotonic())
+            slot.changed.wait_for(lambda: request.reply is not None or slot.stopped, remaining)
+            if request.reply is not None:
+                return request.reply
+            if slot.posted is request:
+                slot.posted = None  # withdrawn: the agent never sees it
+            request.cancelled = True
+            self._raise_if_stopped(slot, vcpuid)
+            raise MailboxError(f"the agent on vCPU {vcpuid} did not answer in {timeout} s")
 
-    def stop(self) -> None:
+    @staticmethod
+    def _raise_if_stopped(slot: _Slot, vcpuid: int) -> None:
+        if slot.stopped is not None:
+            raise MailboxError(f"vCPU {vcpuid} has stopped: {slot.stopped}")
+
+    def stop_vcpu(self, vcpuid: int, reason: str) -> None:
+        """The agent on ``vcpuid`` will answer no more: fail its callers with ``reason``."""
+        slot = self._slots[vcpuid]
+        with slot.changed:
+            if slot.stopped is None:
+                slot.stopped = reason
+            slot.changed.notify_all()
+
+    def stop(self, reason: str = "the VMM is stopping") -> None:
         """Release every agent: its next WAIT returns the stop command."""
-        for slot in self._slots:
-            slot.stopping = True
-            slot.request.set()
+        for vcpuid in range(len(self._slots)):
+            self.stop_vcpu(vcpuid, reason)
+
+    def stopped(self, vcpuid: int) -> str | None:
+        """Why the agent on ``vcpuid`` stopped answering (None while it answers)."""
+        return self._slots[vcpuid].stopped
 
     # -- the guest side (port I/O on the vCPU's thread) -------------------------
     @property
@@ -103,12 +152,24 @@ class Mailbox:
         if done:
             return (1 << (8 * size)) - 1
         slot = self._slots[vcpuid]
-        if not slot.stopping:
-            slot.request.wait()
-            slot.request.clear()
-        return COMMAND_STOP if slot.stopping else COMMAND_VMCALL
+        with slot.changed:
+            slot.changed.wait_for(lambda: slot.posted is not None or slot.stopped)
+            if slot.stopped is not None:
+                return COMMAND_STOP
+            slot.taken, slot.posted = slot.posted, None
+        return COMMAND_VMCALL
 
     def write(self, offset: int, size: int, value: int) -> None:
         vcpuid, done = divmod(offset, 2)
-        if done:
-            self._slots[vcpuid].done.set()
+        if not done:
+            return
+        slot, address = self._slots[vcpuid], self.slot_address(vcpuid)
+        with slot.changed:
+            request, slot.taken = slot.taken, None
+            if request is None:
+                return  # a DONE nobody asked for (a confused guest): nothing to answer
+            if not request.cancelled:  # read before the slot is free for the next request
+                values = _REGISTERS.unpack(self.memory.read(address, _REGISTERS.size))
+                out = self.memory.read(address + OUT_OFFSET, VMCALL_OUT_BUFFER_SIZE)
+                request.reply = VmcallReply(values, out)
+            slot.changed.notify_all()

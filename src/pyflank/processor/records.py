@@ -26,6 +26,7 @@ class StopReason(Enum):
     """Why a vCPU stopped running."""
 
     HALTED = "halted"  # the exit handler halted the vCPU (halt(), an unhandled exit, ...)
+    HANDLER_ERROR = "handler error"  # the exit handler raised: the message holds the report
     PROMOTED = "promoted"  # the handler left VMX operation (VMXOFF)
     GUEST_HLT = "guest hlt"  # HLT that does not exit: nothing would wake the vCPU
     SHUTDOWN = "shutdown"  # triple fault, and the handler did not resume the guest

@@ -6,16 +6,18 @@ exactly from run to run (the software CPU counts the bytes of the translation bl
 runs).  Time moves with that count (``UNITS_PER_NS``: a 4-byte instruction per
 nanosecond, roughly) and jumps while the guest is idle (HLT with interrupts enabled: the
 processor advances it to the next timer deadline).  The TSC runs at ``TSC_HZ`` of that
-time; the platform tells Linux the same rate (``tsc_early_khz``), so its clocks agree
-with the devices'.
+time; CPUID leaves 0x15/0x16 and the platform (``tsc_early_khz``) tell Linux the same
+rate, so its clocks agree with the devices'.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from pyflank.intel_x64.cpu import TSC_MHZ
+
 UNITS_PER_NS: Final = 4
-TSC_HZ: Final = 2_600_000_000
+TSC_HZ: Final = TSC_MHZ * 1_000_000
 _NS_PER_S: Final = 1_000_000_000
 
 

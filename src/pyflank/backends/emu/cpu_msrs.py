@@ -2,6 +2,9 @@
 
 Every RDMSR/WRMSR is intercepted (the MSR permission map is all ones); the VMM's own
 accesses open the map for the one MSR, make the access and close it again.
+
+TSC_AUX changes only by WRMSR, which always exits to the VMM, so its value is kept on the
+engine (``Engine.tsc_aux``) for RDTSCP, which Linux executes on every clock read.
 """
 
 from __future__ import annotations
@@ -20,15 +23,25 @@ def _open(engine: Engine, msr: int) -> tuple[int, bytes]:
     return address, old
 
 
+TSC_AUX = 0xC000_0103
+
+
 def read_msr(engine: Engine, msr: int) -> int:
+    if msr == TSC_AUX and engine.tsc_aux is not None:
+        return engine.tsc_aux
     address, old = _open(engine, msr)
     try:
-        return engine.read_msr_raw(msr)
+        value = engine.read_msr_raw(msr)
     finally:
         engine.write_physical(address, old)
+    if msr == TSC_AUX:
+        engine.tsc_aux = value
+    return value
 
 
 def write_msr(engine: Engine, msr: int, value: int) -> None:
+    if msr == TSC_AUX:
+        engine.tsc_aux = None
     address, old = _open(engine, msr)
     try:
         engine.write_msr_raw(msr, value)

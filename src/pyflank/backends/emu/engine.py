@@ -177,6 +177,7 @@ class Engine:
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
         self.handle = ctypes.c_void_p(self.uc._uch.value)  # the engine, for C calls
+        self.tsc_aux: int | None = None  # cpu_msrs' copy; None: read it from the engine
         self._callbacks: dict[int, Any] = {}
         self.saved = RegisterBatch(self.handle, SAVED_IDS, MMR_IDS)
         self.resume_at = RegisterBatch(self.handle, RESUME_IDS)  # GPRs (SDM order), RIP
@@ -263,6 +264,7 @@ class Engine:
 
     def context_restore(self, context: Any) -> None:
         self.uc.context_restore(context)
+        self.tsc_aux = None
 
     # -- hooks --------------------------------------------------------------------------
     def hook(

@@ -98,7 +98,6 @@ STEPPED: Final = Stepped()
 Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall | Stepped | StepOver
 
 _GUEST_HLT = StopReason.GUEST_HLT
-_TSC_AUX = 0xC000_0103
 _MASK64 = (1 << 64) - 1
 _EFER = 0xC000_0080
 _EFER_SCE_LMA = EFER_SCE | EFER_LMA
@@ -266,7 +265,7 @@ class ExitHooks:
         regs = list(_unpack_head(self._head.raw)[:16])
         regs[0], regs[2] = value & 0xFFFF_FFFF, value >> 32  # EDX:EAX
         if rdtscp:
-            regs[1] = cpu_msrs.read_msr(self.engine, _TSC_AUX) & 0xFFFF_FFFF  # ECX
+            regs[1] = cpu_msrs.read_msr(self.engine, cpu_msrs.TSC_AUX) & 0xFFFF_FFFF  # ECX
         self._write_gprs(*regs)
 
     # -- leaving a hook ---------------------------------------------------------------

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
-DEFAULT_TSC_KHZ: Final = 2_600_000
+from pyflank.intel_x64.cpu import TSC_MHZ
+
+DEFAULT_TSC_KHZ: Final = TSC_MHZ * 1000
 DEFAULT_HZ: Final = 250  # Debian's CONFIG_HZ
 
 # (argument, value or None for a flag, why the platform needs it); "{tsc_khz}" and
@@ -26,7 +28,13 @@ PLATFORM_ARGUMENTS: Final = (
     ("lpj", "{lpj}", "TSC cycles per jiffy: no delay-loop calibration"),
     ("io_delay", "none", "no port 0x80 delays: virtual devices need no settling time"),
     ("panic", "-1", "a panic ends the run at once (reboot) instead of hanging"),
-)
+    ("noreplace-smp", None,
+     "keep the LOCK prefixes: one vCPU would patch each out with text_poke, two address-"
+     "space switches apiece"),
+    ("cryptomgr.notests", None,
+     "the kernel's crypto self-tests (8192-bit DH, RSA) test the kernel, not the VMM, "
+     "and are half a software-CPU boot"),
+)  # fmt: skip
 
 
 def _key(argument: str) -> str:

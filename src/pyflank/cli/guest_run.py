@@ -1,0 +1,213 @@
+"""``bfm run PROGRAM``: a guest program of the user's, in the foreground, under a handler.
+
+The program is assembly (``.s``, with the guest SDK's ``.include "pyflank.inc"``), an
+ELF64 executable, or a flat binary loaded at the load address.  COM1 goes to stdout as
+the guest writes it; when every vCPU has stopped (or Ctrl-C), a summary of how each one
+stopped goes to stderr, and the exit status says whether they all stopped cleanly.
+
+What the guest is made of is a list of ``ImageLoader``s: the program is one.  A Linux
+kernel (``--kernel``, with ``--initrd`` and ``--append`` as QEMU takes them) builds its
+own PC instead (``Vm.boot_linux``); standard input is typed into its console
+(``keyboard``), its exit statistics follow the summary, and a power-off is a clean end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from pyflank.backends.base import BackendUnavailable, StopReason
+from pyflank.cli.backend_choice import choose_backend
+from pyflank.cli.errors import CommandError, UsageError
+from pyflank.cli.extension import load_handler
+from pyflank.cli.files import read_input
+from pyflank.cli.keyboard import Keyboard
+from pyflank.cli.runtime import RuntimeDir
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.observe import ExitStatistics
+from pyflank.platform.assemble import SDK_INCLUDE_DIRS, AssemblyError, assemble
+from pyflank.platform.linux.setup_header import BootProtocolError
+from pyflank.platform.loader import LoadError
+from pyflank.vmm import DEFAULT_MEMORY_SIZE, LINUX_MEMORY_SIZE, VcpuResult, Vm
+
+ASSEMBLY_SUFFIXES = (".s", ".S", ".asm")
+ELF_MAGIC = b"\x7fELF"
+# Stops that are a program's own end; any other is a failure (exit status 1).
+CLEAN_STOPS = frozenset(
+    {StopReason.GUEST_HLT, StopReason.PROMOTED, StopReason.HALTED, StopReason.POWER_OFF}
+)
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    program: Path | None = None  # or a kernel
+    program_format: str = "auto"  # auto | asm | elf | flat
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = "console=ttyS0"
+    backend: str = "auto"
+    vcpus: int = 1
+    memory: int = 0  # bytes; 0: 16 MiB for a program, 256 MiB for a kernel
+    extension: str | None = None  # None: the seed's handler
+    timeout: float | None = None
+    verbose: bool = False
+    quiet: bool = False
+
+
+ImageLoader = Callable[[Vm, RunRequest], str]  # loads a part of the guest; says what
+
+
+def program_kind(path: Path, data: bytes, requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    if data.startswith(ELF_MAGIC):
+        return "elf"
+    return "asm" if path.suffix in ASSEMBLY_SUFFIXES else "flat"
+
+
+def load_program(vm: Vm, request: RunRequest) -> str:
+    path = request.program
+    assert path is not None
+    data = read_input(path, vm.memory.size)
+    kind = program_kind(path, data, request.program_format)
+    try:
+        if kind == "asm":
+            try:
+                source = data.decode()
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+            address = vm.layout.load_address
+            vm.load_flat(assemble(source, address, (path.parent, *SDK_INCLUDE_DIRS)), address)
+        elif kind == "elf":
+            vm.load_elf(path)  # its errors name the file
+        else:
+            if not data:
+                raise CommandError(f"{path}: the program is empty")
+            vm.load_flat(data)
+    except AssemblyError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    except LoadError as exc:
+        raise CommandError(str(exc) if kind == "elf" else f"{path}: {exc}") from None
+    return f"{path} ({kind})"
+
+
+LOADERS: tuple[ImageLoader, ...] = (load_program,)
+
+
+class Console:
+    """COM1 to a binary stream as the guest writes it; a closed reader is not an error."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def __call__(self, byte: int) -> None:
+        if self.broken:
+            return
+        try:
+            self.stream.write(bytes((byte,)))
+            self.stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.broken = True
+
+
+def _handler(spec: str | None) -> type[ExitHandlerIntelX64]:
+    return ExitHandlerIntelX64 if spec is None else load_handler(spec)
+
+
+def _summary(result: VcpuResult) -> str:
+    line = f"vcpu {result.vcpuid}: {result.reason.value}"
+    if result.message:
+        line += f": {result.message}"
+    return line + f" ({result.exits} exits, rip {result.state.rip:#x})"
+
+
+def _linux_vm(
+    request: RunRequest, handler: type[ExitHandlerIntelX64], backend: str, memory: int
+) -> tuple[Vm, str, ExitStatistics]:
+    assert request.kernel is not None
+    if request.vcpus != 1:
+        raise UsageError("--kernel boots one vCPU (the platform has no local APIC to start more)")
+    kernel = read_input(request.kernel, memory, "the guest's memory")
+    initrd = None if request.initrd is None else read_input(request.initrd, memory)
+    statistics = ExitStatistics()
+    try:
+        vm = Vm.boot_linux(
+            kernel, initrd=initrd, append=request.append, handler=handler,
+            memory_size=memory, backend=backend, observers=[statistics],
+        )  # fmt: skip
+    except BootProtocolError as exc:
+        raise CommandError(f"{request.kernel}: {exc}") from None
+    parts = f"{request.kernel} (Linux)" + (f", {request.initrd} (initrd)" if initrd else "")
+    return vm, parts, statistics
+
+
+def run_program(
+    request: RunRequest,
+    console: BinaryIO,
+    report: TextIO,
+    cache: RuntimeDir | None = None,
+    keyboard: int | None = None,
+) -> int:
+    """Run the guest; the exit status (0: every vCPU stopped cleanly).  ``cache`` keeps
+    the ``--backend auto`` decision between runs; ``keyboard``: a file descriptor whose
+    input a kernel's console receives."""
+    if request.vcpus < 1:
+        raise UsageError("--vcpus must be at least 1")
+    linux = request.kernel is not None
+    memory = request.memory or (LINUX_MEMORY_SIZE if linux else DEFAULT_MEMORY_SIZE)
+    handler = _handler(request.extension)
+    if request.program is not None:
+        read_input(request.program, memory)  # a missing or odd file fails first
+    choice = choose_backend(request.backend, cache)
+
+    def say(text: str) -> None:
+        if not request.quiet:
+            print(text, file=report)
+
+    statistics = None
+    try:
+        if linux:
+            vm, loaded, statistics = _linux_vm(request, handler, choice.name, memory)
+        else:
+            vm = Vm(handler, vcpus=request.vcpus, backend=choice.name, memory_size=memory)
+    except BackendUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"cannot build the VM: {exc}") from None
+    with vm:
+        if not linux:
+            loaded = ", ".join(loader(vm, request) for loader in LOADERS)
+        if choice.why:
+            say(choice.why)
+        vm.serial.sink = Console(console)
+        started = time.monotonic()
+        interrupted = False
+        try:
+            if linux and keyboard is not None:
+                with Keyboard(keyboard, vm.serial.feed):
+                    results = vm.run(timeout=request.timeout)
+            else:
+                results = vm.run(timeout=request.timeout)
+        except KeyboardInterrupt:  # the vCPUs are stopped: report what they did
+            interrupted = True
+            results = [v.result for v in vm.vcpus if v.result is not None]
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the VM could not start
+            raise CommandError(f"the VM could not run: {type(exc).__name__}: {exc}") from None
+        elapsed = time.monotonic() - started
+    vcpus = f"{request.vcpus} vCPU{'s' if request.vcpus > 1 else ''}"
+    say(f"bfm run: {loaded} on {choice.name}, {vcpus}, {memory >> 20} MiB: "
+        f"{'interrupted after' if interrupted else 'ran'} {elapsed:.2f} s")  # fmt: skip
+    for result in results:
+        say(_summary(result))
+        if request.verbose and result.debug_ring:
+            say(f"vcpu {result.vcpuid} debug ring:\n{result.debug_ring.rstrip()}")
+    if statistics is not None:
+        say(statistics.table())
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if all(r.reason in CLEAN_STOPS for r in results) else 1
