@@ -147,6 +147,7 @@ class Vcpu:
         """The backend's name ("emu", "kvm", ...)."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
+        handler.set_ports(vm.bus)
         # How guests reach the VMM (CPUID 0x40000001) depends on what the backend can trap.
         handler.hypervisor_leaves = vm.backend.hypervisor_leaves()
         self.engine: VcpuEngine | None = None

@@ -1,25 +1,14 @@
 """Each example extension, run on a real guest."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
+from example_modules import EXAMPLES, example
 from pyflank.abi import BF_VMCALL_SUCCESS
 from pyflank.backends.base import StopReason
 from pyflank.vmm import Vm
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["EXAMPLES", "example"]
 
 
 def run(handler: type, source: str) -> tuple[Vm, object]:

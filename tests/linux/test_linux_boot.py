@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from example_modules import example
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -95,6 +96,26 @@ def test_two_boots_give_the_same_exits(booted: Boot, linux_assets: LinuxAssets) 
     assert again.result.exits == booted.result.exits
     assert again.exit_sequence_hash == booted.exit_sequence_hash
     assert again.console == booted.console  # the virtual clock prints the same times
+
+
+def test_linux_boots_with_its_io_hlt_and_interrupt_exits_in_the_handler(
+    linux_assets: LinuxAssets,
+) -> None:
+    watching = example("watch_linux").WatchingLinux
+    watching.seen.clear()
+    console = bytearray()
+    vm = Vm.boot_linux(
+        linux_assets.kernel.bzimage,
+        initrd=linux_assets.initramfs,
+        append=f"console=ttyS0 {POWEROFF_FLAG}",
+        handler=watching,
+        console=console.append,
+    )
+    [result] = vm.run(timeout=300)
+    assert result.reason is StopReason.POWER_OFF, result.message
+    assert MARKER_LINE.search(console.decode(errors="replace")) is not None
+    for reason in ("io_instruction", "hlt", "external_interrupt", "interrupt_window", "cpuid"):
+        assert watching.seen[reason] > 0, (reason, watching.seen)
 
 
 def test_the_shell_answers_on_the_console(linux_assets: LinuxAssets) -> None:

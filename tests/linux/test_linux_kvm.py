@@ -1,5 +1,5 @@
 """Linux on KVM here: how far it gets, and the instruction KVM's emulator stops at (gap
-'linux'), never a hang.  Slow: the nested emulator takes about a minute and a half."""
+'linux'), never a hang.  Slow: the nested emulator takes most of a minute."""
 
 from __future__ import annotations
 

@@ -13,11 +13,12 @@ from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import Backend, PortIo
 from pyflank.backends.emu import EmuVcpu, unsupported
 from pyflank.backends.kvm.platform import KvmBackend
+from pyflank.backends.names import AUTO, NAMES
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
 
-AUTO: Final = "emu"
+__all__ = ["AUTO", "BACKENDS", "NAMES", "EmuBackend", "open_backend", "resolve"]
 
 
 class EmuBackend:
@@ -48,7 +49,6 @@ BACKENDS: Final[dict[str, Callable[[GuestPhysicalMemory, PortIo], Backend]]] = {
     "emu": EmuBackend,
     "kvm": KvmBackend,
 }
-NAMES: Final = (*BACKENDS, "auto")
 
 
 def resolve(name: str) -> str:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyflank.abi.version import __version__ as PYFLANK_VERSION
+from pyflank.backends.names import NAMES
 from pyflank.cli.errors import UsageError
 from pyflank.cli.vmcall_command import HELP as VMCALL_HELP
 from pyflank.cli.vmcall_command import number
 
-BACKENDS = ("emu", "kvm", "auto")
+BACKENDS = NAMES
 MAX_VCPUS = 16  # the boot layout's room (platform.boot.BootLayout.max_vcpus)
 PROGRAM_FORMATS = ("auto", "asm", "elf", "flat")
 VERSION = f"bfm (pyflank) {PYFLANK_VERSION}"

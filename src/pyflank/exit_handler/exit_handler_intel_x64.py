@@ -35,6 +35,7 @@ from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
 from pyflank.exit_handler.ept import Ept
 from pyflank.exit_handler.fault import halt_on_fault
+from pyflank.exit_handler.ports import PortSpace
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, invalidation, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
@@ -216,6 +217,9 @@ class ExitHandlerIntelX64:
         """Host-physical memory: guest RAM and the VMM's own pages (EPT tables); made at
         first use (``host_memory``)."""
         self._ept: Ept | None = None
+        self.m_ports: PortSpace | None = None
+        """The machine's port space, for I/O the handler passes through (None until the
+        VMM attaches it)."""
         self.m_debug_ring: DebugRing = DebugRing()
         """This vCPU's log, read by ``bfm dump`` and ``VcpuResult.debug_ring``."""
         self.hypervisor_leaves: dict[int, CpuidRegisters] = hypervisor_leaves()
@@ -261,6 +265,10 @@ class ExitHandlerIntelX64:
                 raise VmcallError("no guest memory attached to this vCPU")
             self.m_host_memory = HostMemory(self.m_memory)
         return self.m_host_memory
+
+    def set_ports(self, ports: PortSpace) -> None:
+        """Give the handler the machine's ports (``m_ports``), for I/O it passes through."""
+        self.m_ports = ports
 
     def set_debug_ring(self, ring: DebugRing) -> None:
         """Write this vCPU's log (``log``, ``bfm dump``) to ``ring``."""

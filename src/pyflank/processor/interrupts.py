@@ -5,6 +5,10 @@ instruction count of each exit, services the devices when a deadline passes, tel
 engine how much guest code it may run before the next deadline, and lets an idle vCPU
 (HLT with interrupts enabled) sleep to the next deadline.  ``pending_event`` is the VMX
 decision at a VM entry (SDM 26.6.5, 27.2.2): what an asserted INTR becomes.
+
+A handler may also resume the guest in activity state HLT (field 0x4826, as a VMM does
+after emulating HLT): the processor then runs no guest code until an event ends the HLT
+(``wakes``) -- one it injects, an interrupt it delivers, or an exit an interrupt makes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from enum import Enum
 from typing import Final
 
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import ActivityState
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.registers import RFLAGS_IF
@@ -42,6 +47,20 @@ def interruptible(vmcs: Vmcs) -> bool:
     return bool(vmcs.read(f.GUEST_RFLAGS) & RFLAGS_IF) and not (
         vmcs.read(f.GUEST_INTERRUPTIBILITY_STATE) & _BLOCKING
     )
+
+
+def in_hlt(vmcs: Vmcs) -> bool:
+    return vmcs.read(f.GUEST_ACTIVITY_STATE) == ActivityState.HLT
+
+
+def wake(vmcs: Vmcs) -> None:
+    """An event is delivered: the processor leaves the HLT state (SDM 26.6.2)."""
+    vmcs.processor_write(f.GUEST_ACTIVITY_STATE, ActivityState.ACTIVE)
+
+
+def can_wake(policy: ExitPolicy, vmcs: Vmcs) -> bool:
+    """Whether an interrupt could ever end this HLT (NMIs aside: the PC raises none)."""
+    return policy.external_interrupts or interruptible(vmcs)
 
 
 def pending_event(machine: Machine, policy: ExitPolicy, vmcs: Vmcs) -> Interrupt:

@@ -35,8 +35,11 @@ from pyflank.processor.interrupts import (
     INTERRUPT_WINDOW_EXIT,
     GuestClock,
     Interrupt,
+    can_wake,
     external_interrupt_exit,
+    in_hlt,
     pending_event,
+    wake,
 )
 from pyflank.processor.launch import refused_launch
 from pyflank.processor.machine import Machine
@@ -249,18 +252,29 @@ class VmxProcessor:
         for _ in range(_INTERRUPT_EXITS):  # a handler may resume without taking one
             if not isinstance(plan, EntryPlan):
                 return plan
+            halted = in_hlt(self.vmcs)
             if plan.event is not None:
+                if halted:
+                    wake(self.vmcs)
                 break  # an injected event goes first
+            if halted:
+                stop = self._sleep(clock)
+                if stop is not None:
+                    return stop
+                if not plan.simple:
+                    self._reload_all = True  # the plan is dropped: its state loads later
             decision = pending_event(clock.machine, self.policy, self.vmcs)
             if decision is Interrupt.NONE:
                 break
             if decision is Interrupt.DELIVER:
+                if halted:
+                    wake(self.vmcs)
                 vector = clock.machine.interrupts.acknowledge()
                 event = Event(vector, InterruptionType.EXTERNAL_INTERRUPT, None, plan.rip)
                 plan = EntryPlan(plan.regs, plan.rip, plan.changed, plan.fields, plan.policy,
                                  event, plan.launch)  # fmt: skip
                 break
-            if not plan.simple:
+            if not plan.simple and not halted:
                 break  # the guest state of this plan is not loaded yet: at the next entry
             if decision is Interrupt.EXIT:
                 plan = self._exit_now(external_interrupt_exit(clock.machine, self.policy))
@@ -270,6 +284,26 @@ class VmxProcessor:
             plan.budget = clock.budget()
             plan.idle_ns = clock.idle_ns
         return plan
+
+    def _alone(self, plan: EntryPlan) -> EntryPlan | Stop:
+        """An entry with no machine around the vCPU: nothing can end a HLT."""
+        if in_hlt(self.vmcs):
+            if plan.event is None:
+                return Stop(_GUEST_HLT, "activity state HLT and no machine to wake the vCPU")
+            wake(self.vmcs)
+        return plan
+
+    def _sleep(self, clock: GuestClock) -> Stop | None:
+        """The guest is in activity state HLT: idle until an interrupt would end it."""
+        if not can_wake(self.policy, self.vmcs):
+            return Stop(_GUEST_HLT, "activity state HLT with interrupts disabled: nothing "
+                        "would wake the vCPU")  # fmt: skip
+        while pending_event(clock.machine, self.policy, self.vmcs) is Interrupt.NONE:
+            if not clock.idle(self._stop):
+                return Stop(self._stop_reason, "stopped while the guest was halted")
+            if clock.machine.machine.request is not None:
+                return self._machine_request()
+        return None
 
     def _machine_request(self) -> Stop:
         """The guest powered the machine off or reset it (a device recorded it)."""
@@ -345,7 +379,9 @@ class VmxProcessor:
                 event,
                 launch,
             )  # fmt: skip
-            return self._with_machine(plan) if machine and self.clock is not None else plan
+            if self.clock is None:
+                return self._alone(plan)
+            return self._with_machine(plan) if machine else plan
 
     def _walked(self, policy: ExitPolicy) -> ExitPolicy:
         """``policy`` with the EPT its EPTP points at, walked now (SDM: a VM entry that

@@ -2,6 +2,10 @@
 
 A control outside ``SUPPORTED`` is refused, named: a VMCS that asks for an exit the
 engine cannot produce must not run as if the control were off.
+
+Interrupt-window exits are the processor's (``processor.interrupts``): at a VM entry that
+finds the guest interruptible, or, when the guest enables interrupts while it runs, at
+its next exit or time-slice end (at most ``MAX_SLICE_NS`` of guest time later).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
         Proc,
         PRIMARY_PROCESSOR_BASED_CONTROLS_DEFAULT1
         | Proc.USE_TSC_OFFSETTING
+        | Proc.INTERRUPT_WINDOW_EXITING
         | Proc.HLT_EXITING
         | Proc.INVLPG_EXITING
         | Proc.RDPMC_EXITING
