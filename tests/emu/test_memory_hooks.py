@@ -7,10 +7,13 @@ from __future__ import annotations
 from emu_helpers import kvm_gap, run1, with_idt
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from small_kernel import kernel_source, user_pages
 
+from example_modules import example
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import EptAccess, MemoryHooks
 from pyflank.intel_x64.vmcs import Vmcs
+from pyflank.platform.assemble import assemble
 from pyflank.vmm import VcpuResult, Vm
 
 DATA, OTHER, CODE, STACK = 0x300000, 0x301000, 0x302000, 0x303000  # the hooked pages
@@ -144,3 +147,64 @@ def test_random_accesses_to_hooked_pages_are_exact(accesses: list[tuple[str, int
         f"    mov rbx, {DATA:#x}\n    mov rax, 0x0102030405060708\n    mov rcx, 3\n{body}\n    hlt"
     )
     _same(source)
+
+
+# A ring-3 program: CPUID (where examples/write_watch.py starts watching the page of RSP),
+# then writes of each width to its stack page, one across its end, a call, and a REP STOSB
+# of three bytes.
+WATCHED_PROGRAM = """
+    lea rsp, [rip + ustack_top]
+    and rsp, -4096
+    add rsp, 0x800
+    xor eax, eax
+    cpuid
+    push 0x1234
+    mov qword ptr [rsp], 0x55
+    mov byte ptr [rsp + 1], 0x77
+    mov word ptr [rsp + 0x100], 0x9abc
+    mov rax, 0x1122334455667788
+    mov qword ptr [rsp + 0x804], rax  # across the page's end: its first half is reported
+    call leaf
+    lea rdi, [rsp - 0x100]
+    mov al, 0xab
+    mov ecx, 3
+    rep stosb
+    mov qword ptr [rsp - 0x1000], 1  # the page below: not watched
+    hlt                              # ring 3: #GP, whose handler halts
+leaf:
+    ret
+"""
+
+
+def test_the_write_watch_example_reports_each_write_and_the_program_goes_on() -> None:
+    kvm_gap("monitor_trap_flag")
+    watch = example("write_watch").WriteWatch
+    watch.writes.clear()
+    source = kernel_source(
+        "    jmp enter_user\n", user=WATCHED_PROGRAM, gates={13: ("on_gp", 0, 0)},
+        extra="on_gp:\n    mov r12, 13\n    hlt\n",
+    )  # fmt: skip
+    vm, result = run1(source, watch, setup=user_pages)
+    assert result.reason is StopReason.GUEST_HLT, result.message
+    assert result.state.r12 == 13 and result.state.rcx == 0
+    [hook] = vm.vcpus[0].handler.memory_hooks  # type: ignore[attr-defined]
+    top = hook.gpa + 0x800  # RSP at the CPUID (RAM is identity-mapped)
+    code = vm.memory.read(0, vm.memory.size)
+    cpuid = code.index(assemble("xor eax, eax\n cpuid", 0)) + 2
+    at, rips = cpuid + 2, []
+    for line in WATCHED_PROGRAM.split("cpuid\n", 1)[1].splitlines()[:11]:
+        rips.append(at)
+        at += len(assemble(line.split("#")[0].replace("leaf", hex(at)), at))
+    push, mov_q, mov_b, mov_w, _rax, across, call, _lea, _mov, _ecx, stos = rips
+    assert watch.writes == [
+        (top - 8, 0x1234, push),
+        (top - 8, 0x55, mov_q),
+        (top - 7, 0x77, mov_b),
+        (top - 8 + 0x100, 0x9ABC, mov_w),
+        (top + 0x7FC, 0x55667788, across),
+        (top - 16, call + 5, call),  # the return address
+        (top - 0x108, 0xAB, stos),  # REP STOSB: one write per iteration
+        (top - 0x107, 0xAB, stos),
+        (top - 0x106, 0xAB, stos),
+    ]
+    assert vm.memory.read_u64(top - 8) == 0x7755

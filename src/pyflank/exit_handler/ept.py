@@ -53,6 +53,9 @@ class EptAccess:
     gpa: int
     gla: int | None  # None where the guest-linear-address field is invalid
     rip: int
+    size: int = 0
+    """The bytes the access covers on its page, where a ``MemoryHooks`` callback asks for
+    them (an ``after`` callback); 0: not decoded."""
 
     @property
     def page(self) -> int:

@@ -38,7 +38,9 @@ from pyflank.exit_handler.fault import halt_on_fault
 from pyflank.exit_handler.ports import PortSpace
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, invalidation, paging, qualifications
+from pyflank.intel_x64 import decode as instruction_decode
 from pyflank.intel_x64 import fields as vmcs_fields
+from pyflank.intel_x64.accesses import Access, instruction_accesses
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -80,6 +82,7 @@ _INVALIDATIONS = {int(ExitReason.INVEPT): "invept", int(ExitReason.INVVPID): "in
 _SEGMENT_BASES = tuple(
     getattr(vmcs_fields, f"GUEST_{name}_BASE") for name in ("ES", "CS", "SS", "DS", "FS", "GS")
 )
+_MAX_INSTRUCTION_LENGTH = 15
 _MONITOR_TRAP_FLAG = int(PrimaryProcessorBasedControls.MONITOR_TRAP_FLAG)
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
 # The vmcall exit path moves the slots with straight-line code compiled from the ABI's map.
@@ -600,6 +603,19 @@ class ExitHandlerIntelX64:
             bases,
             self.guest_linear().read,
         )
+
+    def memory_accesses(self) -> list[Access]:
+        """The memory accesses of the instruction at RIP, in the processor's order (its
+        fetch, reads, writes; ``intel_x64.accesses``), decoded through the guest's paging
+        with the registers of this exit: where and how wide each is.  Empty where the
+        instruction cannot be fetched or decoded."""
+        rip = self.m_state_save.rip
+        code = self.guest_linear().read_available(rip, _MAX_INSTRUCTION_LENGTH)
+        instruction = instruction_decode.decode(code, rip)
+        if not code or instruction.is_invalid:
+            return []
+        bases = tuple(self.m_vmcs.read(field) for field in _SEGMENT_BASES)
+        return instruction_accesses(instruction, self.m_state_save.gprs(), bases)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver a hardware exception to the guest at the next VM entry."""

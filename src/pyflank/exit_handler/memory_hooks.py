@@ -13,7 +13,9 @@ instruction run on it, but an EPT change only per entry.
     class WriteWatch(MemoryHooks):
         def setup(self, vmcs):
             super().setup(vmcs)
-            self.hook(0x300000, write=True, after=lambda a: print(a.gla, a.rip))
+            self.hook(0x300000, write=True, after=self.wrote)
+        def wrote(self, access):
+            print(f"{access.gla:#x} <- {self.value(access):#x} at {access.rip:#x}")
 
 A composable handler (hvpp's layering): subclass it, or put it under another handler
 of one's own; exits it does not own go on to the rest of the class.
@@ -22,12 +24,14 @@ of one's own; exits it does not own go on to the rest of the class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyflank.exit_handler.ept import EptAccess
 from pyflank.exit_handler.exit_handler_intel_x64 import ExitHandlerIntelX64
+from pyflank.intel_x64.accesses import FETCH
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import PageFault
+from pyflank.memory.ept import WRITE
 from pyflank.memory.physical import PAGE_SIZE
 
 Callback = Callable[[EptAccess], None]
@@ -121,9 +125,31 @@ class MemoryHooks(ExitHandlerIntelX64):
             self._running_on = access.page  # run on the page, stepped, until it leaves
             self._protect([access.page], running=True)
         else:
+            if any(hook.after is not None for hook in hooks):
+                access = self._sized(access)
             self._stepping.append((access, hooks))
             self.ept.restore(access.page)  # lifted for the one instruction
         self.monitor_trap_flag(True)
+
+    def _sized(self, access: EptAccess) -> EptAccess:
+        """``access`` with its size on the page, from the instruction's decoded accesses."""
+        gla = access.gla
+        if gla is None or access.qualification.paging_structure_access:
+            return access
+        page_end = (gla | (PAGE_SIZE - 1)) + 1
+        for made in self.memory_accesses():
+            if made.kind == FETCH or (access.write and not made.kind & WRITE):
+                continue
+            if made.linear <= gla < made.linear + made.size:
+                return replace(access, size=min(made.linear + made.size, page_end) - gla)
+        return access
+
+    def value(self, access: EptAccess) -> int:
+        """The little-endian value of ``access``'s bytes in guest memory now: in an ``after``
+        callback, what a write left there (its part on the hooked page)."""
+        if self.m_memory is None or not access.size:
+            raise ValueError(f"no size known for {access}: only after-callbacks get one")
+        return int.from_bytes(self.m_memory.read(access.gpa, access.size), "little")
 
     def _leave_page(self) -> None:
         page, self._running_on = self._running_on, None

@@ -37,6 +37,10 @@ class StateSave:
         """The 16 general registers by SDM number (RAX=0, RCX=1, ... R15=15)."""
         return tuple(getattr(self, name) for name in SDM_REGISTERS)
 
+    def edx_eax(self) -> int:
+        """The 64-bit value in EDX:EAX (what WRMSR writes)."""
+        return (self.rdx & 0xFFFFFFFF) << 32 | self.rax & 0xFFFFFFFF
+
     def update(self, values: dict[str, int]) -> None:
         """Set registers from ``values`` (masked to 64 bits); unknown names raise."""
         for name, value in values.items():

@@ -3,7 +3,7 @@
 
 from pyflank.introspect.btf import Btf, BtfError
 from pyflank.introspect.kallsyms import KallsymsNotFound, KernelSymbols, Symbol, read_symbols
-from pyflank.introspect.linux import LinuxGuest, Task, TaskLayout, per_cpu_base
+from pyflank.introspect.linux import LinuxGuest, SystemCall, Task, TaskLayout, per_cpu_base
 
 __all__ = [
     "Btf",
@@ -12,6 +12,7 @@ __all__ = [
     "KernelSymbols",
     "LinuxGuest",
     "Symbol",
+    "SystemCall",
     "Task",
     "TaskLayout",
     "per_cpu_base",

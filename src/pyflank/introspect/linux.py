@@ -4,6 +4,7 @@
     linux = LinuxGuest(handler.m_memory)
     task = linux.current(handler)            # Task(name='init', pid=1, ...)
     linux.syscall_name(handler, 59)          # 'execve'
+    linux.system_call(handler)               # at the SYSCALL entry: number, name, task
 
 Everything comes from the kernel itself, so no file has to match the running kernel:
 symbols from its kallsyms tables in guest RAM (``kallsyms``), the layout of
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pyflank.exit_handler import ExitHandlerIntelX64
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__se_sys_", "__do_sys_", "sys_")
+_SYSCALL_ARGUMENTS = ("rdi", "rsi", "rdx", "r10", "r08", "r09")  # the x86-64 syscall ABI
 _COMM_LENGTH = 16  # TASK_COMM_LEN
 _PTI_USER_TABLE = 1 << 12  # PTI: the user copy of a PGD is the next page
 
@@ -48,6 +50,20 @@ class Task:
     name: str
     pid: int
     tgid: int
+
+
+@dataclass(frozen=True)
+class SystemCall:
+    """A 64-bit system call as it enters the kernel: its number and name, the task making
+    it, and its six arguments (RDI, RSI, RDX, R10, R8, R9)."""
+
+    number: int
+    name: str
+    task: Task
+    arguments: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.task.name}[{self.task.pid}]: {self.name} ({self.number})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,15 @@ class LinuxGuest:
             name = self._syscall_name(self.kernel_view(handler), number)
             self._syscalls[number] = name
         return name
+
+    def system_call(self, handler: ExitHandlerIntelX64) -> SystemCall:
+        """The system call ``handler``'s vCPU is making, at an exit where it enters the
+        kernel by SYSCALL (RIP at the address in IA32_LSTAR): RAX is its number."""
+        state = handler.m_state_save
+        number = state.rax
+        arguments = tuple(getattr(state, name) for name in _SYSCALL_ARGUMENTS)
+        name = self.syscall_name(handler, number)
+        return SystemCall(number, name, self.current(handler), arguments)
 
     def _syscall_name(self, linear: GuestLinear, number: int) -> str:
         table = self.symbols.address("sys_call_table")

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 from pyflank.backends.kvm.policy import GAPS
 from pyflank.intel_x64 import decode as vmx_decode
+from pyflank.intel_x64.accesses import instruction_accesses
 from pyflank.intel_x64.registers import CR0_PG, EFER_LMA, EFER_NXE
 from pyflank.memory.ept import EXECUTE, READ, WRITE
-from pyflank.processor.ept import EPT_VIOLATION, GuestPaging, analyse, instruction_accesses
+from pyflank.processor.ept import EPT_VIOLATION, GuestPaging, analyse
 from pyflank.processor.ept import violation as bare_violation
 
 if TYPE_CHECKING:
