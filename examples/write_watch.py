@@ -2,17 +2,18 @@
 when it first runs CPUID in user mode reports each write (address, value, RIP); the
 memory hooks step the write and let the program go on."""
 
-from pyflank.exit_handler import EptAccess, MemoryHooks
+from pyflank.exit_handler import EptAccess, MemoryHook, MemoryHooks
 from pyflank.intel_x64.fields import GUEST_CS_SELECTOR
 
 
 class WriteWatch(MemoryHooks):
     writes: list[tuple[int, int, int]] = []
+    watched: MemoryHook | None = None
 
     def handle_cpuid(self) -> None:
-        if self.m_vmcs.read(GUEST_CS_SELECTOR) & 3 and not self.memory_hooks:  # ring 3
-            self.hook(self.guest_linear().physical(self.m_state_save.rsp), write=True,
-                      after=self.wrote)  # fmt: skip
+        if self.m_vmcs.read(GUEST_CS_SELECTOR) & 3 and self.watched is None:  # ring 3
+            stack = self.guest_linear().physical(self.m_state_save.rsp)
+            self.watched = self.hook(stack, write=True, after=self.wrote)
         super().handle_cpuid()
 
     def wrote(self, access: EptAccess) -> None:
