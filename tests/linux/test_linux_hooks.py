@@ -11,13 +11,15 @@ the children it forks, and of ``/bin/pyflank-poweroff`` at its end."""
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from example_modules import example
 from pyflank.backends.base import StopReason
 from pyflank.exit_handler import EptAccess, ExitHandlerIntelX64
-from pyflank.introspect import SystemCall
+from pyflank.introspect import KernelSymbols, LinuxGuest, SystemCall
+from pyflank.memory import GuestLinear
 from pyflank.platform.linux.assets import LinuxAssets
 from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
 from pyflank.vmm import VcpuResult, Vm
@@ -51,6 +53,7 @@ def tracer(limit: int | None) -> tuple[ModuleType, type[ExitHandlerIntelX64]]:
 
     class Tracing(module.SyscallTrace):  # type: ignore[name-defined,misc]
         texts: list[tuple[SystemCall, bytes]] = []
+        given: list[SystemCall] = []
 
         def entered(self, access: EptAccess) -> None:
             before = len(self.calls)
@@ -58,6 +61,8 @@ def tracer(limit: int | None) -> tuple[ModuleType, type[ExitHandlerIntelX64]]:
             if len(self.calls) == before:
                 return
             call, view = self.calls[-1], self.linux.kernel_view(self)
+            if len(self.calls) == 1:  # the same call, from a System.map and given offsets
+                Tracing.given.append(given_introspection(self, view).system_call(self))
             if call.name == "execve":
                 path = self.linux.read_string(view, call.arguments[0]).encode()
                 Tracing.texts.append((call, path))
@@ -69,6 +74,14 @@ def tracer(limit: int | None) -> tuple[ModuleType, type[ExitHandlerIntelX64]]:
                 self.unhook(self.memory_hooks[0])
 
     return module, Tracing
+
+
+def given_introspection(handler: Any, view: GuestLinear) -> LinuxGuest:
+    """A LinuxGuest told its symbols (a System.map written from kallsyms) and offsets."""
+    linux = handler.linux
+    system_map = "\n".join(f"{s.address:016x} {s.type} {s.name}" for s in linux.symbols)
+    symbols = KernelSymbols.from_system_map(system_map)
+    return LinuxGuest(handler.m_memory, symbols=symbols, task_layout=linux.task_layout(view))
 
 
 def check_calls(calls: list[SystemCall]) -> None:
@@ -86,6 +99,7 @@ def test_the_syscall_trace_names_inits_first_system_calls(linux_assets: LinuxAss
     check_calls(calls)
     assert {(call.task.name, call.task.pid) for call in calls} == {("init", 1)}
     assert {"brk", "arch_prctl", "set_tid_address"} <= {call.name for call in calls}
+    assert tracing.given == calls[:1]  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ _TOKENS = 256
 _SEARCH = 16 << 20  # how far before the token table the other tables may start
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_MASK64 = (1 << 64) - 1
 
 
 class PhysicalMemory(Protocol):
@@ -192,6 +193,28 @@ class KernelSymbols:
         order = sorted(range(len(addresses)), key=addresses.__getitem__)
         self._sorted = order
         self._sorted_addresses = [addresses[i] for i in order]
+
+    @classmethod
+    def from_system_map(cls, text: str, *, slide: int = 0) -> KernelSymbols:
+        """The symbols of a ``System.map`` (or ``/proc/kallsyms``, ``nm`` output): lines of
+        address, type letter and name; ``slide`` is added to each address (KASLR's)."""
+        names: list[str] = []
+        types: list[str] = []
+        addresses: list[int] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                address, kind, name = int(fields[0], 16), fields[1], fields[2]
+            except (ValueError, IndexError):
+                raise ValueError(
+                    f"System.map line {number}: not 'address type name': {line!r}"
+                ) from None
+            names.append(name)
+            types.append(kind[:1])
+            addresses.append((address + slide) & _MASK64)
+        return cls(names, "".join(types), addresses)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -6,7 +6,8 @@
     linux.syscall_name(handler, 59)          # 'execve'
     linux.system_call(handler)               # at the SYSCALL entry: number, name, task
 
-Everything comes from the kernel itself, so no file has to match the running kernel:
+Everything comes from the kernel itself, so no file has to match the running kernel
+(a kernel without kallsyms or BTF can be given a ``System.map`` and the offsets instead):
 symbols from its kallsyms tables in guest RAM (``kallsyms``), the layout of
 ``struct task_struct`` from its BTF (``btf``, the ``.BTF`` section between
 ``__start_BTF`` and ``__stop_BTF``), a system call's name from the function
@@ -83,11 +84,23 @@ def kernel_address(address: int) -> bool:
 class LinuxGuest:
     """The Linux kernel in ``memory``; what it learns (symbols, layouts) is kept."""
 
-    def __init__(self, memory: GuestPhysicalMemory) -> None:
+    def __init__(
+        self,
+        memory: GuestPhysicalMemory,
+        *,
+        symbols: KernelSymbols | None = None,
+        task_layout: TaskLayout | None = None,
+    ) -> None:
+        """``symbols`` (e.g. ``KernelSymbols.from_system_map``) and ``task_layout`` (the
+        offsets of ``comm``, ``pid`` and ``tgid`` in ``struct task_struct``, as ``pahole``
+        prints them) replace what would be read from the kernel (kallsyms, BTF): for a
+        kernel built without them."""
         self.memory = memory
         self._syscalls: dict[int, str] = {}
         self._btf: Btf | None = None
-        self._task_layout: TaskLayout | None = None
+        self._task_layout: TaskLayout | None = task_layout
+        if symbols is not None:
+            self.__dict__["symbols"] = symbols  # what ``symbols`` would find and cache
 
     @cached_property
     def symbols(self) -> KernelSymbols:
