@@ -91,9 +91,20 @@ class Stepping(EptRecorder):
     def __init__(self) -> None:
         super().__init__()
         self.lifted: list[int] = []
+        self.mtf_exits: list[EptExit] = []
         self.react = lift_and_step
 
     def handle_monitor_trap_flag(self) -> None:
+        read = self.m_vmcs.read
+        self.mtf_exits.append(
+            EptExit(
+                read(f.VM_EXIT_REASON),
+                read(f.EXIT_QUALIFICATION),
+                read(f.GUEST_PHYSICAL_ADDRESS),
+                read(f.GUEST_LINEAR_ADDRESS),
+                read(f.GUEST_RIP),
+            )
+        )
         self.monitor_trap_flag(False)
         for gpa, size, permissions in self.protections:
             self.ept.protect(gpa, size, **permissions)

@@ -33,7 +33,7 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.qualifications import EptViolation
 from pyflank.intel_x64.vmcs import Vmcs
-from pyflank.memory.ept import RWX, WRITE_BACK
+from pyflank.memory.ept import RWX, WRITE_BACK, describe_permissions
 from pyflank.vmm import Vm
 
 NONE = {"read": False, "write": False, "execute": False}
@@ -41,23 +41,25 @@ READ_ONLY = {"write": False}
 NO_EXECUTE = {"execute": False}
 EXECUTE_ONLY = {"read": False, "write": False}
 START = 0x100000  # where test programs are loaded
+# (name, instruction, permissions, access kind, what the page allowed, GLA offset)
+ACCESS_KINDS = [
+    ("read", "mov rax, qword ptr [rbx]", EXECUTE_ONLY, READ, X, 8),
+    ("read, nothing allowed", "mov eax, dword ptr [rbx]", NONE, READ, 0, 8),
+    ("write", "mov qword ptr [rbx], rcx", READ_ONLY, WRITE, R | X, 8),
+    ("byte write", "mov byte ptr [rbx + 5], 7", READ_ONLY, WRITE, R | X, 13),
+    ("read-modify-write", "add qword ptr [rbx], rcx", READ_ONLY, READ | WRITE, R | X, 8),
+    ("locked exchange", "lock xadd qword ptr [rbx], rcx", READ_ONLY, READ | WRITE, R | X, 8),
+    ("push", "mov rsp, rbx\n push rcx", READ_ONLY, WRITE, R | X, 0),
+    ("string store", "mov rdi, rbx\n stosq", READ_ONLY, WRITE, R | X, 8),
+    ("string store", "mov rdi, rbx\n stosq", NONE, WRITE, 0, 8),
+    ("string load", "mov rsi, rbx\n lodsq", EXECUTE_ONLY, READ, X, 8),
+    ("fetch", "call rbx", NO_EXECUTE, FETCH, R | W, 0),
+]
 
 
 @pytest.mark.parametrize(
     ("name", "instruction", "permissions", "kind", "allowed", "offset"),
-    [
-        ("read", "mov rax, qword ptr [rbx]", EXECUTE_ONLY, READ, X, 8),
-        ("read, nothing allowed", "mov eax, dword ptr [rbx]", NONE, READ, 0, 8),
-        ("write", "mov qword ptr [rbx], rcx", READ_ONLY, WRITE, R | X, 8),
-        ("byte write", "mov byte ptr [rbx + 5], 7", READ_ONLY, WRITE, R | X, 13),
-        ("read-modify-write", "add qword ptr [rbx], rcx", READ_ONLY, READ | WRITE, R | X, 8),
-        ("locked exchange", "lock xadd qword ptr [rbx], rcx", READ_ONLY, READ | WRITE, R | X, 8),
-        ("push", "mov rsp, rbx\n push rcx", READ_ONLY, WRITE, R | X, 0),
-        ("string store", "mov rdi, rbx\n stosq", READ_ONLY, WRITE, R | X, 8),
-        ("string store", "mov rdi, rbx\n stosq", NONE, WRITE, 0, 8),
-        ("string load", "mov rsi, rbx\n lodsq", EXECUTE_ONLY, READ, X, 8),
-        ("fetch", "call rbx", NO_EXECUTE, FETCH, R | W, 0),
-    ],
+    ACCESS_KINDS,
 )
 def test_each_access_kind_is_an_ept_violation_with_the_sdms_qualification(
     name: str, instruction: str, permissions: dict[str, bool], kind: int, allowed: int, offset: int
@@ -98,6 +100,54 @@ def test_each_access_kind_is_an_ept_violation_with_the_sdms_qualification(
         assert vm.memory.read_u64(DATA + 8) == 0
         assert result.state.rcx == 0x1122334455667788
         assert result.state.rbx == DATA + 8
+
+
+MONITOR_TRAP_FLAG = 37
+
+
+@pytest.mark.parametrize(
+    ("name", "instruction", "permissions"),
+    [(case[0], case[1], case[2]) for case in ACCESS_KINDS],
+)
+def test_each_access_kind_lifted_and_stepped_ends_in_an_mtf_exit_after_it(
+    name: str, instruction: str, permissions: dict[str, bool]
+) -> None:
+    kvm_gap("monitor_trap_flag")
+    handler = type("H", (Resuming,), {"protections": ((DATA, PAGE, permissions),)})()
+    source = f"""
+        mov rbx, {DATA + 8:#x}
+        mov rcx, 0x1122334455667788
+        {instruction}
+        mov r15, rsp
+        hlt
+    """
+    if "call" in instruction:
+        source = source.replace(f"{DATA + 8:#x}", f"{DATA:#x}")
+
+    def setup(vm: Vm) -> None:  # at DATA: a function (for the fetch) that returns
+        vm.memory.write(DATA, _encoding("ret"))
+
+    vm, result = run1(source, lambda: handler, setup=setup)
+    assert result.reason is StopReason.GUEST_HLT, result.message
+    [violation] = handler.ept_exits
+    assert violation.reason == EPT_VIOLATION
+    # One MTF exit, after the one instruction: RIP past it (a fetch: past the RET it let
+    # run, at the CALL's return address), the qualification and addresses zero.
+    [step] = handler.mtf_exits
+    if "call" in instruction:
+        returned_to = vm.memory.read_u64(vm.layout.stack_top(0) - 8)
+        assert step == EptExit(MONITOR_TRAP_FLAG, 0, 0, 0, returned_to), name
+    else:
+        last = instruction.split("\n")[-1].strip()
+        assert step == EptExit(MONITOR_TRAP_FLAG, 0, 0, 0, violation.rip + len(_encoding(last)))
+    assert handler.ept.permissions(DATA) == describe_permissions(_bits(permissions))
+    if "rcx" in instruction and "[rbx]" in instruction:  # the write happened, once
+        assert vm.memory.read_u64(DATA + 8) == 0x1122334455667788
+
+
+def _bits(permissions: dict[str, bool]) -> int:
+    return sum(bit for key, bit in (("read", 1), ("write", 2), ("execute", 4))
+               if permissions.get(key, True))  # fmt: skip
 
 
 def _encoding(instruction: str) -> bytes:
