@@ -304,6 +304,46 @@ def test_a_misconfigured_entry_is_exit_49_and_fixing_it_lets_the_guest_on(
     assert (exit_.reason, exit_.gpa, exit_.rip) == (EPT_MISCONFIGURATION, DATA + 0x18, START + 7)
 
 
+@pytest.mark.parametrize(
+    ("name", "instruction", "gpa"),
+    [
+        ("read", "mov rax, qword ptr [rbx + 0x18]", DATA + 0x18),
+        ("write", "mov qword ptr [rbx + 0x20], rcx", DATA + 0x20),
+        ("read-modify-write", "add dword ptr [rbx + 0x28], ecx", DATA + 0x28),
+        ("push", "lea rsp, [rbx + 0x38]\n push rcx", DATA + 0x30),
+        ("string store", "lea rdi, [rbx + 0x40]\n stosb", DATA + 0x40),
+        ("fetch", "call rbx", DATA),
+    ],
+)
+def test_each_access_kind_to_a_misconfigured_page_is_exit_49_with_its_address(
+    name: str, instruction: str, gpa: int
+) -> None:
+    if name == "fetch":
+        kvm_gap("ept_execute")  # (KVM cannot fetch from the hole a misconfiguration is)
+    if name in ("push", "string store"):
+        kvm_gap("ept_write_side_effects")
+
+    class Misconfigured(EptRecorder):
+        def setup(self, vmcs: Vmcs) -> None:
+            super().setup(vmcs)
+            self.host_memory().write_u64(self.ept.tables.entry_address(DATA), DATA | 0b010)
+            self.ept.invalidate()
+
+    handler = Misconfigured()
+    source = f"mov rbx, {DATA:#x}\n mov ecx, 5\n {instruction}\n hlt"
+    vm, result = run1(source, lambda: handler)
+    assert result.reason is StopReason.HALTED, result.message
+    [exit_] = handler.ept_exits
+    at = START + len(_encoding(source.split(instruction.split("\n")[-1])[0]))
+    if name == "fetch":
+        at = DATA
+    # The SDM: exit 49 gives the guest-physical address; its qualification is cleared.
+    assert (exit_.reason, exit_.qualification, exit_.gpa, exit_.rip) == (
+        EPT_MISCONFIGURATION, 0, gpa, at,
+    ), name  # fmt: skip
+    assert vm.memory.read_u64(gpa & ~7) == 0  # nothing was written
+
+
 def test_ept_off_again_allows_everything() -> None:
     class Disabling(EptRecorder):
         protections = ((DATA, PAGE, NONE),)
