@@ -38,7 +38,8 @@ DOCS_OUT     ?= build/docs
 DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank.abi \
                 pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
                 pyflank.platform pyflank.backends pyflank.cli pyflank.observe \
-                pyflank.observe.format pyflank.observe.plot
+                pyflank.observe.format pyflank.observe.plot pyflank.debug pyflank.gdbstub \
+                pyflank.snapshot pyflank.debugger
 
 docs: $(STAMP)
 	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     target = REFERENCE if args else RESULTS
     for module in (
         "benchmarks.emu", "benchmarks.emu_ept", "benchmarks.kvm", "benchmarks.bfm",
-        "benchmarks.observe", "benchmarks.linux",
+        "benchmarks.observe", "benchmarks.linux", "benchmarks.snapshot",
     ):  # fmt: skip
         importlib.import_module(module)  # each registers its own section
     print(f"pyflank benchmarks — Python {platform.python_version()} on {platform.machine()}")

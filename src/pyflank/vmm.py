@@ -15,6 +15,11 @@ its own stack, so several vCPUs can run one program.  Guest RAM is shared.
 differs from the software CPU).  Either way the handlers, VMCS and StateSave are the same.
 A Vm frees its backend when it has run (or on ``close()``).
 
+On the software CPU a running Vm can be stopped and looked into: ``pause()``/``resume()``
+park every vCPU where its state is whole (``debug.parking``), ``snapshot(path)`` saves it
+and ``Vm.restore(path)`` goes on from there (``pyflank.snapshot``); ``Vm(gdb=PORT)`` serves
+gdb (``pyflank.gdbstub``); ``observe.Recorder`` and ``observe.Replayer`` record and replay.
+
 Limits of the software CPU with several vCPUs: each runs its own unicorn engine over the
 shared RAM, truly in parallel.  unicorn does not make LOCK-prefixed read-modify-write
 instructions atomic between engines, and an engine does not notice another engine writing
@@ -46,9 +51,12 @@ from pyflank.backends.base import (
     VcpuEngine,
 )
 from pyflank.backends.factory import open_backend
+from pyflank.debug.exit_breaks import DebuggerExits
+from pyflank.debug.parking import Parking
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.exit_handler.fault import capture, handler_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS
+from pyflank.gdbstub.server import GdbStub, loopback
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
 from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
@@ -73,6 +81,8 @@ from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
 from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
+from pyflank.snapshot import Restoring, SnapshotFile, SnapshotInfo
+from pyflank.snapshot import save as save_snapshot
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
@@ -110,11 +120,16 @@ class VcpuResult:
 StopCallback = Callable[[VcpuResult], None]
 
 
-def run_loop(engine: VcpuEngine, processor: VmxProcessor) -> Stop:
+def run_loop(
+    engine: VcpuEngine,
+    processor: VmxProcessor,
+    start: Callable[[], EntryPlan | Stop] | None = None,
+) -> Stop:
     """Run one vCPU to its stop: the processor launches, the engine runs the guest to the
-    next exit, the processor dispatches it and plans the next entry, and so on."""
+    next exit, the processor dispatches it and plans the next entry, and so on.  ``start``
+    gives the first step instead of the launch (a restored vCPU goes on)."""
     decide = processor.exit
-    step: EntryPlan | Stop = processor.launch()
+    step: EntryPlan | Stop = processor.launch() if start is None else start()
     while not isinstance(step, Stop):
         happened = engine.run(step, decide)
         if isinstance(happened, ExitRecord):
@@ -145,6 +160,11 @@ class Vcpu:
         """Its handler's log."""
         self.backend = vm.backend.name
         """The backend's name ("emu", "kvm", ...)."""
+        self.memory = vm.memory
+        self.serial = vm.serial
+        """COM1 (every vCPU's view of the console)."""
+        self.machine: Machine | None = None
+        """The machine whose interrupts and time this vCPU has (vCPU 0 of a PC Vm)."""
         self.state.vcpuid = vcpuid
         handler.set_memory(vm.memory)
         handler.set_ports(vm.bus)
@@ -159,6 +179,10 @@ class Vcpu:
         self.finished = threading.Event()
         """Set when its thread is done with the engine (``result`` is then final)."""
         self._thread: threading.Thread | None = None
+        self._parking: Parking | None = None
+        self._parking_lock = threading.Lock()
+        self.first_step: Callable[[], EntryPlan | Stop] | None = None
+        """The first step of a restored vCPU (``snapshot``), instead of the launch."""
 
     def count_instructions(self) -> Callable[[], int] | None:
         """Start counting guest instructions (observers ask, before the run); a reader of
@@ -173,8 +197,10 @@ class Vcpu:
         trace: bool,
         machine: Machine | None = None,
         observers: Sequence[VmObserver] = (),
+        gdb: GdbStub | None = None,
     ) -> None:
         """Make this vCPU's engine and processor (after the guest is loaded)."""
+        self.machine = machine
         engine = self.engine = backend.create_vcpu(self.vcpuid)
         if engine.cpu is not None:
             self.handler.set_cpu(engine.cpu)
@@ -182,14 +208,55 @@ class Vcpu:
         if leaves is not None:
             engine.set_cpuid(sample_cpuid(self.handler, leaves, self.vcpuid))
         watching = [w for w in (o.attach(self) for o in observers) if w is not None]
+        observer = compose_observers(watching)
+        if gdb is not None:  # breaks on exits park the vCPU for gdb
+            observer = DebuggerExits(self._new_parking(), gdb.breaks, observer)
         self.processor = VmxProcessor(
             self.handler,
             backend.unsupported,
             engine=f"{backend.name} backend",
             trace=trace,
             machine=machine,
-            observer=compose_observers(watching),
+            observer=observer,
         )
+        if self._parking is not None:
+            self._wire_parking(self._parking)
+        if gdb is not None:
+            gdb.attach(self.parking(), self._ending, lambda: self.request_stop(StopReason.STOPPED))
+
+    def parking(self) -> Parking:
+        """Where this vCPU parks for a debugger or a pause (``debug.parking``), made on first
+        use; the software CPU only (``ValueError`` elsewhere), while the Vm runs."""
+        with self._parking_lock:
+            if self._parking is None:
+                self._new_parking()
+                assert self._parking is not None
+                if self.processor is not None:
+                    self._wire_parking(self._parking)
+            return self._parking
+
+    def _new_parking(self) -> Parking:
+        debugger = getattr(self.engine, "debugger", None)
+        if debugger is None:
+            raise ValueError(f"vCPU {self.vcpuid}: stopping the guest needs the software CPU "
+                             f"(emu), not the {self.backend} backend")  # fmt: skip
+        self._parking = Parking(
+            self.vcpuid, debugger(), state=self.state, vmcs=self.vmcs, memory=self.memory
+        )
+        return self._parking
+
+    def _wire_parking(self, parking: Parking) -> None:
+        processor = self.processor
+        assert processor is not None
+        parking.processor = processor
+        if processor.clock is not None:
+            processor.clock.idle_hook = parking.at_idle
+
+    def _ending(self) -> str:
+        result = self.result
+        if result is None:
+            return "stopped"
+        return f"{result.reason.value}: {result.message}" if result.message else result.reason.value
 
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Ask the running vCPU to stop (any thread): its engine, and a halted processor."""
@@ -197,6 +264,8 @@ class Vcpu:
             self.engine.request_stop(reason)
         if self.processor is not None:
             self.processor.request_stop(reason)
+        if self._parking is not None:
+            self._parking.abandon()
 
     def start(self, on_stop: StopCallback | None) -> None:
         """Run on a thread of its own; ``finished`` is set when it is done."""
@@ -213,6 +282,8 @@ class Vcpu:
     def _run(self, on_stop: StopCallback | None) -> None:
         try:
             self.result = self._stop_result()
+            if self._parking is not None:
+                self._parking.finished()
             if on_stop is not None:
                 try:
                     on_stop(self.result)
@@ -225,7 +296,7 @@ class Vcpu:
         engine, processor = self.engine, self.processor
         assert engine is not None and processor is not None
         try:
-            stop = run_loop(engine, processor)
+            stop = run_loop(engine, processor, self.first_step)
         except BaseException as exc:  # an engine failure stops this vCPU only
             log.exception("vCPU %d failed", self.vcpuid)
             stop = Stop(StopReason.ERROR, f"the engine raised {capture(exc).exception}")
@@ -258,6 +329,11 @@ class Vm:
     all on virtual time).  ``serial`` is COM1 (``serial_output``; ``serial.feed`` gives it
     input); ``bus`` the port bus (``insert`` a device at a port range before the run);
     ``console`` receives each byte COM1 sends, as it sends it.
+
+    ``gdb``: serve gdb's remote protocol on this port (``HOST:PORT``; the loopback only; 0
+    for a free port, in ``vm.gdb.address``) -- the software CPU only.  ``gdb_wait``: every
+    vCPU waits for gdb before its first instruction (QEMU's ``-S``); give ``run`` a timeout
+    that covers the session, or None.
     """
 
     def __init__(
@@ -272,6 +348,8 @@ class Vm:
         observers: Sequence[VmObserver] = (),
         platform: str = "minimal",
         console: Callable[[int], None] | None = None,
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
         _setup: bool = True,
     ) -> None:
         self.layout = layout or BootLayout()
@@ -303,7 +381,19 @@ class Vm:
         else:
             self.backend = backend(self.memory, self.bus)
         """The engine: the software CPU, KVM, or one of the caller's."""
-        self._finalizer = weakref.finalize(self, self.backend.close)
+        self.gdb: GdbStub | None = None
+        """The gdb stub (``Vm(gdb=PORT)``), listening at ``gdb.address`` from now on."""
+        if gdb is not None:
+            if self.backend.name != "emu":
+                self.backend.close()
+                raise ValueError(f"the gdb stub needs the software CPU (emu), not the "
+                                 f"{self.backend.name} backend")  # fmt: skip
+            try:
+                self.gdb = GdbStub(loopback(gdb), wait=gdb_wait, snapshot=_snapshots_of(self))
+            except (OSError, ValueError):
+                self.backend.close()
+                raise
+        self._finalizer = weakref.finalize(self, _close, self.backend, self.gdb)
         self.vcpus = [Vcpu(self, i, handler()) for i in range(vcpus)]
         """The vCPUs, by id."""
         for vcpu in self.vcpus:
@@ -321,6 +411,10 @@ class Vm:
         self.set_entry(self.layout.load_address)
         self.linux: LinuxBoot | None = None
         """What ``boot_linux`` put where (kernel, initrd, command line, zero page)."""
+        self.restored: SnapshotInfo | None = None
+        """The snapshot this Vm was restored from (``Vm.restore``)."""
+        self._restoring: Restoring | None = None
+        self._running = threading.Event()
         self._ran = False
         self._started: list[Vcpu] = []
         if _setup:
@@ -345,6 +439,8 @@ class Vm:
         console: Callable[[int], None] | None = None,
         observers: Sequence[VmObserver] = (),
         decompress_in_guest: bool = False,
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
     ) -> Vm:
         """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
 
@@ -358,7 +454,7 @@ class Vm:
         """
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
-            console=console, observers=observers, _setup=False,
+            console=console, observers=observers, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
         )  # fmt: skip
         load = load_bzimage if decompress_in_guest else load_vmlinux
         boot = load(
@@ -383,6 +479,36 @@ class Vm:
             vcpu.vmcs.write(secondary, wanted & ~Proc2.ENABLE_RDTSCP)
         vm.linux = boot
         vm._setup()
+        return vm
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: str | Path,
+        *,
+        handler: HandlerFactory = ExitHandlerIntelX64,
+        trace: bool = False,
+        observers: Sequence[VmObserver] = (),
+        console: Callable[[int], None] | None = None,
+        gdb: int | str | None = None,
+        gdb_wait: bool = True,
+    ) -> Vm:
+        """A Vm that goes on from ``snapshot`` (``Vm.snapshot``'s file), as its Vm would
+        have: RAM, vCPUs, devices and guest time as they were; ``run`` continues them.
+        ``SnapshotError`` (a ``ValueError``) with the reason for a file it cannot use."""
+        with SnapshotFile(snapshot) as file:
+            meta = file.meta
+            vm = cls(
+                handler, memory_size=int(meta["memory_size"]), vcpus=int(meta["vcpus"]),
+                platform=str(meta["platform"]), trace=trace, observers=observers,
+                console=console, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
+            )  # fmt: skip
+            try:
+                vm._restoring = file.load_into(vm)
+            except BaseException:
+                vm.close()
+                raise
+        vm.restored = vm._restoring.info
         return vm
 
     # -- loading ------------------------------------------------------------------------
@@ -446,13 +572,62 @@ class Vm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- pausing and snapshots -----------------------------------------------------------
+    def request_pause(self) -> None:
+        """Ask every running vCPU to park (``debug.parking``) at its next point where its
+        state is whole, and return (any thread; a vCPU's own, in a device, too)."""
+        self._wait_running()
+        for vcpu in self.vcpus:
+            if vcpu.result is None:
+                vcpu.parking().request()
+
+    def pause(self, timeout: float | None = 10.0) -> None:
+        """Stop the guest: every running vCPU parked between two instructions, or halted
+        waiting for an interrupt.  Guest time stands still with it.  ``TimeoutError`` if
+        they are not all parked within ``timeout`` seconds; ``resume()`` lets them go on."""
+        if self.gdb is not None:
+            raise RuntimeError("this Vm is stopped and started by gdb (Vm(gdb=...))")
+        self.request_pause()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for vcpu in self.vcpus:
+            parking = vcpu.parking()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not parking.wait(left) and not parking.ended:
+                raise TimeoutError(f"vCPU {vcpu.vcpuid} did not pause within {timeout} s")
+
+    def resume(self) -> None:
+        """Let paused vCPUs go on."""
+        for vcpu in self.vcpus:
+            if vcpu._parking is not None:
+                vcpu._parking.resume()
+
+    def snapshot(self, path: str | Path) -> SnapshotInfo:
+        """Save the whole VM to ``path`` (``pyflank.snapshot``) while it runs: paused
+        already, it stays paused; else it is paused for the save and resumed after."""
+        self._wait_running()
+        paused = all(v._parking is not None and v._parking.stopped for v in self.vcpus)
+        if not paused:
+            self.pause()
+        try:
+            return save_snapshot(self, path)
+        finally:
+            if not paused:
+                self.resume()
+
+    def _wait_running(self) -> None:
+        if not self._ran or not self._running.wait(10.0):
+            raise RuntimeError("the Vm is not running (pause and snapshot a running Vm)")
+        if all(v.result is not None for v in self.vcpus):
+            raise RuntimeError("the Vm has stopped (pause and snapshot a running Vm)")
+
     # -- running -------------------------------------------------------------------------
     def run(
         self, timeout: float | None = 5.0, *, on_stop: StopCallback | None = None
     ) -> list[VcpuResult]:
         """Run every vCPU until it stops or ``timeout`` seconds pass; one result each.
 
-        ``timeout=None`` (or ``math.inf``) waits for the vCPUs however long they run.
+        ``timeout=None`` (or ``math.inf``) waits for the vCPUs however long they run (time
+        stopped in a debugger counts).
         ``on_stop(result)``, if given, is called on each vCPU's thread as that vCPU stops.
         The arguments are checked before any vCPU starts; whatever ends the run (a
         timeout, an exception, Ctrl-C in the caller), every vCPU thread is stopped and
@@ -476,15 +651,25 @@ class Vm:
     def _run(self, timeout: float | None, on_stop: StopCallback | None) -> list[VcpuResult]:
         for vcpu in self.vcpus:  # without local APICs only the boot vCPU takes interrupts
             machine = self.platform if vcpu.vcpuid == 0 else None
-            vcpu._attach(self.backend, trace=self.trace, machine=machine, observers=self.observers)
+            vcpu._attach(
+                self.backend, trace=self.trace, machine=machine, observers=self.observers,
+                gdb=self.gdb,
+            )  # fmt: skip
+        if self._restoring is not None:
+            self._restoring.start(self)  # each vCPU goes on from the snapshot
         try:
             for vcpu in self.vcpus:
                 vcpu.start(on_stop)
                 self._started.append(vcpu)
+            self._running.set()
+            if self.gdb is not None:
+                self.gdb.start()
             deadline = None if timeout is None else time.monotonic() + timeout
             for vcpu in self.vcpus:
                 vcpu.finished.wait(None if deadline is None else deadline - time.monotonic())
             self._stop_vcpus(StopReason.TIMEOUT)
+            if self.gdb is not None:
+                self.gdb.finish()
         finally:
             # An exception or Ctrl-C while waiting: the vCPUs must still stop before the
             # engines go.  Bounded, so a vCPU blocked in a device cannot hang the caller.
@@ -553,6 +738,26 @@ def _stop_stranded() -> None:
 
 _STRANDED: list[Vm] = []
 atexit.register(_stop_stranded)
+
+
+def _snapshots_of(vm: Vm) -> Callable[[str], str]:
+    """What gdb's ``monitor snapshot FILE`` does (holding no reference to ``vm``)."""
+    ref = weakref.ref(vm)
+
+    def snapshot(path: str) -> str:
+        target = ref()
+        if target is None:
+            raise ValueError("the Vm is gone")
+        info = save_snapshot(target, path)
+        return f"saved {info.path} ({info.size} bytes) in {info.seconds:.2f} s"
+
+    return snapshot
+
+
+def _close(backend: Backend, gdb: GdbStub | None) -> None:
+    if gdb is not None:
+        gdb.close()
+    backend.close()
 
 
 def _read(source: bytes | str | Path) -> bytes:

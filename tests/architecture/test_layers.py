@@ -11,8 +11,10 @@ import pyflank
 ROOT = Path(pyflank.__file__).parent
 # Top to bottom; a module may import its own layer and the layers below it.
 LAYERS = (
-    ("cli", "demo", "linux_demo", "testing", "observe"),
+    ("cli", "demo", "linux_demo", "testing", "observe", "debugger"),
     ("vmm",),
+    ("gdbstub", "snapshot"),
+    ("debug",),
     ("backends",),
     ("processor",),
     ("platform",),

@@ -10,9 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from pyflank import observe, testing, vmm
+from pyflank import debugger, observe, snapshot, testing, vmm
+from pyflank.debug import parking
 from pyflank.exit_handler import debug_ring, exit_handler_intel_x64, state_save
-from pyflank.observe import base, breaks, plot, replay, statistics, trace, tracefile
+from pyflank.gdbstub import server
+from pyflank.observe import (
+    base,
+    breaks,
+    input_gate,
+    plot,
+    record,
+    record_format,
+    replay,
+    replay_run,
+    statistics,
+    trace,
+    tracefile,
+)
 from pyflank.processor import observer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +52,17 @@ DOCUMENTED = (
     observer.VcpuObserver,
     observer.VmObserver,
     observer.ObservedVcpu,
+    observe.Recorder,
+    observe.Replayer,
+    observe.ReplayReport,
+    server.GdbStub,
+    snapshot.SnapshotInfo,
+    snapshot.SnapshotFile,
+    parking.Parking,
 )
-OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay, base, plot)
+OBSERVE_MODULES = (observer, statistics, trace, tracefile, breaks, replay, base, plot, record,
+                   record_format, replay_run, input_gate)  # fmt: skip
+DEBUG_MODULES = (server, snapshot, parking, debugger)
 
 
 def _undocumented() -> list[str]:
@@ -49,7 +72,7 @@ def _undocumented() -> list[str]:
             function = member.fget if isinstance(member, property) else member
             if not name.startswith("_") and callable(function) and not function.__doc__:
                 missing.append(f"{cls.__qualname__}.{name}")
-    for module in (vmm, testing, exit_handler_intel_x64, *OBSERVE_MODULES):
+    for module in (vmm, testing, exit_handler_intel_x64, *OBSERVE_MODULES, *DEBUG_MODULES):
         for name, member in vars(module).items():
             ours = getattr(member, "__module__", "") == module.__name__
             kind = inspect.isfunction(member) or inspect.isclass(member)

@@ -7,6 +7,8 @@ and debug-break handlers and its compositor, as ``Vm(observers=[...])``)::
     Vm(MyHandler, observers=[stats, trace]).run()
     print(stats.table())
     print(replay("run.jsonl", MyChangedHandler).describe())   # no CPU needed
+    Vm(MyHandler, observers=[Recorder("run.rec")]).run()      # record a run (software CPU)
+    Vm(MyHandler, observers=[again := Replayer("run.rec")]).run(); print(again.report.describe())
     plot_exits(read_trace("run.jsonl"), "exits.png")          # pip install pyflank[plot]
 
 ``python -m pyflank.observe`` reads a trace from the command line (``stats``, ``plot``,
@@ -20,7 +22,10 @@ import importlib
 
 from pyflank.observe.base import Observer
 from pyflank.observe.breaks import BreakHit, BreakOnExit
+from pyflank.observe.record import Recorder
+from pyflank.observe.record_format import RecordingError, read_recording
 from pyflank.observe.replay import Divergence, ReplayResult, replay
+from pyflank.observe.replay_run import Replayer, ReplayReport
 from pyflank.observe.statistics import ExitStatistics, ReasonStatistics
 from pyflank.observe.trace import ExitTrace
 from pyflank.observe.tracefile import Trace, TracedExit, TraceError, read_trace
@@ -35,12 +40,17 @@ __all__ = [
     "ObservedVcpu",
     "Observer",
     "ReasonStatistics",
+    "Recorder",
+    "RecordingError",
+    "ReplayReport",
     "ReplayResult",
+    "Replayer",
     "Trace",
     "TraceError",
     "TracedExit",
     "VcpuObserver",
     "VmObserver",
+    "read_recording",
     "read_trace",
     "replay",
 ]

@@ -14,6 +14,7 @@ after emulating HLT): the processor then runs no guest code until an event ends 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from enum import Enum
 from typing import Final
 
@@ -90,6 +91,7 @@ class GuestClock:
         self.machine = machine
         self.executed = 0  # guest code run, as of the last record (the engine's units)
         self.idle_ns = 0  # spent halted
+        self.idle_hook: Callable[[], None] | None = None  # called while waiting for input
 
     @property
     def now_ns(self) -> int:
@@ -123,6 +125,9 @@ class GuestClock:
                 machine.wakeup.clear()
                 machine.service()
                 return True
+            hook = self.idle_hook
+            if hook is not None:
+                hook()  # (a debugger, a snapshot: the vCPU is halted, its state whole)
         return False
 
     def _catch_up(self) -> None:

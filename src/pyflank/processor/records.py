@@ -35,6 +35,7 @@ class StopReason(Enum):
     TIMEOUT = "timeout"
     STOPPED = "stopped"  # stopped from outside (another vCPU finished with an error, ...)
     BREAK = "break"  # an observer broke on an exit, before the handler saw it
+    DIVERGED = "diverged"  # a replayed run left its recording (``observe.Replayer``)
     # KVM only: its instruction emulator met a guest instruction it cannot run (and that
     # stands for no VM exit); on hardware VMX the instruction would simply have executed.
     EMULATION_FAILURE = "emulation failure"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
@@ -490,3 +490,30 @@ class VmxProcessor:
         """Someone else wrote the VMCS (a debugger, a restore): store every field anew."""
         self._info = _UNSET_INFO
         self._rip = self._rflags = -1
+
+    # -- snapshots ------------------------------------------------------------------------
+    def continuity(self) -> ProcessorState:
+        """What a restored processor needs to go on as this one would (between exits)."""
+        clock = self.clock
+        return ProcessorState(
+            self.exits, self._failures, self._reload_all,
+            clock.executed if clock is not None else 0, clock.idle_ns if clock is not None else 0,
+        )  # fmt: skip
+
+    def continue_from(self, saved: ProcessorState) -> None:
+        """Go on from ``saved`` (a new processor of a restored vCPU, its VMCS restored)."""
+        self.exits, self._failures, self._reload_all = saved.exits, saved.failures, saved.reload_all
+        if self.clock is not None:
+            self.clock.executed, self.clock.idle_ns = saved.executed, saved.idle_ns
+        self.vmcs_written()
+
+
+@dataclass(frozen=True)
+class ProcessorState:
+    """A processor's own state between exits (``VmxProcessor.continuity``)."""
+
+    exits: int
+    failures: int
+    reload_all: bool
+    executed: int  # guest time: the guest code run, and the time spent halted
+    idle_ns: int

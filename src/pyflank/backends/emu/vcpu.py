@@ -28,6 +28,7 @@ from pyflank.backends.base import PortIo
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu import svm
 from pyflank.backends.emu.capture import StateCapture
+from pyflank.backends.emu.debug import EngineDebug
 from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.entry import MONITOR_TRAP, EntryLoader
 from pyflank.backends.emu.ept import StepOver
@@ -67,6 +68,7 @@ class EmuVcpu:
         self._stop_request: StopReason | None = None
         self._stop_lock = threading.Lock()
         self.instructions: InstructionCounter | None = None  # made when someone asks
+        self.debug: EngineDebug | None = None  # breakpoints, steps, stops: when someone asks
 
     def cpuid_leaves(self) -> None:
         return None  # CPUID exits: nothing to sample
@@ -113,6 +115,9 @@ class EmuVcpu:
         """Emulate until something stops it; None to go on."""
         if self._stop_request is not None:
             return Stop(self._stop_request, "", self._state())
+        debug = self.debug
+        if debug is not None:
+            debug.before_start()
         status = self.engine.start(self.loader.start_rip)
         outcome = self.hooks.take()
         if self.stepper.armed:
@@ -142,6 +147,9 @@ class EmuVcpu:
             return Stop(self._stop_request, "", self._state())
         if status:
             return Stop(StopReason.ERROR, f"emulator: {eng.UcError(status)}", self._state())
+        if debug is not None and debug.take_stop():  # the guest stopped in the debugger
+            self.loader.start_rip = self.engine.read(x86.UC_X86_REG_RIP)
+            return None
         if self.stop_gate.spent:  # at a block start: the time slice is over
             return Pause(self.capture.pause_state())
         self.loader.start_rip = self.engine.read(x86.UC_X86_REG_RIP)
@@ -197,6 +205,20 @@ class EmuVcpu:
         if self.instructions is None:
             self.instructions = InstructionCounter(self.engine)
         return self.instructions.count
+
+    def debugger(self) -> EngineDebug:
+        """Breakpoints, watchpoints, single steps and stops on request (``debug``); the
+        hooks exist only once something is set."""
+        if self.debug is None:
+            self.debug = EngineDebug(self)
+        return self.debug
+
+    def cancel_block_stop(self) -> None:
+        """Lower the stop gate's flag, unless the vCPU is asked to stop for good (its
+        thread: a stop the debugger asked for is taken)."""
+        with self._stop_lock:
+            if self._stop_request is None:
+                self.stop_gate.state.stop = 0
 
     def request_stop(self, reason: StopReason = StopReason.STOPPED) -> None:
         """Ask the vCPU to stop (any thread); it stops at the next block boundary."""

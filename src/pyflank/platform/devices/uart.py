@@ -56,6 +56,9 @@ class Uart16550:
         self.clock = clock or VirtualClock()
         self.sink = sink
         self.wakeup = wakeup
+        self.input_gate: Callable[[bytes], None] | None = None
+        """Takes host input instead of ``feed`` (a recording decides when the guest gets it,
+        and gives it with ``deliver``)."""
         self._lock = threading.Lock()
         self._out = bytearray()
         self._host: deque[int] = deque()
@@ -80,10 +83,18 @@ class Uart16550:
 
     def feed(self, data: bytes) -> None:
         """Queue bytes for the guest to receive (any thread)."""
-        with self._lock:
-            self._host.extend(data)
+        gate = self.input_gate
+        if gate is not None:
+            gate(bytes(data))
+            return
+        self.deliver(data)
         if self.wakeup is not None:
             self.wakeup.set()
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes from the host the guest can receive from now on."""
+        with self._lock:
+            self._host.extend(data)
 
     # -- time --------------------------------------------------------------------------
     def char_time_ns(self) -> int:
