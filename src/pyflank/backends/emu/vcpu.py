@@ -126,6 +126,11 @@ class EmuVcpu:
             if isinstance(outcome, StepOver):
                 self._step_over(outcome)
                 return None
+            parked = outcome is None and debug is not None and self._stop_request is None
+            if parked and debug is not None and debug.take_stop():
+                # Parked before the stepped instruction ran: the step (MTF) is still due.
+                self.loader.start_rip = self.engine.read(x86.UC_X86_REG_RIP)
+                return None
             self._interrupt_step()
             if isinstance(outcome, Pause | Stop) and outcome.state is not None:
                 state = self.stepper.record(outcome.state)
