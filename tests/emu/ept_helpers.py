@@ -32,6 +32,18 @@ class EptExit:
     rip: int
 
 
+def exit_fields(vmcs: Vmcs) -> EptExit:
+    """The fields an EPT or MTF exit reports."""
+    read = vmcs.read
+    return EptExit(
+        read(f.VM_EXIT_REASON),
+        read(f.EXIT_QUALIFICATION),
+        read(f.GUEST_PHYSICAL_ADDRESS),
+        read(f.GUEST_LINEAR_ADDRESS),
+        read(f.GUEST_RIP),
+    )
+
+
 class EptRecorder(Recorder):
     """Enables EPT, applies ``protect`` in setup, and records every EPT exit's fields.
 
@@ -50,16 +62,7 @@ class EptRecorder(Recorder):
             self.ept.protect(gpa, size, **permissions)
 
     def _record_ept(self) -> None:
-        read = self.m_vmcs.read
-        self.ept_exits.append(
-            EptExit(
-                read(f.VM_EXIT_REASON),
-                read(f.EXIT_QUALIFICATION),
-                read(f.GUEST_PHYSICAL_ADDRESS),
-                read(f.GUEST_LINEAR_ADDRESS),
-                read(f.GUEST_RIP),
-            )
-        )
+        self.ept_exits.append(exit_fields(self.m_vmcs))
         self.react(self)
 
     def handle_ept_violation(self) -> None:
@@ -95,16 +98,7 @@ class Stepping(EptRecorder):
         self.react = lift_and_step
 
     def handle_monitor_trap_flag(self) -> None:
-        read = self.m_vmcs.read
-        self.mtf_exits.append(
-            EptExit(
-                read(f.VM_EXIT_REASON),
-                read(f.EXIT_QUALIFICATION),
-                read(f.GUEST_PHYSICAL_ADDRESS),
-                read(f.GUEST_LINEAR_ADDRESS),
-                read(f.GUEST_RIP),
-            )
-        )
+        self.mtf_exits.append(exit_fields(self.m_vmcs))
         self.monitor_trap_flag(False)
         for gpa, size, permissions in self.protections:
             self.ept.protect(gpa, size, **permissions)

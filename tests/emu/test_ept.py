@@ -33,7 +33,7 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.qualifications import EptViolation
 from pyflank.intel_x64.vmcs import Vmcs
-from pyflank.memory.ept import RWX, WRITE_BACK, describe_permissions
+from pyflank.memory.ept import RWX, WRITE_BACK, EptTables, describe_permissions
 from pyflank.vmm import Vm
 
 NONE = {"read": False, "write": False, "execute": False}
@@ -379,3 +379,46 @@ def test_the_violation_decodes_as_the_codec_says() -> None:
     assert str(access).startswith("ept violation: write (ept allows r-x)")
     assert access.page == DATA and access.gla == DATA
     assert RWX == 7
+
+
+def test_switching_the_eptp_runs_the_guest_under_another_view_and_back() -> None:
+    other = DATA + PAGE
+
+    class Switching(EptRecorder):
+        """Two EPT views: the handler's tables forbid DATA, tables of its own forbid the
+        page after it; each EPT violation switches to the other view."""
+
+        protections = ((DATA, PAGE, NONE),)
+
+        def setup(self, vmcs: Vmcs) -> None:
+            super().setup(vmcs)
+            assert self.m_memory is not None
+            self.second = EptTables(self.host_memory(), memory_type=WRITE_BACK)
+            self.second.identity_map(self.m_memory.size)
+            self.second.protect(other, PAGE, 0)
+
+    def switch(h: EptRecorder) -> None:
+        second = h.second.eptp  # type: ignore[attr-defined]
+        h.ept.use(None if h.m_vmcs.read(f.EPT_POINTER) == second else second)
+
+    handler = Switching()
+    handler.react = switch
+    source = f"""
+        mov rbx, {DATA:#x}
+        mov qword ptr [rbx], 5
+        mov rax, qword ptr [rbx]
+        mov qword ptr [rbx + {PAGE}], 6
+        mov rcx, qword ptr [rbx]
+        mov rdx, qword ptr [rbx + {PAGE}]
+        hlt
+    """
+    vm, result = run1(source, lambda: handler)
+    assert result.reason is StopReason.GUEST_HLT, result.message
+    # DATA's write exits under the first view, its read runs under the second; the write
+    # to the other page exits there, back under the first DATA's read exits again.
+    assert [(e.gpa, e.qualification & 7) for e in handler.ept_exits] == [
+        (DATA, WRITE), (other, WRITE), (DATA, READ), (other, READ),
+    ]  # fmt: skip
+    s = result.state
+    assert (s.rax, s.rcx, s.rdx, vm.memory.read_u64(other)) == (5, 5, 6, 6)
+    assert handler.m_vmcs.read(f.EPT_POINTER) == handler.ept.eptp
