@@ -41,6 +41,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyflank.backends.base import (
     Backend,
@@ -56,7 +57,6 @@ from pyflank.debug.parking import Parking
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.exit_handler.fault import capture, handler_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS
-from pyflank.gdbstub.server import GdbStub, loopback
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
 from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
@@ -73,7 +73,6 @@ from pyflank.platform.devices.bus import PortBus
 from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
 from pyflank.platform.devices.uart import Uart16550
-from pyflank.platform.linux.bzimage import LinuxBoot, load_bzimage, load_vmlinux
 from pyflank.platform.linux.cmdline import compose
 from pyflank.platform.loader import LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
@@ -81,8 +80,11 @@ from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
 from pyflank.processor.observer import VmObserver, checked_observers, compose_observers
 from pyflank.processor.time import TSC_HZ
-from pyflank.snapshot import Restoring, SnapshotFile, SnapshotInfo
-from pyflank.snapshot import save as save_snapshot
+
+if TYPE_CHECKING:
+    from pyflank.gdbstub.server import GdbStub
+    from pyflank.platform.linux.bzimage import LinuxBoot
+    from pyflank.snapshot import Restoring, SnapshotInfo
 
 __all__ = ["BackendUnavailable", "StopReason", "Vcpu", "VcpuResult", "Vm", "run_loop"]
 
@@ -389,6 +391,8 @@ class Vm:
                 raise ValueError(f"the gdb stub needs the software CPU (emu), not the "
                                  f"{self.backend.name} backend")  # fmt: skip
             try:
+                from pyflank.gdbstub.server import GdbStub, loopback  # noqa: PLC0415 - emu's
+
                 self.gdb = GdbStub(loopback(gdb), wait=gdb_wait, snapshot=_snapshots_of(self))
             except (OSError, ValueError):
                 self.backend.close()
@@ -456,6 +460,9 @@ class Vm:
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
             console=console, observers=observers, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
         )  # fmt: skip
+        # Imported here: a VM that boots no kernel (bfm's service) skips its ~20 ms import.
+        from pyflank.platform.linux.bzimage import load_bzimage, load_vmlinux  # noqa: PLC0415
+
         load = load_bzimage if decompress_in_guest else load_vmlinux
         boot = load(
             vm.memory,
@@ -496,6 +503,8 @@ class Vm:
         """A Vm that goes on from ``snapshot`` (``Vm.snapshot``'s file), as its Vm would
         have: RAM, vCPUs, devices and guest time as they were; ``run`` continues them.
         ``SnapshotError`` (a ``ValueError``) with the reason for a file it cannot use."""
+        from pyflank.snapshot import SnapshotFile  # noqa: PLC0415 - the software CPU's
+
         with SnapshotFile(snapshot) as file:
             meta = file.meta
             vm = cls(
@@ -609,6 +618,8 @@ class Vm:
         if not paused:
             self.pause()
         try:
+            from pyflank.snapshot import save as save_snapshot  # noqa: PLC0415
+
             return save_snapshot(self, path)
         finally:
             if not paused:
@@ -748,6 +759,8 @@ def _snapshots_of(vm: Vm) -> Callable[[str], str]:
         target = ref()
         if target is None:
             raise ValueError("the Vm is gone")
+        from pyflank.snapshot import save as save_snapshot  # noqa: PLC0415
+
         info = save_snapshot(target, path)
         return f"saved {info.path} ({info.size} bytes) in {info.seconds:.2f} s"
 

@@ -237,7 +237,8 @@ def test_an_unprivileged_user_can_always_clean_a_stale_pid_file(shared: Path) ->
     (runtime / "vmm.pid").write_text(f"{os.getpid()}\n")
     os.chown(runtime / "vmm.pid", 65534, 65534)
     env = {**os.environ, "PYFLANK_RUNTIME_DIR": str(runtime)}
-    imports = "import pyflank.cli.bfm as bfm"
+    # bfm imports its parser and manager when a command needs them: here, before the switch.
+    imports = "import pyflank.cli.bfm as bfm, pyflank.cli.parser, pyflank.cli.manager"
 
     def bfm_as_other(*args: str) -> subprocess.CompletedProcess[str]:
         return run_as_other_user(BFM_AS_OTHER_USER, *args, imports=imports, env=env)

@@ -139,6 +139,13 @@ def test_run_stops_at_its_timeout(bfm: Bfm, tmp_path: Path) -> None:
     assert "vcpu 0: timeout" in result.err
 
 
+def test_a_quiet_run_that_fails_still_says_why_in_one_line(bfm: Bfm, tmp_path: Path) -> None:
+    program = _program(tmp_path, "fault.s", "ud2\n")
+    result = bfm("run", "-q", str(program), "--backend", "emu", "--timeout", "5")
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith("bfm run: vcpu 0: ") and len(result.err.splitlines()) == 1, result
+
+
 def test_the_console_is_live_and_ctrl_c_ends_the_run(bfm: Bfm, tmp_path: Path) -> None:
     program = _program(tmp_path, "talk.s", HELLO.replace("    hlt\n", "spin:\n    jmp spin\n"))
     child = subprocess.Popen(

@@ -2,21 +2,23 @@
 
 ``Vm(backend=...)`` takes one of ``NAMES``; "auto" is the software CPU, which needs
 nothing from the host (KVM is asked for by name, and says why when it cannot run).
+Each backend's modules are imported when a VM first asks for it, not before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pyflank.abi import HypervisorFeatures, hypervisor_leaves
 from pyflank.backends.base import Backend, PortIo
-from pyflank.backends.emu import EmuVcpu, unsupported
-from pyflank.backends.kvm.platform import KvmBackend
 from pyflank.backends.names import AUTO, NAMES
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory
+
+if TYPE_CHECKING:
+    from pyflank.backends.emu import EmuVcpu
 
 __all__ = ["AUTO", "BACKENDS", "NAMES", "EmuBackend", "open_backend", "resolve"]
 
@@ -36,18 +38,28 @@ class EmuBackend:
         return hypervisor_leaves(HypervisorFeatures.VMCALL_INSTRUCTION)
 
     def unsupported(self, vmcs: Vmcs) -> list[str]:
+        from pyflank.backends.emu import unsupported  # noqa: PLC0415 - only once chosen
+
         return unsupported(vmcs)
 
     def create_vcpu(self, vcpuid: int) -> EmuVcpu:
+        from pyflank.backends.emu import EmuVcpu  # noqa: PLC0415 - only once chosen
+
         return EmuVcpu(self.memory, self.ports)
 
     def close(self) -> None:
         pass  # unicorn engines are freed with their vCPUs
 
 
+def _kvm_backend(memory: GuestPhysicalMemory, ports: PortIo) -> Backend:
+    from pyflank.backends.kvm.platform import KvmBackend  # noqa: PLC0415 - only once chosen
+
+    return KvmBackend(memory, ports)
+
+
 BACKENDS: Final[dict[str, Callable[[GuestPhysicalMemory, PortIo], Backend]]] = {
     "emu": EmuBackend,
-    "kvm": KvmBackend,
+    "kvm": _kvm_backend,
 }
 
 

@@ -74,7 +74,7 @@ def choose_backend(requested: str, cache: RuntimeDir | None = None) -> BackendCh
     if requested != "auto":
         return BackendChoice(requested)
     key = _host_key()
-    path = cache.path / "backend-auto.json" if cache is not None else None
+    path = cache.backend_choice if cache is not None else None
     if cache is not None and path is not None and key:
         with contextlib.suppress(RuntimeDirError):
             kept = cache.read_record(path) if cache.exists() else None

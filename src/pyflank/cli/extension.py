@@ -19,7 +19,7 @@ from types import ModuleType
 
 from pyflank.cli.errors import ExtensionError, UsageError
 from pyflank.cli.files import read_input
-from pyflank.cli.protocol import loads
+from pyflank.cli.json_text import loads
 from pyflank.exit_handler import ExitHandlerIntelX64
 
 __all__ = ["ExtensionError", "compose", "load_handler", "load_modules_file"]

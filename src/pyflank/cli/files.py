@@ -1,12 +1,12 @@
 """The files a bfm command line names: read and written without ever blocking or
-reading forever (a FIFO, /dev/zero), each failure a one-line ``UsageError``."""
+reading forever (a FIFO, /dev/zero), each failure a one-line ``UsageError``.  Paths are
+strings or path objects; this module imports no ``pathlib`` (``bfm vmcall`` uses it)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import stat
-from pathlib import Path
 
 from pyflank.cli.errors import UsageError
 
@@ -15,7 +15,7 @@ def _reason(exc: OSError | ValueError) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def read_input(path: Path, limit: int, limit_name: str = "") -> bytes:
+def read_input(path: str | os.PathLike[str], limit: int, limit_name: str = "") -> bytes:
     """The bytes of the regular file ``path``; more than ``limit`` bytes is refused
     (the message calls the limit ``limit_name``, if given)."""
     try:
@@ -38,7 +38,7 @@ def read_input(path: Path, limit: int, limit_name: str = "") -> bytes:
     return data
 
 
-def write_output(path: Path, data: bytes) -> None:
+def write_output(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` (a regular file, created if missing, or a device)."""
     try:
         # Non-blocking open: a FIFO without a reader fails (ENXIO) instead of hanging.

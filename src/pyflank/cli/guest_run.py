@@ -9,6 +9,9 @@ What the guest is made of is a list of ``ImageLoader``s: the program is one.  A 
 kernel (``--kernel``, with ``--initrd`` and ``--append`` as QEMU takes them) builds its
 own PC instead (``Vm.boot_linux``); standard input is typed into its console
 (``keyboard``), its exit statistics follow the summary, and a power-off is a clean end.
+``--gdb PORT`` runs either under the gdb stub (``Vm(gdb=PORT)``, the software CPU): its
+address goes to stderr (even with ``-q``: it is what the user connects to), and the guest
+waits for gdb before its first instruction unless ``--gdb-no-wait``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from pyflank.backends.base import BackendUnavailable, StopReason
-from pyflank.cli.backend_choice import choose_backend
+from pyflank.cli.backend_choice import BackendChoice, choose_backend
 from pyflank.cli.errors import CommandError, UsageError
 from pyflank.cli.extension import load_handler
 from pyflank.cli.files import read_input
@@ -54,6 +57,8 @@ class RunRequest:
     memory: int = 0  # bytes; 0: 16 MiB for a program, 256 MiB for a kernel
     extension: str | None = None  # None: the seed's handler
     timeout: float | None = None
+    gdb: str | None = None  # the gdb stub's address: the guest runs under gdb
+    gdb_wait: bool = True  # the guest waits for gdb before its first instruction
     verbose: bool = False
     quiet: bool = False
 
@@ -139,11 +144,35 @@ def _linux_vm(
         vm = Vm.boot_linux(
             kernel, initrd=initrd, append=request.append, handler=handler,
             memory_size=memory, backend=backend, observers=[statistics],
+            gdb=_gdb_port(request), gdb_wait=request.gdb_wait,
         )  # fmt: skip
     except BootProtocolError as exc:
         raise CommandError(f"{request.kernel}: {exc}") from None
     parts = f"{request.kernel} (Linux)" + (f", {request.initrd} (initrd)" if initrd else "")
     return vm, parts, statistics
+
+
+def _gdb_port(request: RunRequest) -> int | str | None:
+    spec = None if request.gdb is None else request.gdb.strip()
+    return int(spec) if spec is not None and spec.isdigit() else spec
+
+
+def _open_vm(request: RunRequest, handler: type[ExitHandlerIntelX64], backend: str,
+             memory: int) -> tuple[Vm, str | None, ExitStatistics | None]:  # fmt: skip
+    """The VM (and for a kernel, what was loaded and its statistics), its errors in bfm's
+    words."""
+    try:
+        if request.kernel is not None:
+            return _linux_vm(request, handler, backend, memory)
+        vm = Vm(handler, vcpus=request.vcpus, backend=backend, memory_size=memory,
+                gdb=_gdb_port(request), gdb_wait=request.gdb_wait)  # fmt: skip
+        return vm, None, None
+    except BackendUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        if str(exc).startswith("gdb stub"):  # the stub's own words name the address
+            raise CommandError(f"--gdb {request.gdb}: {exc}") from None
+        raise CommandError(f"cannot build the VM: {exc}") from None
 
 
 def run_program(
@@ -163,27 +192,28 @@ def run_program(
     handler = _handler(request.extension)
     if request.program is not None:
         read_input(request.program, memory)  # a missing or odd file fails first
-    choice = choose_backend(request.backend, cache)
+    if request.gdb is not None:  # the stub runs on the software CPU (auto means it)
+        if request.backend == "kvm":
+            raise UsageError("--gdb needs the software CPU (--backend emu), not kvm")
+        choice = BackendChoice("emu", "" if request.backend == "emu" else
+                               "backend auto: chose emu: the gdb stub runs on the software CPU")
+    else:
+        choice = choose_backend(request.backend, cache)
 
     def say(text: str) -> None:
         if not request.quiet:
             print(text, file=report)
 
-    statistics = None
-    try:
-        if linux:
-            vm, loaded, statistics = _linux_vm(request, handler, choice.name, memory)
-        else:
-            vm = Vm(handler, vcpus=request.vcpus, backend=choice.name, memory_size=memory)
-    except BackendUnavailable as exc:
-        raise CommandError(str(exc)) from None
-    except (ValueError, OSError) as exc:
-        raise CommandError(f"cannot build the VM: {exc}") from None
+    vm, loaded, statistics = _open_vm(request, handler, choice.name, memory)
     with vm:
-        if not linux:
+        if loaded is None:
             loaded = ", ".join(loader(vm, request) for loader in LOADERS)
         if choice.why:
             say(choice.why)
+        if vm.gdb is not None:
+            waits = "waits for gdb" if request.gdb_wait else "runs; gdb attaching stops it"
+            print(f"bfm run: gdb stub on {vm.gdb.address} (the guest {waits}): "
+                  f"gdb -ex 'target remote {vm.gdb.address}'", file=report, flush=True)  # fmt: skip
         vm.serial.sink = Console(console)
         started = time.monotonic()
         interrupted = False
@@ -210,4 +240,7 @@ def run_program(
         say(statistics.table())
     if interrupted:
         return EXIT_INTERRUPTED
-    return 0 if all(r.reason in CLEAN_STOPS for r in results) else 1
+    failed = [r for r in results if r.reason not in CLEAN_STOPS]
+    if failed and request.quiet:  # -q prints only errors: a vCPU that failed is one
+        print(f"bfm run: {_summary(failed[0])}", file=report)
+    return 1 if failed else 0

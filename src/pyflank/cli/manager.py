@@ -3,7 +3,8 @@
 The state rules are Bareflank's bfm's (``ioctl_driver``), with the differences the
 README lists: ``start`` with nothing loaded loads the default handler (and says so),
 ``stop`` and ``unload`` clean up a corrupt VMM, ``dump`` also works on a corrupt VMM
-whose service still answers.
+whose service still answers.  (``bfm vmcall`` goes straight to the service, ``cli.bfm``;
+it comes here only to say why no service answered.)
 """
 
 from __future__ import annotations
@@ -11,38 +12,30 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyflank.cli import protocol
-from pyflank.cli.runtime import RuntimeDir, VmmStatus
+from pyflank.cli import client, protocol
+from pyflank.cli.errors import ManagerError
+from pyflank.cli.runtime import RuntimeDir
+from pyflank.cli.service_launch import ServiceLaunch
 from pyflank.cli.service_process import (
-    SERVICE_MODULE,
     ServiceRecord,
     read_record,
     terminate,
     wait_gone,
     why_not_our_service,
 )
+from pyflank.cli.vmm_state import VmmStatus, not_running, vcpu_lines
+
+__all__ = ["ManagerError", "Status", "VmmStatus", "status", "why_not_running"]
 
 DEFAULT_EXTENSION = "pyflank.exit_handler.exit_handler_intel_x64:ExitHandlerIntelX64"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 PING_TIMEOUT = 10.0  # a loaded service answers slowly; a dead one is refused at once
-
-
-class ManagerError(Exception):
-    """A command refused in the VMM's current state, or a service failure."""
-
-    def __init__(self, message: str, exit_code: int = 1, output: str = "") -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.output = output  # printed on stdout before the one-line reason
 
 
 @dataclass(frozen=True)
@@ -79,24 +72,6 @@ def _locked(rt: RuntimeDir) -> Iterator[None]:
         yield
 
 
-def _vcpu_lines(info: dict[str, Any], everyone: bool) -> list[str]:
-    lines = []
-    vcpus = info.get("vcpus")
-    for vcpu in vcpus if isinstance(vcpus, list) else []:
-        if not isinstance(vcpu, dict):
-            continue
-        state = vcpu.get("state")
-        if state == "running" and not everyone:
-            continue
-        line = f"vcpu {vcpu.get('vcpuid')}: {state}"
-        if state != "running":
-            line += f" ({vcpu.get('reason')})"
-            if vcpu.get("message"):
-                line += f": {vcpu.get('message')}"
-        lines.append(line)
-    return lines
-
-
 def status(rt: RuntimeDir, *, verbose: bool = False) -> Status:
     if not rt.exists():
         return Status(VmmStatus.UNLOADED)
@@ -116,8 +91,9 @@ def status(rt: RuntimeDir, *, verbose: bool = False) -> Status:
         if info.get("busy"):  # alive, only full: a busy VMM is a running VMM
             return Status(VmmStatus.RUNNING, str(info.get("error")), service=record)
         return Status(VmmStatus.CORRUPT, str(info.get("error")), service=record)
-    state = VmmStatus.CORRUPT if _vcpu_lines(info, everyone=False) else VmmStatus.RUNNING
-    return Status(state, vcpus=_vcpu_lines(info, everyone=verbose), service=record, info=info)
+    vcpus = info.get("vcpus")
+    state = VmmStatus.CORRUPT if vcpu_lines(vcpus, everyone=False) else VmmStatus.RUNNING
+    return Status(state, vcpus=vcpu_lines(vcpus, everyone=verbose), service=record, info=info)
 
 
 def load(rt: RuntimeDir, extension: str) -> str:
@@ -150,7 +126,15 @@ def unload(rt: RuntimeDir) -> str:
     return "unloaded"
 
 
-def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int = 0) -> str:
+def start(
+    rt: RuntimeDir,
+    *,
+    backend: str = "auto",
+    vcpus: int = 1,
+    memory: int = 0,
+    launch: ServiceLaunch | None = None,
+) -> str:
+    """Start the VMM (restarting a running one); ``launch``: a service spawned early."""
     if vcpus < 1:
         raise ManagerError("--vcpus must be at least 1", exit_code=2)
     from pyflank.cli.backend_choice import choose_backend  # noqa: PLC0415 - probes KVM
@@ -169,7 +153,9 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int 
             record = {"extension": DEFAULT_EXTENSION, "handler": "ExitHandlerIntelX64"}
             rt.write_loaded(record)
             lines.append("nothing was loaded: loaded the default handler ExitHandlerIntelX64")
-        info = _spawn(rt, record["extension"], choice.name, vcpus, memory)
+        arguments = ["--extension", record["extension"], "--backend", choice.name,
+                     "--vcpus", str(vcpus), "--memory", str(memory)]  # fmt: skip
+        info = _spawn(rt, arguments, launch)
     lines.append(f"started {record['handler']} on {vcpus} vCPU(s), backend {info.get('backend')}")
     if choice.why:
         lines.append(choice.why)
@@ -178,40 +164,39 @@ def start(rt: RuntimeDir, *, backend: str = "auto", vcpus: int = 1, memory: int 
     return "\n".join(lines)
 
 
-def _spawn(rt: RuntimeDir, extension: str, backend: str, vcpus: int, memory: int) -> dict[str, Any]:
-    command = [
-        sys.executable, "-m", SERVICE_MODULE, "--runtime-dir", str(rt.path),
-        "--extension", extension, "--backend", backend, "--vcpus", str(vcpus),
-        "--memory", str(memory),
-    ]  # fmt: skip
+def _spawn(
+    rt: RuntimeDir,
+    arguments: list[str],
+    launch: ServiceLaunch | None,
+) -> dict[str, Any]:
+    """Start the service (the one ``launch`` spawned already, if given): its first
+    ``ping`` answer, sent through a pipe the moment it serves (no polling)."""
     rt.remove(rt.pidfile)
     rt.remove(rt.saved_rings)
-    log_fd = os.open(rt.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(log_fd, "wb") as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            rt.clean_service_files()
-            raise ManagerError(f"the VMM service failed to start: {_last_log_line(rt)}")
-        record = read_record(rt)
-        if record is not None and record.pid == process.pid:
-            with contextlib.suppress(protocol.ProtocolError):
-                info = protocol.call(rt.socket, {"op": "ping"}, PING_TIMEOUT, server_pid=record.pid)
-                if info.get("ok"):
-                    return info
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
+    launch = launch or ServiceLaunch(rt)
+    launch.order(arguments)
+    line = launch.wait_ready(START_TIMEOUT)
+    process = launch.process
+    record = read_record(rt)
+    if line and record is not None and record.pid == process.pid:
+        with contextlib.suppress(ValueError):
+            info = protocol.loads(line)
+            if isinstance(info, dict) and info.get("ok"):
+                return info
+    if line is None and process.poll() is None:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+        rt.clean_service_files()
+        raise ManagerError("the VMM service did not come up in time")
+    process.wait(STOP_TIMEOUT)  # it is ending: let it say why first
     rt.clean_service_files()
-    raise ManagerError("the VMM service did not come up in time")
+    raise ManagerError(f"the VMM service failed to start: {_last_log_line(rt)}")
 
 
 def _last_log_line(rt: RuntimeDir) -> str:
-    with contextlib.suppress(OSError):
-        lines = [line for line in rt.log.read_text(errors="replace").splitlines() if line.strip()]
+    with contextlib.suppress(OSError), open(rt.log, "rb") as log:
+        text = log.read().decode("utf-8", "replace")
+        lines = [line for line in text.splitlines() if line.strip()]
         if lines:
             return lines[-1]
     return "no output"
@@ -221,6 +206,7 @@ def _stop_service(rt: RuntimeDir, state: Status) -> bool:
     """Stop the service ``state`` found (only a verified one is ever signalled); clean up.
     Whether a live service was stopped."""
     service = state.service
+    client.forget(rt)  # this process's idle vmcall connections to it
     if service is not None:
         if state.answering or state.state is VmmStatus.CORRUPT:
             with contextlib.suppress(protocol.ProtocolError):
@@ -272,15 +258,21 @@ def dump(rt: RuntimeDir, vcpuid: int) -> str:
     return str(_request(rt, state, {"op": "dump", "vcpuid": vcpuid})["text"]).rstrip("\n")
 
 
-def vmcall(rt: RuntimeDir, cpuid: int, request: dict[str, Any]) -> dict[str, Any]:
+def stats(rt: RuntimeDir, *, timeline: bool = False) -> dict[str, Any]:
+    """The running VMM's exit statistics (``ExitStatistics.as_dict``)."""
+    state = _answering(rt, "stats")
+    figures = _request(rt, state, {"op": "stats", "timeline": timeline}).get("stats")
+    if not isinstance(figures, dict):
+        raise ManagerError("the VMM sent no statistics")
+    return figures
+
+
+def why_not_running(rt: RuntimeDir, detail: str) -> ManagerError:
+    """The error of a vmcall that found no service to send to (``detail``: what failed)."""
     state = status(rt)
-    if state.state is not VmmStatus.RUNNING:
-        why = f": {state.reason()}" if state.reason() else ""
-        raise ManagerError(
-            f"the VMM is not running ({state.state.value}{why})"
-            + ("" if why else ": run 'bfm start' first")
-        )
-    return _request(rt, state, {"op": "vmcall", "cpuid": cpuid, **request})
+    if state.state is VmmStatus.RUNNING:  # it came up (or is full) since: say what failed
+        return ManagerError(f"cannot reach the VMM: {detail}")
+    return ManagerError(not_running(state.state, state.reason()))
 
 
 def status_lines(rt: RuntimeDir, verbose: bool) -> Sequence[str]:

@@ -34,9 +34,11 @@ Usage: bfm [OPTION]... load <extension>
   or:  bfm [OPTION]... quick <extension> [--backend B] [--vcpus N] [--memory SIZE]
   or:  bfm [OPTION]... status
   or:  bfm [OPTION]... dump [--vcpuid N]
+  or:  bfm [OPTION]... stats [--json] [--plot FILE.png]
   or:  bfm [OPTION]... vmcall [--cpuid N] <cmd>
   or:  bfm [OPTION]... run <program> [--backend B] [--vcpus N] [--memory SIZE] [...]
   or:  bfm [OPTION]... run --kernel FILE [--initrd FILE] [--append CMDLINE] [...]
+  or:  bfm [OPTION]... run (<program> | --kernel FILE) --gdb PORT [--gdb-no-wait] [...]
   or:  bfm [OPTION]... check <vmcs.json>
 pyflank manager: load an exit handler, run the VMM, talk to it from inside the guest;
 or run a guest program of your own, or boot Linux, under a handler ('bfm run').
@@ -79,7 +81,11 @@ class CommandLine:
     initrd: Path | None = None
     append: str | None = None
     timeout: float | None = None
+    gdb: str | None = None  # bfm run --gdb: the stub's address (checked by the stub)
+    gdb_no_wait: bool = False
     vmcs: Path | None = None
+    json: bool = False  # bfm stats --json
+    plot: Path | None = None  # bfm stats --plot FILE
     words: list[str] = field(default_factory=list)  # vmcall's command and arguments
 
 
@@ -229,6 +235,17 @@ def _run_options(parser: _Parser) -> None:
         metavar="SECONDS",
         help="stop the vCPUs after this long (default: no limit)",
     )
+    parser.add_argument(
+        "--gdb",
+        metavar="PORT",
+        help="serve gdb's remote protocol on this loopback port (or HOST:PORT; 0: a free "
+        "one, printed) -- on the software CPU; the guest waits for gdb before it starts",
+    )
+    parser.add_argument(
+        "--gdb-no-wait",
+        action="store_true",
+        help="with --gdb: run at once (gdb attaching stops the guest)",
+    )
 
 
 def _commands() -> dict[str, _Parser]:
@@ -252,6 +269,11 @@ def _commands() -> dict[str, _Parser]:
             "each vCPU that stopped (-v: every vCPU, and why a VMM is corrupt).",
         ),
         "dump": _new("bfm dump", "Print a vCPU's debug ring."),
+        "stats": _new(
+            "bfm stats",
+            "Print the running VMM's exits so far: how many of each reason on each vCPU, "
+            "and the handler's time on them.",
+        ),
         "vmcall": _new(
             "bfm vmcall", "Have the guest agent on a vCPU make a vmcall.", epilog=VMCALL_HELP
         ),
@@ -275,6 +297,13 @@ def _commands() -> dict[str, _Parser]:
     _run_options(p["run"])
     p["dump"].add_argument(
         "--vcpuid", type=_argument_type(_count), metavar="N", help="the vCPU (default 0)"
+    )
+    p["stats"].add_argument("--json", action="store_true", help="the figures as JSON")
+    p["stats"].add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw exits per reason and over time into FILE (.png, .svg; pyflank[plot])",
     )
     p["vmcall"].add_argument(
         "--cpuid",
@@ -352,6 +381,10 @@ def _check_run(line: CommandLine) -> None:
         for option, value in (("--initrd", line.initrd), ("--append", line.append)):
             if value is not None:
                 raise UsageError(f"run: {option} goes with --kernel")
+    if line.gdb is None and line.gdb_no_wait:
+        raise UsageError("run: --gdb-no-wait goes with --gdb")
+    if line.gdb is not None and line.backend == "kvm":
+        raise UsageError("run: --gdb needs the software CPU (--backend emu), not kvm")
 
 
 def command_help(command: str | None) -> str:

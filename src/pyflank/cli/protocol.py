@@ -1,70 +1,47 @@
-"""bfm <-> VMM service messages: one JSON object per line over a Unix socket.
+"""bfm <-> VMM service control messages: one JSON object per line, one per connection.
 
-Both ends check who is on the other end (``SO_PEERCRED``): the service answers only its
-own user, and bfm talks only to a service of its own user.  Messages are standard JSON
-(no NaN or Infinity), bounded in size and nesting.
+Both ends check who is on the other end (``SO_PEERCRED``, ``cli.connection``).  Messages
+are standard JSON (no NaN or Infinity), bounded in size and nesting.  Vmcalls travel as
+frames on a persistent connection instead (``cli.wire``, ``cli.client``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 import socket
-import struct
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from pyflank.cli.connection import CONNECT_TIMEOUT, check_peer, connect, peer_credentials
+from pyflank.cli.errors import PeerRefused, ProtocolError
+from pyflank.cli.json_text import dumps, loads
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MAX_MESSAGE",
+    "PeerRefused",
+    "ProtocolError",
+    "call",
+    "dumps",
+    "loads",
+    "parse_message",
+    "peer_credentials",
+    "receive_message",
+    "send_message",
+]
+
 # 32 pages in and out, base64-encoded, plus room for the envelope.
 MAX_MESSAGE = 1 << 20
-CONNECT_TIMEOUT = 5.0  # a burst of clients waits this long for the service to accept
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a message, or went away."""
-
-
-class PeerRefused(ProtocolError):
-    """The process on the other end of the socket is not one to talk to."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not standard JSON")
-
-
-def loads(data: bytes | str) -> Any:
-    """Standard JSON only; every failure (syntax, NaN, nesting, bad UTF-8) a ValueError."""
-    try:
-        return json.loads(data, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def dumps(value: Any) -> str:
-    # ASCII on the wire: every string survives, lone surrogates included.
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process on the other end of a connected Unix socket."""
-    pid, uid, _gid = _PEERCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    )
-    return pid, uid
 
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(dumps(message).encode("ascii") + b"\n")
 
 
-def receive_message(stream: IO[bytes] | io.BufferedIOBase) -> dict[str, Any]:
-    """One message from a binary file object made by ``socket.makefile('rb')``."""
-    line = stream.readline(MAX_MESSAGE + 1)
-    if not line:
-        raise ProtocolError("connection closed")
+def parse_message(line: bytes) -> dict[str, Any]:
+    """The message a line holds (``ProtocolError`` if it is none)."""
     if len(line) > MAX_MESSAGE:
         raise ProtocolError("message too large")
     try:
@@ -76,24 +53,20 @@ def receive_message(stream: IO[bytes] | io.BufferedIOBase) -> dict[str, Any]:
     return message
 
 
-def _connect(path: Path, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # A blocking connect, bounded by SO_SNDTIMEO: a full accept queue makes it wait,
-        # where a non-blocking one (what settimeout gives) fails at once with EAGAIN.
-        seconds = min(timeout, CONNECT_TIMEOUT)
-        timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-        sock.connect(os.fspath(path))
-        sock.settimeout(timeout)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def receive_message(stream: IO[bytes] | io.BufferedIOBase) -> dict[str, Any]:
+    """One message from a binary file object made by ``socket.makefile('rb')``."""
+    line = stream.readline(MAX_MESSAGE + 1)
+    if not line:
+        raise ProtocolError("connection closed")
+    return parse_message(line)
 
 
 def call(
-    path: Path, message: dict[str, Any], timeout: float = 30.0, *, server_pid: int | None = None
+    path: Path | str,
+    message: dict[str, Any],
+    timeout: float = 30.0,
+    *,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Send one request to the service at ``path`` and return its reply.
 
@@ -112,20 +85,10 @@ def call(
 
 
 def _call_once(
-    path: Path, message: dict[str, Any], timeout: float, server_pid: int | None
+    path: Path | str, message: dict[str, Any], timeout: float, server_pid: int | None
 ) -> dict[str, Any]:
-    try:
-        sock = _connect(path, timeout)
-    except BlockingIOError:
-        raise ProtocolError("the VMM is too busy to accept a connection: try again") from None
-    except OSError as exc:
-        raise ProtocolError(f"cannot reach the VMM: {exc.strerror or exc}") from None
-    with sock:
-        pid, uid = peer_credentials(sock)
-        if uid != os.getuid():
-            raise PeerRefused(f"{path} is served by uid {uid}, not by you: refusing it")
-        if server_pid is not None and pid != server_pid:
-            raise PeerRefused(f"{path} is served by pid {pid}, not the VMM service {server_pid}")
+    with connect(path, timeout, socket.socket) as sock:
+        check_peer(sock, path, server_pid)
         try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 send_message(sock, message)  # a refusal may have closed it: read that

@@ -1,11 +1,17 @@
 """The VMM service ``bfm start`` runs in the background: a VM, its guest agent, a socket.
 
     python -m pyflank.cli.service --runtime-dir DIR --extension SPEC [--backend B]
-                                  [--vcpus N] [--memory BYTES]
+                                  [--vcpus N] [--memory BYTES] [--ready-fd FD]
 
 It answers bfm's requests on ``DIR/vmm.sock`` (mode 0600, its own user only) until
-``stop`` or SIGTERM.  A vCPU that stops (its handler raised, its agent halted) is
-reported by ``ping`` and fails every vmcall sent to it at once, with the reason.
+``stop`` or SIGTERM: control messages as JSON lines, vmcalls as frames on persistent
+connections (``cli.server``, ``cli.wire``).  A vCPU that stops (its handler raised, its
+agent halted) is reported by ``ping``, fails the vmcall it was running at once with the
+reason, and makes the VMM refuse vmcalls as ``VMM_CORRUPT`` from then on.  With
+``--ready-fd``, the answer to ``ping`` is written to that descriptor once the service
+serves (how ``bfm start`` learns it is up without polling).
+
+Only the backend chosen is imported (``backends.factory``).
 """
 
 from __future__ import annotations
@@ -19,15 +25,14 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from pyflank import guests
 from pyflank.abi import (
     BF_VMCALL_FAILURE,
-    DATA,
     OPCODE_SLOT,
     SLOTS,
     STATUS_SLOT,
@@ -36,19 +41,31 @@ from pyflank.abi import (
 )
 from pyflank.backends.base import BackendUnavailable
 from pyflank.backends.factory import NAMES, resolve
+from pyflank.cli import wire
 from pyflank.cli.bounded_log import BoundedStream
 from pyflank.cli.errors import ExtensionError
 from pyflank.cli.extension import load_handler
+from pyflank.cli.json_text import dumps, loads
 from pyflank.cli.runtime import RuntimeDir, RuntimeDirError
-from pyflank.cli.server import READ_TIMEOUT, ServiceServer, error_reply
+from pyflank.cli.server import READ_TIMEOUT, Reply, ServiceServer, error_reply
 from pyflank.cli.service_process import ServiceRecord, read_record, write_record
-from pyflank.platform.mailbox import BASE_PORT, IN_OFFSET, OUT_OFFSET, SLOT_SIZE, Mailbox
+from pyflank.cli.vmm_state import VmmStatus, not_running, vcpu_lines
+from pyflank.observe.statistics import ExitStatistics
+from pyflank.platform.mailbox import (
+    BASE_PORT,
+    SLOT_SIZE,
+    Mailbox,
+    MailboxError,
+    Ticket,
+    VmcallReply,
+)
 from pyflank.vmm import VcpuResult, Vm
 
 log = logging.getLogger("pyflank.service")
 
 MAILBOX_BASE = 0x400000
 VMCALL_TIMEOUT = 30.0
+TIMELINE_LIMIT = 100_000  # exits per vCPU kept for bfm stats --plot (about 1 MiB)
 _TWO_MIB = 0x200000
 
 
@@ -90,9 +107,11 @@ class VmmService:
         self.limits = limits
         self.handler = load_handler(extension)
         self.backend = resolve(backend)
+        self.statistics = ExitStatistics(log_table=False, timeline_limit=TIMELINE_LIMIT)
         self.vm = Vm(
-            self.handler, vcpus=vcpus, backend=self.backend, memory_size=memory_size(vcpus, memory)
-        )
+            self.handler, vcpus=vcpus, backend=self.backend,
+            memory_size=memory_size(vcpus, memory), observers=[self.statistics],
+        )  # fmt: skip
         self.mailbox = Mailbox(self.vm.memory, MAILBOX_BASE, vcpus)
         self.vm.bus.insert(self.mailbox, BASE_PORT, self.mailbox.port_count, "bfm-mailbox")
         self.vm.load_asm(agent_source())
@@ -131,77 +150,136 @@ class VmmService:
                 states.append({"vcpuid": vcpu.vcpuid, "state": "stopped", **stop})
         return states
 
-    # -- requests ---------------------------------------------------------------------
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    # -- requests (on the server thread) ------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        capabilities = self.vm.capabilities
+        return {
+            "ok": True,
+            "pid": self.record.pid,
+            "handler": self.handler.__name__,
+            "backend": self.backend,
+            "vcpus": self.vcpu_states(),
+            "capabilities": capabilities.describe() if capabilities else "",
+        }
+
+    def message(self, request: dict[str, Any], reply: Reply) -> None:
         op = request.get("op")
         if op == "ping":
-            capabilities = self.vm.capabilities
-            return {
-                "ok": True,
-                "pid": self.record.pid,
-                "handler": self.handler.__name__,
-                "backend": self.backend,
-                "vcpus": self.vcpu_states(),
-                "capabilities": capabilities.describe() if capabilities else "",
-            }
-        if op == "dump":
+            reply.json(self.ping())
+        elif op == "dump":
             vcpuid = request.get("vcpuid", 0)
             if type(vcpuid) is not int or not 0 <= vcpuid < len(self.vm.vcpus):
-                return error_reply(f"no vCPU {vcpuid!r} (the VMM runs {len(self.vm.vcpus)})")
-            return {"ok": True, "text": self.vm.vcpus[vcpuid].debug_ring.read()}
-        if op == "vmcall":
-            return self._vmcall(request)
-        if op == "stop":
+                reply.json(error_reply(f"no vCPU {vcpuid!r} (the VMM runs {len(self.vm.vcpus)})"))
+            else:
+                reply.json({"ok": True, "text": self.vm.vcpus[vcpuid].debug_ring.read()})
+        elif op == "stats":  # bfm stats: the exits so far (a dict copy is atomic)
+            timeline = request.get("timeline") is True
+            reply.json({"ok": True, "stats": self.statistics.as_dict(timeline=timeline)})
+        elif op == "vmcall":
+            self._vmcall_message(request, reply)
+        elif op == "stop":
             threading.Thread(target=self.stop, daemon=True).start()
-            return {"ok": True}
-        return error_reply(f"unknown request {op!r}")
+            reply.json({"ok": True})
+        else:
+            reply.json(error_reply(f"unknown request {op!r}"))
 
-    def _vmcall(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _refusal(self, cpuid: int) -> str | None:
+        """Why no vmcall can be made on ``cpuid`` now (None: it can)."""
+        if not 0 <= cpuid < len(self.vm.vcpus):
+            return f"no vCPU {cpuid} (the VMM runs {len(self.vm.vcpus)})"
+        if (self._stops or self._failure) and not self.stopped.is_set():
+            reason = "; ".join(vcpu_lines(self.vcpu_states(), everyone=False))
+            return not_running(VmmStatus.CORRUPT, reason)
+        return None
+
+    def vmcall(self, frame: wire.Frame, reply: Reply) -> None:
+        """A vmcall frame: answered from the vCPU thread that runs it."""
+        cpuid = frame.cpuid
+        refused = self._refusal(cpuid)
+        if refused is not None:
+            reply.frame(wire.refusal(refused, cpuid))
+            return
+        out_size = min(frame.out_size, VMCALL_OUT_BUFFER_SIZE)
+
+        def done(answer: VmcallReply | None, error: str) -> None:
+            if answer is None:
+                reply.frame(wire.refusal(error, cpuid))
+            else:
+                reply.frame(wire.encode(wire.ANSWER, cpuid, answer.registers, answer.out, out_size))
+
+        self._submit(cpuid, list(frame.registers), frame.payload, out_size, done, reply)
+
+    def _submit(
+        self,
+        cpuid: int,
+        registers: list[int],
+        data: bytes,
+        out_size: int,
+        done: Callable[[VmcallReply | None, str], None],
+        reply: Reply,
+    ) -> None:
+        timeout = self.limits.vmcall_timeout
+        submitted: list[Ticket] = []
+
+        def overdue() -> None:
+            for ticket in submitted:
+                self.mailbox.cancel(ticket, timeout)  # its done() replies
+
+        reply.expire(timeout, overdue)
+        try:
+            submitted.append(self.mailbox.submit(cpuid, registers, data, done, out_size))
+        except MailboxError as exc:
+            done(None, str(exc))
+
+    def _vmcall_message(self, request: dict[str, Any], reply: Reply) -> None:
+        """A vmcall as a JSON message: registers by slot name, buffers in base64."""
         cpuid, given = request.get("cpuid", 0), request.get("regs", {})
         if type(cpuid) is not int or not isinstance(given, dict):
-            return error_reply("malformed vmcall request")
-        if not 0 <= cpuid < len(self.vm.vcpus):
-            return error_reply(f"no vCPU {cpuid} (the VMM runs {len(self.vm.vcpus)})")
+            reply.json(error_reply("malformed vmcall request"))
+            return
+        refused = self._refusal(cpuid)
+        if refused is not None:
+            reply.json(error_reply(refused))
+            return
         registers = [0] * len(SLOTS)
         for name, value in given.items():
             index = int(name[1:]) if name[:1] == "r" and name[1:].isdigit() else -1
             valid = type(value) is int and 0 <= value < 1 << 64
             if not 0 <= index < len(SLOTS) or not valid:
-                return error_reply(f"bad register {name!r}={value!r}")
+                reply.json(error_reply(f"bad register {name!r}={value!r}"))
+                return
             registers[index] = value
         encoded, out_size = request.get("in", ""), request.get("out_size", VMCALL_OUT_BUFFER_SIZE)
         if not isinstance(encoded, str) or type(out_size) is not int or out_size < 0:
-            return error_reply("malformed vmcall buffers")
+            reply.json(error_reply("malformed vmcall buffers"))
+            return
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            return error_reply("the input buffer is not base64")
+            reply.json(error_reply("the input buffer is not base64"))
+            return
         is_data = registers[SLOTS.index(OPCODE_SLOT)] == VmcallOpcode.DATA
-        if is_data:
-            slot = self.mailbox.slot_address(cpuid)
-            registers[DATA.index("in_addr")] = slot + IN_OFFSET
-            registers[DATA.index("in_size")] = len(data)
-            registers[DATA.index("out_addr")] = slot + OUT_OFFSET
-            registers[DATA.index("out_size")] = min(out_size, VMCALL_OUT_BUFFER_SIZE)
-        try:
-            reply = self.mailbox.vmcall(cpuid, registers, data, self.limits.vmcall_timeout)
-        except Exception as exc:  # noqa: BLE001 - the client's failure, never the service's
-            return error_reply(str(exc))
-        regs = dict(zip(SLOTS, reply.registers, strict=True))
-        status = regs[STATUS_SLOT]
-        result: dict[str, Any] = {"ok": True, "ret": status, "regs": regs}
-        if is_data and status != BF_VMCALL_FAILURE:
-            length = min(reply.registers[DATA.index("reply_size")], len(reply.out))
-            result["out"] = base64.b64encode(reply.out[:length]).decode()
-        return result
+
+        def done(answer: VmcallReply | None, error: str) -> None:
+            if answer is None:
+                reply.json(error_reply(error))
+                return
+            regs = dict(zip(SLOTS, answer.registers, strict=True))
+            result: dict[str, Any] = {"ok": True, "ret": regs[STATUS_SLOT], "regs": regs}
+            if is_data and regs[STATUS_SLOT] != BF_VMCALL_FAILURE:
+                result["out"] = base64.b64encode(answer.out).decode()
+            reply.json(result)
+
+        out_size = min(out_size, VMCALL_OUT_BUFFER_SIZE)
+        self._submit(cpuid, registers, data, out_size, done, reply)
 
     # -- lifetime ---------------------------------------------------------------------
-    def serve(self) -> None:
+    def serve(self, ready_fd: int | None = None) -> None:
         self.rt.ensure()
         self.rt.remove(self.rt.socket)
         old_umask = os.umask(0o177)  # the socket is born 0600: only this user may connect
         try:
-            server = ServiceServer(str(self.rt.socket), self.handle, self.limits.read_timeout)
+            server = ServiceServer(self.rt.socket, self, self.limits.read_timeout)
         finally:
             os.umask(old_umask)
         os.chmod(self.rt.socket, 0o600)
@@ -209,7 +287,9 @@ class VmmService:
         write_record(self.rt, self.record)
         self._vm_thread.start()
         try:
-            server.serve_forever(poll_interval=0.1)
+            if ready_fd is not None:
+                _tell_ready(ready_fd, self.ping())
+            server.serve_forever()
         finally:
             server.server_close()
             self._leave()
@@ -232,6 +312,15 @@ class VmmService:
         self.rt.clean_service_files()
 
 
+def _tell_ready(fd: int, info: dict[str, Any]) -> None:
+    """Hand ``bfm start`` the first ``ping`` answer through the pipe it gave us."""
+    with contextlib.suppress(OSError):
+        try:
+            os.write(fd, dumps(info).encode("ascii") + b"\n")
+        finally:
+            os.close(fd)
+
+
 def _bounded_logging() -> None:
     stream = BoundedStream(sys.stderr)
     sys.stderr = stream  # thread tracebacks go here too
@@ -242,16 +331,45 @@ def _bounded_logging() -> None:
     )
 
 
+def _orders(fd: int) -> list[str] | None:
+    """The rest of the command line, from ``bfm start`` (``cli.service_launch``); None if
+    the pipe closed first: bfm decided not to start this service."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while not data.endswith(b"\n") and len(data) < 1 << 20:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    os.close(fd)
+    if not data:
+        return None
+    orders = loads(data)
+    if not isinstance(orders, list) or not all(isinstance(word, str) for word in orders):
+        raise ValueError("the orders are not a command line")
+    return orders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyflank-vmm")
-    parser.add_argument("--runtime-dir", required=True, type=Path)
-    parser.add_argument("--extension", required=True)
+    parser.add_argument("--runtime-dir", required=True)
+    parser.add_argument("--extension")
     parser.add_argument("--backend", default="auto", choices=NAMES)
     parser.add_argument("--vcpus", default=1, type=int)
     parser.add_argument("--memory", default=0, type=int)
     parser.add_argument("--vmcall-timeout", default=VMCALL_TIMEOUT, type=float)
     parser.add_argument("--read-timeout", default=READ_TIMEOUT, type=float)
-    args = parser.parse_args(argv)
+    parser.add_argument("--ready-fd", default=None, type=int)
+    parser.add_argument("--orders-fd", default=None, type=int)
+    given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(given)
+    if args.orders_fd is not None:  # spawned early: the VMM is imported, now wait to be told
+        orders = _orders(args.orders_fd)
+        if orders is None:
+            return 0
+        args = parser.parse_args([*given, *orders])
+    if args.extension is None:
+        parser.error("the following arguments are required: --extension")
     limits = ServiceLimits(args.vmcall_timeout, args.read_timeout)
     _bounded_logging()
     try:
@@ -268,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with contextlib.suppress(KeyboardInterrupt):
-        service.serve()
+        service.serve(args.ready_fd)
     return 0
 
 

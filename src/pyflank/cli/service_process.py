@@ -10,33 +10,51 @@ never receive it.  A pid of 1 or less is never a service.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-from pyflank.cli.runtime import RuntimeDir
+TYPE_CHECKING = False  # no typing import at run time: bfm's quick commands use this module
+if TYPE_CHECKING:
+    from pyflank.cli.runtime import RuntimeDir
 
 SERVICE_MODULE = "pyflank.cli.service"
-_PROC = Path("/proc")
 
 
-@dataclass(frozen=True)
 class ServiceRecord:
-    pid: int
+    """What the pid file says: the service's pid."""
+
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServiceRecord) and other.pid == self.pid
+
+    def __hash__(self) -> int:
+        return hash(self.pid)
+
+    def __repr__(self) -> str:
+        return f"ServiceRecord(pid={self.pid})"
 
     @classmethod
     def of_this_process(cls) -> ServiceRecord:
         return cls(os.getpid())
 
 
+def _proc(pid: int, name: str = "") -> str:
+    return f"/proc/{pid}/{name}"
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read()
+
+
 def _state(pid: int) -> str | None:
     """The process state letter of ``/proc/PID/stat`` (None: no such process)."""
     try:
-        text = (_PROC / str(pid) / "stat").read_text()
+        text = _read(_proc(pid, "stat")).decode("utf-8", "replace")
     except (OSError, ValueError):
         return None
     # The command name (field 2) is in parentheses and may contain anything: split after it.
@@ -66,8 +84,8 @@ def why_not_our_service(rt: RuntimeDir, record: ServiceRecord) -> str | None:
     if state in ("Z", "X"):
         return f"process {pid} has exited"
     try:
-        owner = os.stat(_PROC / str(pid)).st_uid
-        argv = (_PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+        owner = os.stat(_proc(pid)).st_uid
+        argv = _read(_proc(pid, "cmdline")).split(b"\0")
     except OSError as exc:
         return f"cannot inspect process {pid}: {exc.strerror}"
     if owner != os.getuid():
@@ -80,28 +98,25 @@ def why_not_our_service(rt: RuntimeDir, record: ServiceRecord) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _pidfd(pid: int) -> Iterator[int | None]:
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        yield None
-        return
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def signal_service(rt: RuntimeDir, record: ServiceRecord, signum: int) -> bool:
     """Send ``signum`` to the service ``record`` names, only if it checks out; sent?"""
-    with _pidfd(record.pid) as fd:
+    import signal  # noqa: PLC0415 - its enums cost the quick commands an import
+
+    try:
+        fd = os.pidfd_open(record.pid)
+    except OSError:
+        return False
+    try:
         # Checked after the pidfd pins the process: a pid reused later cannot be hit.
-        if fd is None or why_not_our_service(rt, record) is not None:
+        if why_not_our_service(rt, record) is not None:
             return False
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105 - contextlib would cost the quick commands an import
             signal.pidfd_send_signal(fd, signum)
+        except ProcessLookupError:
+            pass
         return True
+    finally:
+        os.close(fd)
 
 
 def wait_gone(rt: RuntimeDir, record: ServiceRecord, timeout: float) -> bool:
@@ -116,6 +131,8 @@ def wait_gone(rt: RuntimeDir, record: ServiceRecord, timeout: float) -> bool:
 
 def terminate(rt: RuntimeDir, record: ServiceRecord, timeout: float) -> None:
     """SIGTERM, then SIGKILL if it does not go in time; only ever the verified service."""
+    import signal  # noqa: PLC0415 - its enums cost the quick commands an import
+
     for signum in (signal.SIGTERM, signal.SIGKILL):
         if not signal_service(rt, record, signum) or wait_gone(rt, record, timeout):
             return

@@ -19,17 +19,30 @@ observer of your own subclasses ``Observer`` (``observe.base``), or implements
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from pyflank.observe.base import Observer
 from pyflank.observe.breaks import BreakHit, BreakOnExit
-from pyflank.observe.record import Recorder
-from pyflank.observe.record_format import RecordingError, read_recording
 from pyflank.observe.replay import Divergence, ReplayResult, replay
-from pyflank.observe.replay_run import Replayer, ReplayReport
 from pyflank.observe.statistics import ExitStatistics, ReasonStatistics
 from pyflank.observe.trace import ExitTrace
 from pyflank.observe.tracefile import Trace, TracedExit, TraceError, read_trace
 from pyflank.processor.observer import ObservedVcpu, VcpuObserver, VmObserver
+
+if TYPE_CHECKING:
+    from pyflank.observe.record import Recorder
+    from pyflank.observe.record_format import RecordingError, read_recording
+    from pyflank.observe.replay_run import Replayer, ReplayReport
+
+# Recording and replaying a run need the software CPU: imported when asked for, so that a
+# process watching another engine (bfm's service on KVM) never loads it.
+_LAZY = {
+    "Recorder": "pyflank.observe.record",
+    "RecordingError": "pyflank.observe.record_format",
+    "read_recording": "pyflank.observe.record_format",
+    "Replayer": "pyflank.observe.replay_run",
+    "ReplayReport": "pyflank.observe.replay_run",
+}
 
 __all__ = [
     "BreakHit",
@@ -61,4 +74,6 @@ def __getattr__(name: str) -> object:
     # and not in ``__all__``, so that ``import *`` and the API reference never need it.
     if name == "plot_exits":
         return importlib.import_module("pyflank.observe.plot").plot_exits
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pyflank.observe' has no attribute {name!r}")

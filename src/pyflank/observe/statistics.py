@@ -103,8 +103,11 @@ class _VcpuStatistics:
                 row[2] = handler_ns
             elif handler_ns > row[3]:
                 row[3] = handler_ns
-        if self.timeline is not None:
-            self.timeline.append(reason)
+        timeline = self.timeline
+        if timeline is not None and (
+            self.owner.timeline_limit is None or len(timeline) < self.owner.timeline_limit
+        ):
+            timeline.append(reason)
             if at_ns is None:
                 at_ns = time.perf_counter_ns() - self.owner.started_ns
             self.times.append(at_ns)
@@ -122,12 +125,16 @@ class ExitStatistics:
     """Counts and times every exit of a run, per vCPU and basic exit reason.
 
     ``log_table``: write each vCPU's table to its debug ring when it stops.
-    ``timeline``: keep each exit's reason and time, for ``observe.plot``.
+    ``timeline``: keep each exit's reason and time, for ``observe.plot`` (the first
+    ``timeline_limit`` exits of each vCPU, where a long-lived VMM bounds its memory).
     """
 
-    def __init__(self, *, log_table: bool = True, timeline: bool = True) -> None:
+    def __init__(
+        self, *, log_table: bool = True, timeline: bool = True, timeline_limit: int | None = None
+    ) -> None:
         self.log_table = log_table
         self.keep_timeline = timeline
+        self.timeline_limit = timeline_limit
         self.started_ns = time.perf_counter_ns()
         self._vcpus: dict[int, _VcpuStatistics] = {}
         self._finished = False
@@ -201,9 +208,10 @@ class ExitStatistics:
         ]
         return sorted(points)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The figures as plain data (for JSON): per vCPU, per reason."""
-        return {
+    def as_dict(self, *, timeline: bool = False) -> dict[str, Any]:
+        """The figures as plain data (for JSON): per vCPU, per reason; with ``timeline``,
+        every kept exit as [ns, vCPU, reason] too (``from_dict`` reads both back)."""
+        data: dict[str, Any] = {
             "vcpus": {
                 str(i): {
                     "stop": self.stop_reason(i),
@@ -214,6 +222,30 @@ class ExitStatistics:
                 for i in self.vcpus
             }
         }
+        if timeline:
+            data["timeline"] = [list(point) for point in self.timeline()]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExitStatistics:
+        """Statistics as ``as_dict`` gave them (from another process: ``bfm stats``)."""
+        stats = cls(log_table=False, timeline="timeline" in data)
+        stats.started_ns = 0
+        for vcpu_text, figures in data["vcpus"].items():
+            collector = _VcpuStatistics(stats, int(vcpu_text), None)
+            for reason_text, row in figures["reasons"].items():
+                collector.rows[int(reason_text)] = [
+                    int(row["count"]), int(row["total_ns"]), int(row["min_ns"]), int(row["max_ns"])
+                ]  # fmt: skip
+            collector.stop = figures["stop"]
+            stats._vcpus[collector.vcpuid] = collector
+        for at_ns, vcpu, reason in data.get("timeline", []):
+            collector = stats._vcpus[int(vcpu)]
+            assert collector.timeline is not None
+            collector.timeline.append(int(reason))
+            collector.times.append(int(at_ns))
+        stats._finished = True
+        return stats
 
     def table(self, vcpu: int | None = None) -> str:
         """The figures as a text table, for ``vcpu`` or (None) every vCPU and the total."""

@@ -102,8 +102,12 @@ class PcPlatform:
 
     def next_deadline_ns(self) -> int | None:
         """The earliest virtual time a device needs ``service()`` (None: no timer armed)."""
-        deadlines = [d for d in (t.next_deadline_ns() for t in self.timed) if d is not None]
-        return min(deadlines, default=None)
+        earliest = None  # (a loop: this runs on every exit of a machine)
+        for device in self.timed:
+            deadline = device.next_deadline_ns()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def service(self) -> None:
         """Let every device act on what fell due by the clock's now (timer edges, the
