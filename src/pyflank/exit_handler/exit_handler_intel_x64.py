@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pyflank.abi import (
     BF_VMCALL_FAILURE,
@@ -38,9 +38,7 @@ from pyflank.exit_handler.fault import halt_on_fault
 from pyflank.exit_handler.ports import PortSpace
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
 from pyflank.intel_x64 import checks, dump, exit_reasons, invalidation, paging, qualifications
-from pyflank.intel_x64 import decode as instruction_decode
 from pyflank.intel_x64 import fields as vmcs_fields
-from pyflank.intel_x64.accesses import Access, instruction_accesses
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -48,6 +46,9 @@ from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestLinear, GuestPhysicalMemory, GuestVirtualRange
 from pyflank.memory.host import HostMemory
+
+if TYPE_CHECKING:
+    from pyflank.intel_x64.accesses import Access
 
 log = logging.getLogger("pyflank.exit_handler")
 
@@ -609,6 +610,9 @@ class ExitHandlerIntelX64:
         fetch, reads, writes; ``intel_x64.accesses``), decoded through the guest's paging
         with the registers of this exit: where and how wide each is.  Empty where the
         instruction cannot be fetched or decoded."""
+        from pyflank.intel_x64 import decode as instruction_decode  # noqa: PLC0415 - iced-x86
+        from pyflank.intel_x64.accesses import instruction_accesses  # noqa: PLC0415 - on use
+
         rip = self.m_state_save.rip
         code = self.guest_linear().read_available(rip, _MAX_INSTRUCTION_LENGTH)
         instruction = instruction_decode.decode(code, rip)

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field, replace
 
 from pyflank.exit_handler.ept import EptAccess
 from pyflank.exit_handler.exit_handler_intel_x64 import ExitHandlerIntelX64
-from pyflank.intel_x64.accesses import FETCH
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import PageFault
-from pyflank.memory.ept import WRITE
+from pyflank.memory.ept import READ, WRITE
 from pyflank.memory.physical import PAGE_SIZE
 
 Callback = Callable[[EptAccess], None]
@@ -138,7 +137,7 @@ class MemoryHooks(ExitHandlerIntelX64):
             return access
         page_end = (gla | (PAGE_SIZE - 1)) + 1
         for made in self.memory_accesses():
-            if made.kind == FETCH or (access.write and not made.kind & WRITE):
+            if not made.kind & (READ | WRITE) or (access.write and not made.kind & WRITE):
                 continue
             if made.linear <= gla < made.linear + made.size:
                 return replace(access, size=min(made.linear + made.size, page_end) - gla)

@@ -5,7 +5,7 @@ the EPT analysis replays, and how a memory hook learns a write's size."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from iced_x86 import (
     Instruction,
@@ -17,9 +17,8 @@ from iced_x86 import (
 )
 
 from pyflank.intel_x64 import decode as dec
-from pyflank.memory.ept import READ, WRITE  # the access kinds are the EPT's permission bits
+from pyflank.memory.ept import FETCH, READ, WRITE  # the access kinds
 
-FETCH: Final = 1 << 2  # an access kind: READ, WRITE (both: read-modify-write) or FETCH
 _MASK64 = (1 << 64) - 1
 _READS = frozenset({OpAccess.READ, OpAccess.COND_READ})
 _WRITES = frozenset({OpAccess.WRITE, OpAccess.COND_WRITE})

@@ -36,6 +36,9 @@ READ: Final = 1 << 0
 WRITE: Final = 1 << 1
 EXECUTE: Final = 1 << 2
 RWX: Final = READ | WRITE | EXECUTE
+# An access kind is READ, WRITE (both: read-modify-write) or FETCH, the bit of the permission
+# each needs (as in an EPT violation's qualification).
+FETCH: Final = EXECUTE
 MEMORY_TYPE_SHIFT: Final = 3
 MEMORY_TYPE_MASK: Final = 7 << MEMORY_TYPE_SHIFT
 IGNORE_PAT: Final = 1 << 6

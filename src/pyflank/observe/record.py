@@ -188,4 +188,3 @@ class Recorder:
     def finished(self) -> None:
         """The run ended (``Vm`` calls this): the file is complete."""
         self.writer.close()
-

@@ -22,9 +22,8 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from pyflank.intel_x64.accesses import FETCH, Access
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import (
     ACCESSED,
@@ -33,10 +32,13 @@ from pyflank.memory import (
     PageFault,
     is_canonical,
 )
-from pyflank.memory.ept import EXECUTE, READ, WRITE, EptReader, EptRun
+from pyflank.memory.ept import EXECUTE, FETCH, READ, WRITE, EptReader, EptRun
 from pyflank.memory.host import HostMemory
 from pyflank.memory.paging import NX, PAGE_SIZE_4K, USER, WRITABLE, walk
 from pyflank.processor.records import ExitInformation
+
+if TYPE_CHECKING:
+    from pyflank.intel_x64.accesses import Access
 
 EPT_VIOLATION: Final = int(ExitReason.EPT_VIOLATION)
 EPT_MISCONFIGURATION: Final = int(ExitReason.EPT_MISCONFIGURATION)

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.intel_x64 import decode as dec
-from pyflank.intel_x64.accesses import FETCH, instruction_accesses
+from pyflank.intel_x64.accesses import instruction_accesses
 from pyflank.intel_x64.registers import CR0_PG, EFER_LMA, EFER_NXE
-from pyflank.memory.ept import READ, WRITE
+from pyflank.memory.ept import FETCH, READ, WRITE
 from pyflank.processor.ept import GuestPaging, analyse, violation
 
 if TYPE_CHECKING:
