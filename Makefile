@@ -41,7 +41,7 @@ DOCS_MODULES := pyflank pyflank.vmm pyflank.exit_handler pyflank.testing pyflank
                 pyflank.abi.generate pyflank.guests pyflank.intel_x64 pyflank.memory \
                 pyflank.platform pyflank.backends pyflank.cli pyflank.observe \
                 pyflank.observe.format pyflank.observe.plot pyflank.debug pyflank.gdbstub \
-                pyflank.snapshot pyflank.debugger pyflank.native
+                 pyflank.snapshot pyflank.debugger pyflank.native pyflank.introspect
 
 docs: $(STAMP)
 	$(BIN)/python -m pdoc --docformat restructuredtext -o $(DOCS_OUT) $(DOCS_MODULES)

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = REFERENCE if args else RESULTS
     for module in (
-        "benchmarks.emu", "benchmarks.kvm", "benchmarks.vcpus", "benchmarks.bfm",
+        "benchmarks.emu", "benchmarks.emu_ept", "benchmarks.kvm", "benchmarks.vcpus",
+        "benchmarks.bfm",
         "benchmarks.observe", "benchmarks.linux", "benchmarks.snapshot",
     ):  # fmt: skip
         importlib.import_module(module)  # each registers its own section

@@ -18,7 +18,7 @@ LAYERS = (
     ("backends",),
     ("processor",),
     ("platform",),
-    ("exit_handler",),
+    ("exit_handler", "introspect"),
     ("abi", "guests"),
     ("intel_x64",),
     ("memory",),

@@ -1,6 +1,6 @@
 """A bfm client process for the concurrency test: N vmcalls, each reply checked.
 
-    python bfm_client.py TAG COUNT VCPUS
+python bfm_client.py TAG COUNT VCPUS
 """
 
 import sys

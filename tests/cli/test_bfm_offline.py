@@ -10,12 +10,12 @@ from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.vmcs_json import vmcs_to_json
 from pyflank.testing import ExitHarness
 
-EXTENSION = '''
+EXTENSION = """
 from pyflank.exit_handler import ExitHandlerIntelX64
 
 class Masking(ExitHandlerIntelX64):
     USER_VERSION = (1, 2, 3)
-'''
+"""
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from bfm_helpers import Bfm
 
-EXTENSION = '''
+EXTENSION = """
 from pyflank.exit_handler import ExitHandlerIntelX64
 
 class Upper(ExitHandlerIntelX64):
@@ -24,7 +24,7 @@ class Upper(ExitHandlerIntelX64):
 
     def handle_vmcall_data_string_json(self, ijson: object) -> object:
         return {"got": ijson}
-'''
+"""
 
 
 @pytest.fixture

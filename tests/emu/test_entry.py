@@ -14,9 +14,9 @@ from pyflank.vmm import Vm
 @pytest.mark.parametrize(
     ("change", "name"),
     [
-        (controls(Proc.MONITOR_TRAP_FLAG), "MONITOR_TRAP_FLAG"),
+        (controls(Proc.MWAIT_EXITING), "MWAIT_EXITING"),
         (controls(Proc.USE_TPR_SHADOW), "USE_TPR_SHADOW"),
-        (controls(secondary=Proc2.ENABLE_EPT), "ENABLE_EPT"),
+        (controls(secondary=Proc2.VIRTUALIZE_APIC_ACCESSES), "VIRTUALIZE_APIC_ACCESSES"),
         (lambda vmcs: vmcs.write(f.CR0_GUEST_HOST_MASK, 1), "guest/host masks"),
     ],
 )
@@ -59,10 +59,10 @@ def test_a_control_set_during_an_exit_applies_from_the_next_instruction() -> Non
 
 
 def test_an_unsupported_control_set_by_the_handler_stops_the_vcpu() -> None:
-    handler = _on_exit(lambda h: _set_control(h, Proc.MONITOR_TRAP_FLAG))
+    handler = _on_exit(lambda h: _set_control(h, Proc.MWAIT_EXITING))
     _, result = run1(f"{EXIT}\n hlt", handler)
     assert result.reason is StopReason.ERROR
-    assert "MONITOR_TRAP_FLAG" in result.message
+    assert "MWAIT_EXITING" in result.message
 
 
 def test_guest_state_written_by_the_handler_is_what_the_guest_runs_with() -> None:

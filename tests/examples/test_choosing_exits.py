@@ -28,7 +28,7 @@ def test_hlt_and_io_exits_chosen_in_setup(backend: str) -> None:
 class AsksForRdtscExits(ExitHandlerIntelX64):
     def setup(self, vmcs: Vmcs) -> None:
         primary = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
-        vmcs.write(primary, vmcs.read(primary) | Proc.RDTSC_EXITING | Proc.MONITOR_TRAP_FLAG)
+        vmcs.write(primary, vmcs.read(primary) | Proc.RDTSC_EXITING | Proc.MWAIT_EXITING)
 
 
 def test_a_control_the_backend_cannot_honour_is_refused_at_setup(backend: str) -> None:

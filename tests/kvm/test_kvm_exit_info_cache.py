@@ -43,7 +43,6 @@ again:
 
 
 class Poker(ExitHandlerIntelX64):
-
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[int, ...]] = []

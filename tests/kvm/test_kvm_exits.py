@@ -47,7 +47,6 @@ def test_efer_round_trip_through_the_msr_filter() -> None:
 
 
 class IoRecorder(ExitHandlerIntelX64):
-
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[IoInstruction, int, int]] = []
@@ -117,7 +116,6 @@ def test_mmio_write_is_an_ept_violation() -> None:
 
 class MmioDevice(ExitHandlerIntelX64):
     """Emulates 32-bit loads from one MMIO register: the handler moves RIP itself."""
-
 
     def handle_ept_violation(self) -> None:
         self.m_state_save.rax = 0xFEEDF00D

@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
-from snapshot_helpers import run_in_thread, snapshot_at_exit
+from snapshot_helpers import PauseAtExit, run_in_thread, snapshot_at_exit
 
 from counting import CountingExits
 from pyflank.debug import StopPoint
+from pyflank.exit_handler import MemoryHooks
+from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.observe import Observer, Recorder, Replayer
 from pyflank.processor import StopReason
+from pyflank.snapshot import SnapshotError
 from pyflank.vmm import Vm
 from small_guests import LOOP, TABLE, WAITS_FOR_INPUT
 
@@ -104,3 +107,30 @@ def test_a_run_restored_from_a_snapshot_records_and_replays(tmp_path: Path) -> N
     [replayed] = Vm.restore(tmp_path / "mid.pfs", observers=[replayer], trace=True).run(timeout=60)
     assert recorder.exits == 2000 and replayer.report.matched, replayer.report.describe()
     assert replayed.trace == recorded.trace
+
+
+class HookingTable(MemoryHooks):
+    def setup(self, vmcs: Vmcs) -> None:
+        super().setup(vmcs)
+        self.hook(TABLE, 0x8000, write=True)
+
+
+def test_a_handler_with_ept_tables_is_refused_saying_why_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    plain = Vm(HookingTable, trace=True)
+    plain.load_asm(LOOP)
+    [whole] = plain.run(timeout=60)
+    pause = PauseAtExit(1000)
+    vm = Vm(HookingTable, trace=True, observers=[pause])
+    vm.load_asm(LOOP)
+    pause.vm = vm
+    finish = run_in_thread(vm)
+    assert pause.asked.wait(30)
+    vm.pause()
+    with pytest.raises(SnapshotError, match=r"VMM memory \(EPT tables, self.ept\)"):
+        vm.snapshot(tmp_path / "ept.pfs")
+    assert not (tmp_path / "ept.pfs").exists()
+    vm.resume()
+    [result] = finish()
+    assert result.reason is StopReason.GUEST_HLT and result.trace == whole.trace

@@ -195,8 +195,12 @@ def run_program(
     if request.gdb is not None:  # the stub runs on the software CPU (auto means it)
         if request.backend == "kvm":
             raise UsageError("--gdb needs the software CPU (--backend emu), not kvm")
-        choice = BackendChoice("emu", "" if request.backend == "emu" else
-                               "backend auto: chose emu: the gdb stub runs on the software CPU")
+        choice = BackendChoice(
+            "emu",
+            ""
+            if request.backend == "emu"
+            else "backend auto: chose emu: the gdb stub runs on the software CPU",
+        )
     else:
         choice = choose_backend(request.backend, cache)
 

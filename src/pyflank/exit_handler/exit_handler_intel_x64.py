@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pyflank.abi import (
     BF_VMCALL_FAILURE,
@@ -33,16 +33,22 @@ from pyflank.abi import (
 from pyflank.abi.registers import compile_loader, compile_storer
 from pyflank.abi.version import VERSION as PYFLANK_VERSION
 from pyflank.exit_handler.debug_ring import DebugRing
+from pyflank.exit_handler.ept import Ept
 from pyflank.exit_handler.fault import halt_on_fault
 from pyflank.exit_handler.ports import PortSpace
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS, StateSave
-from pyflank.intel_x64 import checks, dump, exit_reasons, paging, qualifications
+from pyflank.intel_x64 import checks, dump, exit_reasons, invalidation, paging, qualifications
 from pyflank.intel_x64 import fields as vmcs_fields
+from pyflank.intel_x64.controls import PrimaryProcessorBasedControls
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestLinear, GuestPhysicalMemory, GuestVirtualRange
+from pyflank.memory.host import HostMemory
+
+if TYPE_CHECKING:
+    from pyflank.intel_x64.accesses import Access
 
 log = logging.getLogger("pyflank.exit_handler")
 
@@ -72,6 +78,13 @@ _EVENT = int(VmcallOpcode.EVENT)
 _EXIT_REASON = vmcs_fields.VM_EXIT_REASON
 _INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
 _VECTOR_GP = 13
+_PRIMARY_CONTROLS = vmcs_fields.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
+_INVALIDATIONS = {int(ExitReason.INVEPT): "invept", int(ExitReason.INVVPID): "invvpid"}
+_SEGMENT_BASES = tuple(
+    getattr(vmcs_fields, f"GUEST_{name}_BASE") for name in ("ES", "CS", "SS", "DS", "FS", "GS")
+)
+_MAX_INSTRUCTION_LENGTH = 15
+_MONITOR_TRAP_FLAG = int(PrimaryProcessorBasedControls.MONITOR_TRAP_FLAG)
 _DATA_TYPES = frozenset(t for t in VmcallDataType if t is not VmcallDataType.NONE)
 # The vmcall exit path moves the slots with straight-line code compiled from the ABI's map.
 _load_vmcall_registers = compile_loader()
@@ -204,6 +217,10 @@ class ExitHandlerIntelX64:
         """What CPUID, RDMSR/WRMSR and WBINVD reach: the CPU model or the KVM vCPU."""
         self.m_memory: GuestPhysicalMemory | None = None
         """Guest RAM (None until the VMM attaches it)."""
+        self.m_host_memory: HostMemory | None = None
+        """Host-physical memory: guest RAM and the VMM's own pages (EPT tables); made at
+        first use (``host_memory``)."""
+        self._ept: Ept | None = None
         self.m_ports: PortSpace | None = None
         """The machine's port space, for I/O the handler passes through (None until the
         VMM attaches it)."""
@@ -242,6 +259,16 @@ class ExitHandlerIntelX64:
     def set_memory(self, memory: GuestPhysicalMemory) -> None:
         """Give the handler guest RAM, for ``map_guest_buffer`` (DATA vmcalls)."""
         self.m_memory = memory
+        self.m_host_memory = None
+
+    def host_memory(self) -> HostMemory:
+        """Host-physical memory as the processor reads it (EPT tables): guest RAM at 0 and
+        VMM pages the guest cannot reach."""
+        if self.m_host_memory is None:
+            if self.m_memory is None:
+                raise VmcallError("no guest memory attached to this vCPU")
+            self.m_host_memory = HostMemory(self.m_memory)
+        return self.m_host_memory
 
     def set_ports(self, ports: PortSpace) -> None:
         """Give the handler the machine's ports (``m_ports``), for I/O it passes through."""
@@ -541,6 +568,58 @@ class ExitHandlerIntelX64:
         if not linear.paging:
             raise VmcallError("guest paging is off: buffers must be guest-virtual")
         return linear.map(gva, size, writable=writable)
+
+    @property
+    def ept(self) -> Ept:
+        """This vCPU's EPT (``exit_handler.ept``): tables in VMM memory, ``enable``,
+        ``protect`` pages, ``violation()`` decoded."""
+        if self._ept is None:
+            self._ept = Ept(self)
+        return self._ept
+
+    def monitor_trap_flag(self, enabled: bool) -> None:
+        """Set or clear the "monitor trap flag" control: with it set, the guest exits
+        (reason 37) after its next instruction, or after delivering an event."""
+        vmcs = self.m_vmcs
+        controls = vmcs.read(_PRIMARY_CONTROLS)
+        wanted = controls | _MONITOR_TRAP_FLAG if enabled else controls & ~_MONITOR_TRAP_FLAG
+        if wanted != controls:
+            vmcs.write(_PRIMARY_CONTROLS, wanted)
+
+    def invalidation(self) -> invalidation.Invalidation:
+        """The operands of this INVEPT or INVVPID exit: the invalidation type (from the
+        register the instruction information names) and the descriptor (read through the
+        guest's paging at the memory operand)."""
+        read = self.m_vmcs.read
+        reason = read(_EXIT_REASON) & 0xFFFF
+        instruction = _INVALIDATIONS.get(reason)
+        if instruction is None:
+            raise VmcallError(f"exit {exit_reasons.description(reason)} is not INVEPT/INVVPID")
+        bases = tuple(read(field) for field in _SEGMENT_BASES)
+        return invalidation.decode(
+            instruction,
+            read(vmcs_fields.VM_EXIT_INSTRUCTION_INFORMATION),
+            read(vmcs_fields.EXIT_QUALIFICATION),
+            self.m_state_save.gprs(),
+            bases,
+            self.guest_linear().read,
+        )
+
+    def memory_accesses(self) -> list[Access]:
+        """The memory accesses of the instruction at RIP, in the processor's order (its
+        fetch, reads, writes; ``intel_x64.accesses``), decoded through the guest's paging
+        with the registers of this exit: where and how wide each is.  Empty where the
+        instruction cannot be fetched or decoded."""
+        from pyflank.intel_x64 import decode as instruction_decode  # noqa: PLC0415 - iced-x86
+        from pyflank.intel_x64.accesses import instruction_accesses  # noqa: PLC0415 - on use
+
+        rip = self.m_state_save.rip
+        code = self.guest_linear().read_available(rip, _MAX_INSTRUCTION_LENGTH)
+        instruction = instruction_decode.decode(code, rip)
+        if not code or instruction.is_invalid:
+            return []
+        bases = tuple(self.m_vmcs.read(field) for field in _SEGMENT_BASES)
+        return instruction_accesses(instruction, self.m_state_save.gprs(), bases)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Deliver a hardware exception to the guest at the next VM entry."""

@@ -6,6 +6,11 @@ GENERAL_REGISTERS = (
     "rax", "rbx", "rcx", "rdx", "rbp", "rsi", "rdi",
     "r08", "r09", "r10", "r11", "r12", "r13", "r14", "r15",
 )  # fmt: skip
+# The general registers by the SDM's numbering (instruction information, qualifications).
+SDM_REGISTERS = (
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    "r08", "r09", "r10", "r11", "r12", "r13", "r14", "r15",
+)  # fmt: skip
 
 
 class StateSave:
@@ -27,6 +32,14 @@ class StateSave:
     def as_dict(self) -> dict[str, int]:
         """Register name -> value, for every register and the vCPU id."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+    def gprs(self) -> tuple[int, ...]:
+        """The 16 general registers by SDM number (RAX=0, RCX=1, ... R15=15)."""
+        return tuple(getattr(self, name) for name in SDM_REGISTERS)
+
+    def edx_eax(self) -> int:
+        """The 64-bit value in EDX:EAX (what WRMSR writes)."""
+        return (self.rdx & 0xFFFFFFFF) << 32 | self.rax & 0xFFFFFFFF
 
     def update(self, values: dict[str, int]) -> None:
         """Set registers from ``values`` (masked to 64 bits); unknown names raise."""

@@ -46,8 +46,10 @@ def peer_uid(sock: socket.socket) -> int | None:
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) > 7 and _row_endpoint(fields[1]) == peer and (
-                _row_endpoint(fields[2]) == here
+            if (
+                len(fields) > 7
+                and _row_endpoint(fields[1]) == peer
+                and (_row_endpoint(fields[2]) == here)
             ):
                 return int(fields[7])
     return None

@@ -21,8 +21,7 @@ Reply = str | bytes | object | None  # a payload, DETACH, or None: a stop reply 
 CALL_TIMEOUT: Final = 30.0
 _WATCH_KINDS = {2: WatchKind.WRITE, 3: WatchKind.READ, 4: WatchKind.ACCESS}
 _SUPPORTED = (
-    "PacketSize=20000;qXfer:features:read+;QStartNoAckMode+;swbreak+;hwbreak+;"
-    "vContSupported+"
+    "PacketSize=20000;qXfer:features:read+;QStartNoAckMode+;swbreak+;hwbreak+;vContSupported+"
 )
 
 

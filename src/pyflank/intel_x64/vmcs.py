@@ -14,6 +14,7 @@ from enum import Enum
 from pyflank.intel_x64 import instruction_errors
 from pyflank.intel_x64.fields import (
     ALL_FIELDS,
+    EPT_POINTER,
     FIELD_BY_ENCODING,
     VM_INSTRUCTION_ERROR,
     FieldType,
@@ -137,6 +138,11 @@ class Vmcs:
         if self.state is not VmcsState.LAUNCHED:
             self._fail(5)
         self.entries += 1
+
+    def invept(self) -> None:
+        """INVEPT (single- or all-context: the processor holds one EPT per vCPU): cached
+        EPT translations are dropped, so the next VM entry walks the EPT again."""
+        self.dirty.add(EPT_POINTER)
 
     def promote(self) -> None:
         """Leave VMX operation: the guest state becomes the host's; no more exits."""

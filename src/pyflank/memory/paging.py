@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from pyflank.memory.physical import GuestMemoryError, GuestPhysicalMemory
 
@@ -99,6 +100,37 @@ def is_canonical(gva: int) -> bool:
     return top == 0 or top == 0x1_FFFF
 
 
+class PagingEntry(NamedTuple):
+    """One paging-structure entry a walk read: its level (4 = PML4E ... 1 = PTE), where it
+    is (guest-physical) and its value."""
+
+    level: int
+    address: int
+    value: int
+
+
+def walk(memory: GuestPhysicalMemory, cr3: int, gva: int, *, nxe: bool = True) -> list[PagingEntry]:
+    """The entries the 4-level walk of canonical ``gva`` reads, from the PML4E down to the
+    one that maps the page; ``PageFault`` for an absent entry (or XD set without NXE)."""
+    table = cr3 & ADDRESS_MASK  # bits 11:0 are PCID (or PWT/PCD) and not part of the address
+    entries = []
+    for level in (4, 3, 2, 1):
+        address = table + ((gva >> LEVEL_SHIFT[level]) & 0x1FF) * 8
+        try:
+            entry = memory.read_u64(address)
+        except GuestMemoryError:
+            raise PageFault(gva, PageFaultReason.OUTSIDE_RAM, level) from None
+        if not entry & PRESENT:
+            raise PageFault(gva, PageFaultReason.NOT_PRESENT, level)
+        if entry & NX and not nxe:
+            raise PageFault(gva, PageFaultReason.RESERVED_BIT, level)
+        entries.append(PagingEntry(level, address, entry))
+        if level == 1 or entry & PAGE_SIZE:
+            break
+        table = entry & ADDRESS_MASK
+    return entries
+
+
 def translate(
     memory: GuestPhysicalMemory,
     cr3: int,
@@ -119,29 +151,12 @@ def translate(
         raise ValueError(f"gva {gva:#x} is not a 64-bit address")
     if not is_canonical(gva):
         raise PageFault(gva, PageFaultReason.NON_CANONICAL)
-
-    table = cr3 & ADDRESS_MASK  # bits 11:0 are PCID (or PWT/PCD) and not part of the address
+    entries = walk(memory, cr3, gva, nxe=nxe)
     # First level (top-down) whose entry denies each right; 0 = no entry denies it.
-    ro_level = sup_level = xd_level = 0
-    for level in (4, 3, 2, 1):
-        try:
-            entry = memory.read_u64(table + ((gva >> LEVEL_SHIFT[level]) & 0x1FF) * 8)
-        except GuestMemoryError:
-            raise PageFault(gva, PageFaultReason.OUTSIDE_RAM, level) from None
-        if not entry & PRESENT:
-            raise PageFault(gva, PageFaultReason.NOT_PRESENT, level)
-        if entry & NX and not nxe:
-            raise PageFault(gva, PageFaultReason.RESERVED_BIT, level)
-        if not entry & WRITABLE and not ro_level:
-            ro_level = level
-        if not entry & USER and not sup_level:
-            sup_level = level
-        if entry & NX and not xd_level:
-            xd_level = level
-        if level == 1 or entry & PAGE_SIZE:
-            break
-        table = entry & ADDRESS_MASK
-
+    ro_level = next((e.level for e in entries if not e.value & WRITABLE), 0)
+    sup_level = next((e.level for e in entries if not e.value & USER), 0)
+    xd_level = next((e.level for e in entries if e.value & NX), 0)
+    level, _, entry = entries[-1]
     page_size, gpa, pat = _leaf(gva, entry, level)
     _check_rights(gva, write, user, execute, wp, nxe, ro_level, sup_level, xd_level)
     return Translation(

@@ -91,6 +91,13 @@ class GuestPhysicalMemory:
         self._check(gpa, length)
         self.view[gpa : gpa + length] = data
 
+    def find(self, pattern: bytes, start: int = 0, end: int | None = None) -> int:
+        """The first guest-physical address in ``[start, end)`` where ``pattern`` begins,
+        or -1 (searched in place: nothing of RAM is copied)."""
+        if self._closed:
+            raise ValueError("guest memory is closed")
+        return self._mmap.find(pattern, start, self.size if end is None else end)
+
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         if not 0 <= byte <= 0xFF:
             raise ValueError(f"fill byte must be in [0, 255], got {byte}")

@@ -189,4 +189,3 @@ class Recorder:
     def finished(self) -> None:
         """The run ended (``Vm`` calls this): the file is complete."""
         self.writer.close()
-

@@ -295,8 +295,8 @@ class Replayer:
     ``report`` says how it went.  ``RecordingError`` for a file that is no recording."""
 
     def __init__(self, recording: str | Path | Recording) -> None:
-        self.recording = recording if isinstance(recording, Recording) else read_recording(
-            recording
+        self.recording = (
+            recording if isinstance(recording, Recording) else read_recording(recording)
         )
         self.report = ReplayReport()
 

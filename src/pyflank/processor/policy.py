@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import (
@@ -30,7 +30,11 @@ from pyflank.intel_x64.controls import VmExitControls as Exit
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
 from pyflank.intel_x64.vmcs import Vmcs
 
+if TYPE_CHECKING:
+    from pyflank.processor.ept import EptView
+
 SupportedControls = Mapping[int, tuple[type[IntFlag], int]]
+_EPTP_ACCESSED_DIRTY = 1 << 6
 
 # Every control field: a handler writing one may change what exits.
 CONTROL_ENCODINGS: Final = frozenset(
@@ -103,6 +107,16 @@ def unsupported_controls(
     return problems
 
 
+def ept_pointer_problems(vmcs: Vmcs) -> list[str]:
+    """What no engine implements of an EPTP the VMCS enables: accessed and dirty flags."""
+    proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    proc2 = vmcs.read(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
+    enabled = proc & Proc.ACTIVATE_SECONDARY_CONTROLS and proc2 & Proc2.ENABLE_EPT
+    if enabled and vmcs.read(f.EPT_POINTER) & _EPTP_ACCESSED_DIRTY:
+        return ["EPT_POINTER bit 6: accessed and dirty flags for EPT are not implemented"]
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ExitPolicy:
     """What the current controls make exit, in the form an exit path tests."""
@@ -125,10 +139,35 @@ class ExitPolicy:
     cr3_targets: tuple[int, ...]
     mov_dr: bool
     tsc_offset: int  # added to the TSC the guest reads ("use TSC offsetting")
+    monitor_trap: bool = False  # "monitor trap flag": an exit after each instruction
+    eptp: int | None = None  # the EPT pointer with "enable EPT" on
+    ept: EptView | None = None  # the EPT as walked at the entry (the processor fills it)
 
     @property
     def io_exits(self) -> bool:
         return self.io_unconditional or self.io_bitmaps is not None
+
+
+# The control bits exit_policy tests, as plain ints (IntFlag arithmetic costs a
+# microsecond per operator, and a handler toggling the monitor trap flag pays it twice
+# per instruction).
+_EXIT_ACKNOWLEDGE_INTERRUPT_ON_EXIT = int(Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT)
+_PIN_ACTIVATE_VMX_PREEMPTION_TIMER = int(Pin.ACTIVATE_VMX_PREEMPTION_TIMER)
+_PIN_EXTERNAL_INTERRUPT_EXITING = int(Pin.EXTERNAL_INTERRUPT_EXITING)
+_P_ACTIVATE_SECONDARY_CONTROLS = int(Proc.ACTIVATE_SECONDARY_CONTROLS)
+_P_HLT_EXITING = int(Proc.HLT_EXITING)
+_P_INTERRUPT_WINDOW_EXITING = int(Proc.INTERRUPT_WINDOW_EXITING)
+_P_MONITOR_TRAP_FLAG = int(Proc.MONITOR_TRAP_FLAG)
+_P_MOV_DR_EXITING = int(Proc.MOV_DR_EXITING)
+_P_RDTSC_EXITING = int(Proc.RDTSC_EXITING)
+_P_UNCONDITIONAL_IO_EXITING = int(Proc.UNCONDITIONAL_IO_EXITING)
+_P_USE_IO_BITMAPS = int(Proc.USE_IO_BITMAPS)
+_P_USE_MSR_BITMAPS = int(Proc.USE_MSR_BITMAPS)
+_P_USE_TSC_OFFSETTING = int(Proc.USE_TSC_OFFSETTING)
+_P2_ENABLE_EPT = int(Proc2.ENABLE_EPT)
+_P2_ENABLE_RDTSCP = int(Proc2.ENABLE_RDTSCP)
+_P2_ENABLE_VM_FUNCTIONS = int(Proc2.ENABLE_VM_FUNCTIONS)
+_P2_WBINVD_EXITING = int(Proc2.WBINVD_EXITING)
 
 
 def exit_policy(vmcs: Vmcs) -> ExitPolicy:
@@ -136,32 +175,34 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
     read = vmcs.read
     proc = read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
     proc2 = read(f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
-    if not proc & Proc.ACTIVATE_SECONDARY_CONTROLS:
+    if not proc & _P_ACTIVATE_SECONDARY_CONTROLS:
         proc2 = 0
     io_bitmaps = None
-    if proc & Proc.USE_IO_BITMAPS:
+    if proc & _P_USE_IO_BITMAPS:
         io_bitmaps = (read(f.ADDRESS_OF_IO_BITMAP_A), read(f.ADDRESS_OF_IO_BITMAP_B))
     pin = read(f.PIN_BASED_VM_EXECUTION_CONTROLS)
     return ExitPolicy(
-        external_interrupts=bool(pin & Pin.EXTERNAL_INTERRUPT_EXITING),
-        acknowledge_on_exit=bool(read(f.VM_EXIT_CONTROLS) & Exit.ACKNOWLEDGE_INTERRUPT_ON_EXIT),
-        interrupt_window=bool(proc & Proc.INTERRUPT_WINDOW_EXITING),
-        preemption_timer=bool(pin & Pin.ACTIVATE_VMX_PREEMPTION_TIMER),
-        hlt=bool(proc & Proc.HLT_EXITING),
-        rdtsc=bool(proc & Proc.RDTSC_EXITING),
-        rdtscp_enabled=bool(proc2 & Proc2.ENABLE_RDTSCP),
-        wbinvd=bool(proc2 & Proc2.WBINVD_EXITING),
-        vmfunc_enabled=bool(proc2 & Proc2.ENABLE_VM_FUNCTIONS),
+        external_interrupts=bool(pin & _PIN_EXTERNAL_INTERRUPT_EXITING),
+        acknowledge_on_exit=bool(read(f.VM_EXIT_CONTROLS) & _EXIT_ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        interrupt_window=bool(proc & _P_INTERRUPT_WINDOW_EXITING),
+        preemption_timer=bool(pin & _PIN_ACTIVATE_VMX_PREEMPTION_TIMER),
+        hlt=bool(proc & _P_HLT_EXITING),
+        rdtsc=bool(proc & _P_RDTSC_EXITING),
+        rdtscp_enabled=bool(proc2 & _P2_ENABLE_RDTSCP),
+        wbinvd=bool(proc2 & _P2_WBINVD_EXITING),
+        vmfunc_enabled=bool(proc2 & _P2_ENABLE_VM_FUNCTIONS),
         # SDM: with "use I/O bitmaps" on, "unconditional I/O exiting" is ignored.
-        io_unconditional=bool(proc & Proc.UNCONDITIONAL_IO_EXITING) and io_bitmaps is None,
+        io_unconditional=bool(proc & _P_UNCONDITIONAL_IO_EXITING) and io_bitmaps is None,
         io_bitmaps=io_bitmaps,
-        msr_bitmap=read(f.ADDRESS_OF_MSR_BITMAPS) if proc & Proc.USE_MSR_BITMAPS else None,
+        msr_bitmap=read(f.ADDRESS_OF_MSR_BITMAPS) if proc & _P_USE_MSR_BITMAPS else None,
         exception_bitmap=read(f.EXCEPTION_BITMAP),
         pfec_mask=read(f.PAGE_FAULT_ERROR_CODE_MASK),
         pfec_match=read(f.PAGE_FAULT_ERROR_CODE_MATCH),
         cr3_targets=tuple(
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
-        mov_dr=bool(proc & Proc.MOV_DR_EXITING),
-        tsc_offset=read(f.TSC_OFFSET) if proc & Proc.USE_TSC_OFFSETTING else 0,
+        mov_dr=bool(proc & _P_MOV_DR_EXITING),
+        tsc_offset=read(f.TSC_OFFSET) if proc & _P_USE_TSC_OFFSETTING else 0,
+        monitor_trap=bool(proc & _P_MONITOR_TRAP_FLAG),
+        eptp=read(f.EPT_POINTER) if proc2 & _P2_ENABLE_EPT else None,
     )

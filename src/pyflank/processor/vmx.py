@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter_ns
 
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.exit_handler.fused import fused_cpuid
 from pyflank.intel_x64 import checks, exit_reasons
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.cpu import address_widths
 from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
+from pyflank.intel_x64.msrs import IA32_VMX_EPT_VPID_CAP
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.platform.devices.power import MachineEvent
+from pyflank.processor.ept import EptModel
 from pyflank.processor.fusion import Fusion
 from pyflank.processor.interrupts import (
     INTERRUPT_WINDOW_EXIT,
@@ -77,6 +80,7 @@ GUEST_STATE: frozenset[int] = frozenset(
 _CHECKED_GUEST_STATE = GUEST_STATE - {f.GUEST_RIP, f.GUEST_RSP}
 _UNSET_INFO = ExitInformation(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1)
 _MASK64 = (1 << 64) - 1
+_EPT_EXECUTE_ONLY = 1 << 0  # IA32_VMX_EPT_VPID_CAP: execute-only EPT entries are supported
 Unsupported = Callable[[Vmcs], list[str]]
 
 
@@ -86,7 +90,7 @@ class VmxProcessor:
     (``processor.observer``); ``trace`` keeps (reason, RIP) of each in ``trace``."""
 
     __slots__ = (
-        "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp", "_stop",
+        "_ept", "_failures", "_info", "_reload_all", "_resume", "_rflags", "_rip", "_rsp", "_stop",
         "_stop_reason", "clock", "engine", "exits", "fields", "handler", "machine", "observer",
         "policy", "state", "trace", "unsupported", "vmcs",
     )  # fmt: skip
@@ -118,6 +122,7 @@ class VmxProcessor:
         self._failures = 0
         self._reload_all = False  # a failed entry loaded nothing: the next loads it all
         self.policy: ExitPolicy = exit_policy(self.vmcs)  # as of the last entry
+        self._ept: EptModel | None = None  # made when the handler turns EPT on
         # The machine's interrupts and time, where there is one (a PC for Linux).
         self.machine = machine
         self.clock = GuestClock(machine) if machine is not None else None
@@ -389,7 +394,7 @@ class VmxProcessor:
                 if problems:
                     why = "; ".join(problems)
                     return Stop(StopReason.ERROR, f"unsupported on the {self.engine}: {why}")
-                policy = self.policy = exit_policy(vmcs)
+                policy = self.policy = self._walked(exit_policy(vmcs))
             changed = _CHECKED_GUEST_STATE if self._reload_all else dirty & _CHECKED_GUEST_STATE
             if changed:
                 violations = checks.check_guest_state(vmcs, self.handler.m_cpu)
@@ -419,6 +424,20 @@ class VmxProcessor:
             if self.clock is None:
                 return self._alone(plan)
             return self._with_machine(plan) if machine else plan
+
+    def _walked(self, policy: ExitPolicy) -> ExitPolicy:
+        """``policy`` with the EPT its EPTP points at, walked now (SDM: a VM entry that
+        loads an EPTP, or one after INVEPT, uses the EPT as it is then)."""
+        if policy.eptp is None:
+            return policy
+        if self._ept is None:
+            cpu = self.handler.m_cpu
+            self._ept = EptModel(
+                self.handler.host_memory(),
+                physical_width=address_widths(cpu)[0],
+                execute_only=bool(cpu.rdmsr(IA32_VMX_EPT_VPID_CAP) & _EPT_EXECUTE_ONLY),
+            )
+        return replace(policy, ept=self._ept.view(policy.eptp))
 
     def _entry_failure(self, violations: list[checks.Violation]) -> Stop | None:
         """SDM 27.8: VM entry failed on guest state; exit reason 33 with bit 31."""

@@ -49,8 +49,10 @@ def _is_plain(value: object) -> bool:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         params = getattr(type(value), "__dataclass_params__", None)
         own = type(value).__module__.startswith(_OWN)
-        return own and bool(params and params.frozen) and all(
-            _is_plain(getattr(value, field.name)) for field in dataclasses.fields(value)
+        return (
+            own
+            and bool(params and params.frozen)
+            and all(_is_plain(getattr(value, field.name)) for field in dataclasses.fields(value))
         )
     return False
 
@@ -82,9 +84,7 @@ class _Walk:
             return False
         return module.startswith(_OWN) or module in self.modules
 
-    def objects(
-        self, roots: Sequence[object]
-    ) -> Iterator[tuple[Path, object, str, Any]]:
+    def objects(self, roots: Sequence[object]) -> Iterator[tuple[Path, object, str, Any]]:
         """(path, object, attribute, value) of every attribute, depth first, once each."""
         for index, root in enumerate(roots):
             yield from self._object(str(index), root)

@@ -58,6 +58,9 @@ def capture_vcpu(vcpu: Vcpu, point: StopPoint) -> tuple[SavedVcpu, list[str]]:
     if point is StopPoint.EXIT:
         raise SnapshotError(f"vCPU {vcpu.vcpuid} is stopped at a VM exit in the debugger: "
                             "step or continue it off the exit first")  # fmt: skip
+    if vcpu.handler.m_host_memory is not None:
+        raise SnapshotError(f"vCPU {vcpu.vcpuid}: its handler keeps VMM memory (EPT tables, "
+                            "self.ept), which snapshots do not hold yet")  # fmt: skip
     engine = _engine_of(vcpu)
     processor = vcpu.processor
     assert processor is not None

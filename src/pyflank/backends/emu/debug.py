@@ -275,9 +275,7 @@ class EngineDebug:
     def linear(self) -> GuestLinear:
         """Guest memory through the guest's paging now."""
         read = self.read_register
-        return guest_linear(
-            self.vcpu.memory, cr0=read("cr0"), cr3=read("cr3"), efer=read("efer")
-        )
+        return guest_linear(self.vcpu.memory, cr0=read("cr0"), cr3=read("cr3"), efer=read("efer"))
 
     # -- hooks ---------------------------------------------------------------------------
     def _sync_hooks(self) -> None:
@@ -352,8 +350,10 @@ class EngineDebug:
             return
         write = access == _MEM_WRITE
         for kind, start, length in self.watchpoints:
-            if start < address + size and address < start + length and (
-                kind is WatchKind.ACCESS or (kind is WatchKind.WRITE) == write
+            if (
+                start < address + size
+                and address < start + length
+                and (kind is WatchKind.ACCESS or (kind is WatchKind.WRITE) == write)
             ):
                 self._watch_hit = (kind, max(start, address))
                 self._flag.value = 1

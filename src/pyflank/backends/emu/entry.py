@@ -6,13 +6,17 @@ VMCB) loads the whole guest state from the VMCS through the SVM stub (``svm``). 
 injected event, or an exception the guest raised that does not exit, is delivered through
 the guest IDT (``processor.delivery``), since unicorn never delivers one; a fault doing
 so with its exception-bitmap bit set, or a triple fault, becomes an exit record instead.
+With the monitor trap flag set, an event delivered (at the entry, or raised by the
+stepped instruction) is followed by the MTF exit before any instruction runs; the exit
+is made from the delivery's landing, and the next entry loads the whole state.  New
+controls also bring the EPT the entry enforces (the nested page table, ``nested``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from unicorn import x86_const as x86
 
@@ -21,6 +25,7 @@ from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.paging import guest_linear
+from pyflank.intel_x64.registers import RFLAGS_TF
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
@@ -37,6 +42,7 @@ _VALID = 1 << 31
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
 _CS, _SS = SEGMENT_FIELDS[1][0], SEGMENT_FIELDS[2][0]
+MONITOR_TRAP: Final = ExitInformation(int(ExitReason.MONITOR_TRAP_FLAG))
 
 
 def _interruption(event: Event) -> int:
@@ -58,6 +64,11 @@ class EntryLoader:
         self.start_rip = 0
         self.in_guest_mode = False
         self._reload = False  # an entry returned an exit before loading: load it all next
+        self.monitor_trap = False  # an event delivered is followed by the MTF exit
+        self.trap = 0  # RFLAGS.TF the next entry adds, unseen by the guest (``stepping``)
+        self.entered_rip = 0  # where the last entry put the guest, and its own TF
+        self.entered_tf = 0
+        self._vmcb: tuple[int, ...] = ()  # the controls in the VMCB of the last full entry
 
     # -- the plan -------------------------------------------------------------------------
     def enter(self, plan: EntryPlan) -> ExitRecord | None:
@@ -68,8 +79,11 @@ class EntryLoader:
             self._host_state()
         if plan.policy is not None:
             self.hooks.set_policy(plan.policy)
+            self.hooks.nested.apply(plan.policy.ept)
         fields = self.fields
-        full = self._reload or plan.launch or plan.policy is not None or bool(plan.changed)
+        full = self._reload or plan.launch or bool(plan.changed)
+        if plan.policy is not None and not full:
+            full = self._controls() != self._vmcb  # new intercepts: a new VMCB
         rip, rsp, rflags = plan.rip, plan.regs[4], fields[f.GUEST_RFLAGS]
         overrides: dict[int, int] = {}
         if plan.event is not None:
@@ -81,6 +95,10 @@ class EntryLoader:
             if outcome.cs != fields[_CS] or outcome.ss != fields[_SS]:
                 overrides = self._segments(outcome, fields)
                 full = True
+            if self.monitor_trap:
+                return self._trap_exit(plan.regs, rip, rsp, rflags, overrides)
+        self.entered_rip, self.entered_tf = rip, rflags & RFLAGS_TF
+        rflags |= self.trap
         if full:
             values = {**fields, **overrides}
             self.start_rip = self._full_entry(values, plan.regs, rip, rsp, rflags)
@@ -101,6 +119,11 @@ class EntryLoader:
         if not isinstance(outcome, Landing):
             return self.capture.record(outcome, pending.rip)
         e = self.engine
+        if self.monitor_trap:
+            values = self._current_state()
+            values.update(self._segments(outcome, values))
+            gprs = e.resume_at.read()[:16]
+            return self._trap_exit(gprs, outcome.rip, outcome.rsp, outcome.rflags, values)
         if outcome.cs == view.cs and outcome.ss == view.ss:
             e.write(x86.UC_X86_REG_RSP, outcome.rsp)
             e.write(x86.UC_X86_REG_RFLAGS, outcome.rflags)
@@ -113,16 +136,30 @@ class EntryLoader:
         self.start_rip = self._full_entry(values, gprs, outcome.rip, outcome.rsp, outcome.rflags)
         return None
 
-    def fast_system_call(self, call: GuestSyscall) -> None:
-        """Carry out SYSCALL, SYSENTER or SYSEXIT (``fast_calls``): a full entry."""
+    def fast_system_call(self, call: GuestSyscall) -> ExitRecord | None:
+        """Carry out SYSCALL, SYSENTER or SYSEXIT (``fast_calls``): a full entry (or,
+        with the monitor trap flag, the MTF exit after it)."""
         values = self._current_state()
         read = functools.partial(cpu_msrs.read_msr, self.engine)
         gprs = self.engine.resume_at.read()[:16]
         landing = fast_calls.land(call, read, gprs, values[f.GUEST_RFLAGS])
         values.update(landing.segments)
+        if self.monitor_trap:
+            return self._trap_exit(landing.gprs, landing.rip, landing.rsp, landing.rflags, values)
         self.start_rip = self._full_entry(
             values, landing.gprs, landing.rip, landing.rsp, landing.rflags
         )
+        return None
+
+    def _trap_exit(
+        self, gprs: tuple[int, ...], rip: int, rsp: int, rflags: int, guest: dict[int, int]
+    ) -> ExitRecord:
+        """The MTF exit right after an event or a fast system call landed: the state is the
+        landing's (nothing of it is loaded: the next entry loads it all)."""
+        self._reload = True
+        guest[f.GUEST_RFLAGS] = rflags
+        regs = (*gprs[:4], rsp, *gprs[5:16], rip, rflags)
+        return ExitRecord(MONITOR_TRAP, regs, rip, rflags, guest)
 
     def _current_state(self) -> dict[int, int]:
         """The guest state now, in VMCS fields: the last exit's, with what moved since."""
@@ -217,6 +254,12 @@ class EntryLoader:
         e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)
         e.write_msr_raw(svm.MSR_VM_HSAVE_PA, svm.HSAVE)
 
+    def _controls(self) -> tuple[int, ...]:
+        policy = self.hooks.policy
+        assert policy is not None
+        cr3 = self.hooks.nested.cr3
+        return svm.control_signature(self.fields, mov_dr_exiting=policy.mov_dr, nested_cr3=cr3)
+
     def _full_entry(
         self, values: dict[int, int], gprs: tuple[int, ...], rip: int, rsp: int, rflags: int
     ) -> int:
@@ -244,8 +287,10 @@ class EntryLoader:
             cr2=cr2,
             preserved_msrs=preserved,
             mov_dr_exiting=policy.mov_dr,
+            nested_cr3=self.hooks.nested.cr3,
         )
         e.write_physical(svm.VMCB, vmcb)
+        self._vmcb = self._controls()
         cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
         cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
         # The stub runs on its own page tables, GDT, TSS and stack, and calls through its

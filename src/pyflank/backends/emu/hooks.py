@@ -37,10 +37,13 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.engine import read_code
+from pyflank.backends.emu.ept import StepOver, nested_fault
 from pyflank.backends.emu.fast_calls import UNKNOWN_TO_QEMU, FastCall, GuestSyscall, sysenter_fault
 from pyflank.backends.emu.guest_state import descriptor_fields, read_descriptor
+from pyflank.backends.emu.nested import NestedPaging
 from pyflank.backends.emu.page_faults import page_fault_error_code
 from pyflank.backends.emu.register_file import HEAD_VALUES
+from pyflank.backends.emu.stepping import Stepper
 from pyflank.intel_x64 import decode as dec
 from pyflank.intel_x64.cpu import MsrFault, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
@@ -87,7 +90,12 @@ class GuestEvent:
     rip: int  # of the instruction that raised it
 
 
-Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall
+class Stepped:
+    """The single step's trap came: the stepped instruction completed (``stepping``)."""
+
+
+STEPPED: Final = Stepped()
+Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall | Stepped | StepOver
 
 _GUEST_HLT = StopReason.GUEST_HLT
 _MASK64 = (1 << 64) - 1
@@ -140,9 +148,31 @@ class ExitHooks:
     """The hooks of one engine, and what the last one left the run loop to do."""
 
     __slots__ = (
-        "_callbacks", "_code2", "_code2_args", "_code_at", "_dr7", "_drain_context", "_head",
-        "_progress", "_rdtsc_cb", "_rdtsc_hook", "_write_gprs", "capture", "cpu", "decide",
-        "draining", "engine", "idle_ns", "memory", "outcome", "policy", "ports", "timed",
+        "_callbacks",
+        "_code2",
+        "_code2_args",
+        "_code_at",
+        "_dr7",
+        "_drain_context",
+        "_head",
+        "_progress",
+        "_rdtsc_cb",
+        "_rdtsc_hook",
+        "_read_code",
+        "_write_gprs",
+        "capture",
+        "cpu",
+        "decide",
+        "draining",
+        "engine",
+        "idle_ns",
+        "memory",
+        "nested",
+        "outcome",
+        "policy",
+        "ports",
+        "stepper",
+        "timed",
     )  # fmt: skip
 
     def __init__(
@@ -163,6 +193,8 @@ class ExitHooks:
         self.outcome: Outcome | None = None
         self.draining = False
         self._drain_context: Any = None
+        self.nested = NestedPaging(engine, memory)  # EPT, enforced
+        self.stepper = Stepper(engine, memory, self.nested, capture.progress)  # one instruction
         self._head = capture.head
         self._dr7 = capture.dr7
         self._progress = capture.progress  # the block gate's count of guest code run
@@ -170,6 +202,7 @@ class ExitHooks:
         self.timed = False
         self.idle_ns = 0
         self._write_gprs = capture.write_gprs
+        self._read_code: Any = read_code  # unicorn's, until nested paging is on (``nested``)
         self._code_at, self._code2, self._code2_args = (
             engine.code_at,
             engine.code2,
@@ -202,6 +235,16 @@ class ExitHooks:
     def set_policy(self, policy: ExitPolicy) -> None:
         self.policy = policy
         self._sync_rdtsc_hook()
+        if policy.ept is not None:
+            self._read_code = self._read_code_in_ram
+
+    def _read_code_in_ram(self, _handle: Any, at: Any, _prot: Any, code: Any, _size: Any) -> int:
+        """``read_code`` through the guest's paging in guest RAM (with nested paging on)."""
+        fetched = self.nested.fetch(at.value)[:2]
+        if len(fetched) < 2:
+            return 1
+        code.raw = fetched
+        return 0
 
     def set_timing(self, timed: bool, idle_ns: int) -> None:
         """Whether guest time is virtual (a machine's), and the time spent idle so far."""
@@ -294,7 +337,7 @@ class ExitHooks:
             self._code_at.value = rip
             if (
                 rip & 0xFFF != 0xFFF
-                and not read_code(*self._code2_args)
+                and not self._read_code(*self._code2_args)
                 and self._code2.raw == _OPCODE
             ):
                 length = 2
@@ -456,6 +499,9 @@ class ExitHooks:
         if code in _EXCEPTION_INTERCEPTS:
             self._exception(code - svm.SVM_EXIT_EXCP_BASE)
             return
+        if code == svm.SVM_EXIT_NPF:
+            self._nested_page_fault()
+            return
         rip = self.engine.read(x86.UC_X86_REG_RIP)
         fetched = self.engine.fetch(rip)
         policy = self.policy
@@ -615,10 +661,32 @@ class ExitHooks:
             return
         self._step(rip + length)
 
+    # -- EPT -------------------------------------------------------------------------------
+    def _nested_page_fault(self) -> None:
+        """The nested page table stopped an access: an EPT exit, or a step (``ept``)."""
+        assert self.policy is not None and self.policy.ept is not None
+        stepper = self.stepper
+        found = nested_fault(
+            self.engine,
+            self.capture,
+            self.memory,
+            self.policy.ept,
+            stepping=stepper.rip if stepper.armed else None,
+        )
+        if isinstance(found, StepOver):
+            self._leave_precise(found)
+        else:
+            self._finish_precise(self.decide(self._record(found)))
+
     # -- guest exceptions -----------------------------------------------------------------
     def _exception(self, vector: int) -> None:
         """An exception the guest raised; RIP is at the instruction (or past it, a trap's)."""
         e = self.engine
+        if vector == VECTOR_DB and self.stepper.armed:
+            # The single step's own trap; after SYSCALL it comes with the call pending.
+            if self.outcome is None:
+                self._leave_precise(STEPPED)
+            return
         rip = e.read(x86.UC_X86_REG_RIP)
         if vector == VECTOR_UD:
             self._invalid_opcode(rip)

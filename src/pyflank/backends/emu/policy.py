@@ -24,6 +24,7 @@ from pyflank.processor.policy import (
     PIN_BASED_SUPPORTED,
     VM_ENTRY_SUPPORTED,
     VM_EXIT_SUPPORTED,
+    ept_pointer_problems,
     unsupported_controls,
 )
 
@@ -48,11 +49,16 @@ SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
         | Proc.USE_IO_BITMAPS
         | Proc.USE_MSR_BITMAPS
         | Proc.PAUSE_EXITING
+        | Proc.MONITOR_TRAP_FLAG
         | Proc.ACTIVATE_SECONDARY_CONTROLS,
     ),
     f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
         Proc2,
-        Proc2.ENABLE_RDTSCP | Proc2.ENABLE_VPID | Proc2.WBINVD_EXITING | Proc2.ENABLE_VM_FUNCTIONS,
+        Proc2.ENABLE_EPT
+        | Proc2.ENABLE_RDTSCP
+        | Proc2.ENABLE_VPID
+        | Proc2.WBINVD_EXITING
+        | Proc2.ENABLE_VM_FUNCTIONS,
     ),
     f.VM_EXIT_CONTROLS: (Exit, VM_EXIT_SUPPORTED),
     f.VM_ENTRY_CONTROLS: (Entry, VM_ENTRY_SUPPORTED | Entry.LOAD_IA32_PERF_GLOBAL_CTRL),
@@ -66,4 +72,5 @@ def unsupported(vmcs: Vmcs) -> list[str]:
         problems.append("CR3_TARGET_COUNT above 4")
     if vmcs.read(f.VM_FUNCTION_CONTROLS):
         problems.append("VM_FUNCTION_CONTROLS: no VM function is implemented (EPTP switching)")
+    problems.extend(ept_pointer_problems(vmcs))
     return problems

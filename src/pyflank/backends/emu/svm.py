@@ -29,6 +29,7 @@ entered from user mode would.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Final
 
 from pyflank.intel_x64 import fields as f
@@ -66,6 +67,9 @@ HOST_GDT_LIMIT: Final = 8 * len(HOST_GDT_ENTRIES) - 1
 # CALL FAR [RIP + 0] (m16:32; a gate ignores the offset), then the far pointer.
 CALL_THROUGH_GATE: Final = bytes.fromhex("ff1d00000000") + struct.pack("<IH", 0, HOST_GATE_SELECTOR)
 VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
+# The code the stub runs in its blocks: the far call (a block of its own), VMLOAD and
+# VMRUN (which ends the second); the stop gate counts them before the guest's first.
+STUB_BLOCK_BYTES: Final = 6 + 6
 
 MSR_VM_HSAVE_PA: Final = 0xC0010117
 EFER_SVME: Final = 1 << 12
@@ -89,6 +93,7 @@ SVM_EXIT_HLT: Final = 0x78
 SVM_EXIT_INVLPG: Final = 0x79
 SVM_EXIT_MSR: Final = 0x7C
 SVM_EXIT_WBINVD: Final = 0x89  # QEMU reports INVD through this one too
+SVM_EXIT_NPF: Final = 0x400  # a nested page fault: the address in EXITINFO2
 
 _INTERCEPT_BASE = 0x60  # bit n of the 64-bit intercept word is exit code 0x60 + n
 
@@ -122,8 +127,10 @@ _CR_READ, _CR_WRITE, _DR_READ, _DR_WRITE = 0x00, 0x02, 0x04, 0x06
 _EXCEPTION_INTERCEPTS, _INTERCEPT_WORD = 0x08, 0x0C
 _IOPM_BASE, _MSRPM_BASE, _TSC_OFFSET, _ASID = 0x40, 0x48, 0x50, 0x58
 _EXIT_INFO_2 = 0x80
+_NESTED_CONTROL, _NESTED_CR3 = 0x90, 0xB0
+_NESTED_PAGING = 1 << 0
 _EVENT_INJECTION = 0xA8
-PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF
+PAGE_FAULT_ADDRESS: Final = VMCB + _EXIT_INFO_2  # of an intercepted #PF, or a nested one
 # VMCB state-save-area offsets
 _SEGMENTS = 0x400  # es, cs, ss, ds, fs, gs, gdtr, ldtr, idtr, tr: 16 bytes each
 _CPL, _EFER = 0x4CB, 0x4D0
@@ -198,6 +205,16 @@ def intercepts(proc: int) -> tuple[int, int, int]:
     return word, cr_read, cr_write
 
 
+def control_signature(
+    values: Mapping[int, int], *, mov_dr_exiting: bool, nested_cr3: int | None
+) -> tuple[int, ...]:
+    """What of the VMX controls a VMCB built from ``values`` holds: a change of controls
+    that leaves it the same needs no new VMCB (the monitor trap flag, EPT permissions)."""
+    proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
+    offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
+    return (*intercepts(proc), offset, int(mov_dr_exiting), nested_cr3 or 0)
+
+
 def build_vmcb(
     values: dict[int, int],
     *,
@@ -208,11 +225,14 @@ def build_vmcb(
     cr2: int,
     preserved_msrs: dict[int, int],
     mov_dr_exiting: bool,
+    nested_cr3: int | None = None,
 ) -> bytes:
     """A VMCB (4 KiB) entering the guest state held in the VMCS field ``values``.
 
     ``preserved_msrs`` are the MSRs VMLOAD loads that the VMCS does not hold (STAR, LSTAR,
     CSTAR, SFMASK, KERNEL_GS_BASE), by VMCB offset: the guest keeps its own values.
+    ``nested_cr3``: the nested page table the guest's physical accesses go through (how
+    the software CPU enforces EPT), or None for none.
     """
     vmcb = bytearray(0x1000)
     proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
@@ -226,6 +246,9 @@ def build_vmcb(
     tsc_offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
     _Q.pack_into(vmcb, _TSC_OFFSET, tsc_offset)
     struct.pack_into("<I", vmcb, _ASID, 1)
+    if nested_cr3 is not None:
+        _Q.pack_into(vmcb, _NESTED_CONTROL, _NESTED_PAGING)
+        _Q.pack_into(vmcb, _NESTED_CR3, nested_cr3)
     for slot, (selector, rights, limit, base) in enumerate(_SEGMENT_FIELDS):
         sel = values[selector] if selector is not None else 0
         attributes = svm_attributes(values[rights]) if rights is not None else 0

@@ -10,6 +10,7 @@ from iced_x86 import Instruction
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm import owed as debt
 from pyflank.backends.kvm.decode import guest_code, instruction_length_at, memory_access_ending_at
+from pyflank.backends.kvm.ept import PendingAccess, mmio_exit
 from pyflank.backends.kvm.exit_record import ExitRecords
 from pyflank.backends.kvm.io_exits import IoExits
 from pyflank.backends.kvm.owed import Owed
@@ -20,6 +21,7 @@ from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.qualifications import EptViolation
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import ExitInformation, ExitRecord, Stop, StopReason
+from pyflank.processor.ept import EptView
 
 Outcome = ExitRecord | Stop | None
 _MAX_INSN = 15
@@ -55,6 +57,7 @@ class ExitTranslator:
         self.io = io
         self.memory = memory
         self.hlt_exits = False  # what the exit controls say about HLT
+        self.ept_view: EptView | None = None  # the EPT the memory slots enforce
         self._run = run
         # Views into the shared kvm_run page, made once: each access would build new ones.
         self._mmio_exit = run.exit.mmio
@@ -89,7 +92,8 @@ class ExitTranslator:
         return self.records.make(_HLT, rip - _HLT_LENGTH)
 
     def _mmio(self) -> Outcome:
-        """An access to guest-physical memory that is not RAM: an EPT violation on VMX."""
+        """An access to guest-physical memory that is not RAM, or that the EPT's memory
+        slots stopped (``ept``): an EPT violation on VMX."""
         mmio = self._mmio_exit
         regs, sregs = self.registers.regs, self.registers.sregs
         rip, write, gpa = regs.rip, bool(mmio.is_write), mmio.phys_addr
@@ -104,12 +108,21 @@ class ExitTranslator:
                 instruction_length_at(code.read_available(rip, _MAX_INSN), rip),
             )
             ctypes.memset(ctypes.addressof(mmio.data), 0xFF, 8)  # an empty bus reads all ones
-        qualification = EptViolation(data_read=not write, data_write=write).encode()
-        info = ExitInformation(
-            int(ExitReason.EPT_VIOLATION), qualification, length, guest_physical_address=gpa
-        )
-        self.owed.set(debt.COMPLETION)
-        return self.records.make(info, start)
+        view = self.ept_view
+        if view is None:
+            qualification = EptViolation(data_read=not write, data_write=write).encode()
+            info = ExitInformation(
+                int(ExitReason.EPT_VIOLATION), qualification, length, guest_physical_address=gpa
+            )
+            self.owed.set(debt.COMPLETION)
+            return self.records.make(info, start)
+        record = self.records.make(ExitInformation(0), start)
+        insn = code.read_available(start, _MAX_INSN)
+        info = mmio_exit(view, self.memory, sregs, record.regs, insn, start, gpa, write)
+        self.owed.set(debt.ACCESS, start)
+        self.owed.access = PendingAccess(gpa, mmio.len, write)
+        self.owed.regs = tuple(record.regs[:16])
+        return record._replace(info=info)
 
     def _rdmsr(self) -> Outcome:
         return self._msr(_RDMSR, write=False)

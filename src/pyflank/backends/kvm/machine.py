@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pyflank.abi import DEFAULT_DOORBELL_PORT
 from pyflank.backends.kvm import abi
 from pyflank.backends.kvm.device import CpuidEntry, KvmSystem, KvmVm, MsrFilterRange
+from pyflank.backends.kvm.ept import MemorySlots
 from pyflank.backends.kvm.kick import DEFAULT_KICK_SIGNAL, ensure_kick_handler
 from pyflank.backends.kvm.tiny import TSS_ADDRESS
 from pyflank.memory import GuestPhysicalMemory
@@ -51,6 +52,7 @@ class KvmMachine:
             if self.system.check_extension(abi.KVM_CAP_SET_TSS_ADDR):
                 self.vm.set_tss_addr(TSS_ADDRESS)
             self.vm.set_user_memory_region(0, 0, memory.size, memory.address)
+            self.slots = MemorySlots(self.vm, memory)  # cut by EPT (``ept``)
             if self.config.msr_exits:
                 self._filter_all_msrs()
         except BaseException:

@@ -25,6 +25,7 @@ from pyflank.processor.policy import (
     PIN_BASED_SUPPORTED,
     VM_ENTRY_SUPPORTED,
     VM_EXIT_SUPPORTED,
+    ept_pointer_problems,
     unsupported_controls,
 )
 
@@ -46,6 +47,14 @@ GAPS: Final[dict[str, str]] = {
     "drive (no in-kernel irqchip and PIT); on kvm_pvm the kernel stops first at the "
     "emulator's missing LOCK CMPXCHG16B",
     "instruction_count": "KVM does not count guest instructions: exit traces hold no count",
+    "monitor_trap_flag": "no monitor trap flag: KVM cannot stop the guest after one instruction",
+    "ept_execute": "EPT execute permissions: a memory slot cannot forbid instruction fetches "
+    "(execute hooks, execute-only pages)",
+    "ept_paging_structures": "KVM walks the guest's page tables itself: no EPT violation is "
+    "made for a paging-structure access",
+    "ept_write_side_effects": "a write to a read-only memory slot exits after KVM's emulator "
+    "ran the instruction: registers it changed (PUSH, STOS) are already changed, a LOCK "
+    "prefix is not seen (its start is decoded back from RIP), no linear address is given",
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING
@@ -61,7 +70,10 @@ SUPPORTED: Final[dict[int, tuple[type[IntFlag], int]]] = {
         | Proc.USE_IO_BITMAPS
         | Proc.ACTIVATE_SECONDARY_CONTROLS,
     ),
-    f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (Proc2, Proc2.ENABLE_VPID),
+    f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
+        Proc2,
+        Proc2.ENABLE_VPID | Proc2.ENABLE_EPT,
+    ),
     f.VM_EXIT_CONTROLS: (Exit, VM_EXIT_SUPPORTED),
     f.VM_ENTRY_CONTROLS: (Entry, VM_ENTRY_SUPPORTED),
 }
@@ -80,6 +92,7 @@ _WHY: Final[dict[int, str]] = {
     Proc.MOV_DR_EXITING: "instruction_exits",
     Proc.MWAIT_EXITING: "instruction_exits",
     Proc.MONITOR_EXITING: "instruction_exits",
+    Proc.MONITOR_TRAP_FLAG: "monitor_trap_flag",
 }
 _WHY2: Final[dict[int, str]] = {
     Proc2.WBINVD_EXITING: "invd",
@@ -99,4 +112,5 @@ def unsupported(vmcs: Vmcs) -> list[str]:
         problems.append(f"EXCEPTION_BITMAP: {GAPS['exceptions']}")
     if vmcs.read(f.VM_FUNCTION_CONTROLS):
         problems.append("VM_FUNCTION_CONTROLS: no VM function is implemented")
+    problems.extend(ept_pointer_problems(vmcs))
     return problems

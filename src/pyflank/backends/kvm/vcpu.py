@@ -13,6 +13,7 @@ KVM_RUN called in the loop, port I/O straight to ``IoExits``, registers moved by
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from collections.abc import Mapping
 from operator import itemgetter
@@ -23,7 +24,7 @@ from pyflank.backends.kvm import abi
 from pyflank.backends.kvm import owed as debt
 from pyflank.backends.kvm.cpu import KvmHostCpu
 from pyflank.backends.kvm.device import CpuidEntry, KvmError, run_failed, run_ioctl
-from pyflank.backends.kvm.exit_record import ExitRecords
+from pyflank.backends.kvm.exit_record import NO_EXIT, ExitRecords
 from pyflank.backends.kvm.exits import ENTRY_FAILURE, ExitTranslator
 from pyflank.backends.kvm.guest_state import (
     GPRS_TO_RIP,
@@ -46,11 +47,12 @@ from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.processor import EntryPlan, ExitPolicy, ExitRecord, Stop, StopReason
 
 _SYNC_REGS = abi.KVM_SYNC_X86_REGS
-_NOTHING, _COMPLETION, _UNLESS_MOVED, _MSR = (
+_NOTHING, _COMPLETION, _UNLESS_MOVED, _MSR, _ACCESS = (
     debt.NOTHING,
     debt.COMPLETION,
     debt.UNLESS_MOVED,
     debt.MSR,
+    debt.ACCESS,
 )
 _KVM_EXIT_IO = abi.KVM_EXIT_IO
 _KVM_RUN = abi.KVM_RUN
@@ -228,6 +230,8 @@ class KvmVcpu:
             complete = True
         elif kind == _MSR:
             complete, rip = self._msr_completion(plan, owed)
+        elif kind == _ACCESS:
+            return self._complete_access(plan, owed)
         if plan.simple and not complete and rip is None:
             # The common case: the handler changed registers in the StateSave only.
             regs = self.registers
@@ -251,6 +255,26 @@ class KvmVcpu:
             msr.data = ((rdx << 32) | rax) & _MASK64
             return False, owed.at
         return True, None
+
+    def _complete_access(self, plan: EntryPlan, owed: Owed) -> ExitRecord | None:
+        """The entry after an EPT-hooked access (``ept``): against guest RAM where the EPT
+        the handler left allows it; the guest then goes on after the instruction, unless
+        the handler moved it."""
+        access = owed.access
+        assert access is not None
+        self._set_policy(plan.policy)
+        if access.allowed(self.exits.ept_view, self.machine.memory):
+            data = ctypes.addressof(self.run_page.exit.mmio.data)
+            access.back_with_ram(self.machine.memory, data)
+            if plan.rip == owed.at and tuple(plan.regs) == owed.regs:
+                self.complete_pending()  # the instruction ran once: KVM's state stands
+                after = self.records.make(NO_EXIT, self.registers.regs.rip)
+                plan = EntryPlan(
+                    tuple(after.regs[:16]), after.rip, plan.changed, plan.fields, None,
+                    plan.event, plan.launch,
+                )  # fmt: skip
+                return self._enter_carefully(plan, False, None)
+        return self._enter_carefully(plan, True, None)
 
     def _enter_carefully(
         self, plan: EntryPlan, complete: bool, rip: int | None
@@ -303,6 +327,9 @@ class KvmVcpu:
         if policy is not None:
             self.io.set_policy(policy)
             self.exits.hlt_exits = policy.hlt
+            if policy.ept != self.exits.ept_view:
+                self.machine.slots.apply(policy.ept)
+                self.exits.ept_view = policy.ept
 
     def complete_pending(self) -> None:
         """Let KVM finish the exiting instruction without running any further guest code."""
