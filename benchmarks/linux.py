@@ -14,12 +14,14 @@ from typing import Any
 from benchmarks import qemu_boot
 from benchmarks.registry import register
 from pyflank import native, vmm
-from pyflank.platform.linux.assets import AssetsUnavailable, LinuxAssets, ensure
+from pyflank.platform.linux.assets import AssetsUnavailable, LinuxAssets, ensure, vmlinux
 from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
 from pyflank.vmm import Vm
 
 
-def boot_to_marker(assets: LinuxAssets, *, decompress_in_guest: bool = False) -> tuple[float, int]:
+def boot_to_marker(
+    assets: LinuxAssets, *, decompress_in_guest: bool = False, pvh: bool = False
+) -> tuple[float, int]:
     """Seconds from loading the kernel (``Vm.boot_linux``: decompressing, placing) to the
     marker on the console, and the exits; QEMU's figure likewise starts at its launch."""
     seen: list[float] = []
@@ -32,8 +34,9 @@ def boot_to_marker(assets: LinuxAssets, *, decompress_in_guest: bool = False) ->
             seen.append(time.perf_counter())
 
     start = time.perf_counter()
+    kernel = vmlinux(assets.kernel) if pvh else assets.kernel.bzimage
     vm = Vm.boot_linux(
-        assets.kernel.bzimage, initrd=assets.initramfs,
+        kernel, initrd=assets.initramfs,
         append=f"console=ttyS0 {POWEROFF_FLAG}", console=receive,
         decompress_in_guest=decompress_in_guest,
     )  # fmt: skip
@@ -99,10 +102,14 @@ def bench_linux(runs: int = 3) -> dict[str, float | str]:
           f"({pure / pyflank:.2f}x the native boot's time)")  # fmt: skip
     in_guest, _ = boot_to_marker(assets, decompress_in_guest=True)
     print(f"  pyflank, the bzImage decompressing itself in the guest: {in_guest:5.2f} s (one run)")
+    by_pvh, _ = boot_to_marker(assets, pvh=True)
+    print(f"  pyflank, the vmlinux by its PVH entry (as -M microvm boots it): {by_pvh:5.2f} s "
+          "(one run)")  # fmt: skip
     results: dict[str, float | str] = {
         "linux_pyflank_to_marker_s": pyflank,
         "linux_pyflank_pure_python_to_marker_s": pure,
         "linux_pyflank_decompressing_in_guest_s": in_guest,
+        "linux_pyflank_pvh_to_marker_s": by_pvh,
     }
     in_unicorn, loop = seconds_in_unicorn(assets)
     print(f"  floor: unicorn itself ran {in_unicorn:5.2f} s of a profiled boot's {loop:5.2f} s "
@@ -122,6 +129,11 @@ def bench_linux(runs: int = 3) -> dict[str, float | str]:
             floor = in_unicorn / qemu
             print(f"    the floor (unicorn alone) / QEMU TCG -M {machine}: {floor:.2f}x")
             results[f"linux_unicorn_floor_over_qemu_{machine}"] = floor
+    microvm = reference.get("qemu_tcg_microvm_to_marker_s")
+    if isinstance(microvm, float):
+        ratio = by_pvh / microvm
+        print(f"  pyflank's PVH boot / QEMU TCG -M microvm (the same entry): {ratio:.2f}x")
+        results["linux_pyflank_pvh_over_qemu_microvm"] = ratio
     return results
 
 

@@ -57,9 +57,11 @@ from pyflank.debug.parking import Parking
 from pyflank.exit_handler import DebugRing, ExitHandlerIntelX64, StateSave
 from pyflank.exit_handler.fault import capture, handler_fault
 from pyflank.exit_handler.state_save import GENERAL_REGISTERS
+from pyflank.exit_handler.unrestricted import UnrestrictedGuest
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.controls import PrimaryProcessorBasedControls as Proc
 from pyflank.intel_x64.controls import SecondaryProcessorBasedControls as Proc2
+from pyflank.intel_x64.controls import VmEntryControls
 from pyflank.intel_x64.vmcs import Vmcs
 from pyflank.memory import GuestPhysicalMemory, PageTableBuilder
 from pyflank.platform.assemble import assemble
@@ -74,7 +76,7 @@ from pyflank.platform.devices.clock import VirtualClock
 from pyflank.platform.devices.pc import PC_PORTS, PcConfig, PcPlatform
 from pyflank.platform.devices.uart import Uart16550
 from pyflank.platform.linux.cmdline import compose
-from pyflank.platform.loader import LoadedImage, load_elf, load_flat
+from pyflank.platform.loader import ELF_MAGIC, LoadedImage, load_elf, load_flat
 from pyflank.processor import EntryPlan, ExitRecord, Pause, Stop, VmxProcessor
 from pyflank.processor.cpuid_table import sample_cpuid
 from pyflank.processor.machine import Machine
@@ -449,33 +451,54 @@ class Vm:
         gdb: int | str | None = None,
         gdb_wait: bool = True,
     ) -> Vm:
-        """A PC Vm that boots the Linux bzImage ``kernel`` by the x86 boot protocol.
+        """A PC Vm that boots the Linux ``kernel``: a bzImage by the x86 boot protocol,
+        or an ELF ``vmlinux`` by its PVH entry.
 
         ``append`` is the command line as QEMU takes it; the platform adds what its
         hardware needs (``platform.linux.cmdline``: no ACPI, APICs or PCI, the TSC rate).
-        The one vCPU starts at a 64-bit entry with RSI at the zero page: the kernel's own,
-        decompressed here (``load_vmlinux``), or with ``decompress_in_guest`` the bzImage's,
-        whose decompressor then runs in the guest (seconds on the software CPU).
+        A bzImage's vCPU starts at a 64-bit entry with RSI at the zero page: the kernel's
+        own, decompressed here (``load_vmlinux``), or with ``decompress_in_guest`` the
+        bzImage's, whose decompressor then runs in the guest (seconds on the software
+        CPU).  A vmlinux's starts as PVH defines, in 32-bit protected mode without paging
+        and EBX at ``hvm_start_info``: the handler must run it as an unrestricted guest
+        (``exit_handler.unrestricted.UnrestrictedGuest``, the default for a vmlinux).
         ``console`` receives COM1's output as it is sent; ``serial.feed`` types into the
         guest.
         """
+        image = _read(kernel)
+        pvh = image.startswith(ELF_MAGIC)  # an ELF vmlinux
+        if pvh and handler is ExitHandlerIntelX64:
+            handler = UnrestrictedGuest
         vm = cls(
             handler, memory_size=memory_size, backend=backend, trace=trace, platform="pc",
             console=console, observers=observers, gdb=gdb, gdb_wait=gdb_wait, _setup=False,
         )  # fmt: skip
-        # Imported here: a VM that boots no kernel (bfm's service) skips its ~20 ms import.
+        # Imported here: a VM that boots no kernel (bfm's service) skips their import.
         from pyflank.platform.linux.bzimage import load_bzimage, load_vmlinux  # noqa: PLC0415
+        from pyflank.platform.linux.pvh import load_pvh  # noqa: PLC0415
 
-        load = load_bzimage if decompress_in_guest else load_vmlinux
+        vcpu = vm.vcpus[0]
+        if pvh and not isinstance(vcpu.handler, UnrestrictedGuest):
+            vm.close()
+            raise ValueError(
+                f"the PVH entry starts the vCPU in 32-bit protected mode without paging: "
+                f"{type(vcpu.handler).__name__} must run it as an unrestricted guest "
+                "(subclass pyflank.exit_handler.unrestricted.UnrestrictedGuest)"
+            )
+        load: Callable[..., LinuxBoot] = (
+            load_pvh if pvh else load_bzimage if decompress_in_guest else load_vmlinux
+        )
         boot = load(
             vm.memory,
-            _read(kernel),
+            image,
             cmdline=compose(append, tsc_khz=TSC_HZ // 1000),
             initrd=None if initrd is None else _read(initrd),
         )
-        vcpu = vm.vcpus[0]
         for encoding, value in boot.entry.vmcs_fields().items():
             vcpu.vmcs.write(encoding, value)
+        if not boot.entry.long_mode:
+            entry = vcpu.vmcs.read(f.VM_ENTRY_CONTROLS)
+            vcpu.vmcs.write(f.VM_ENTRY_CONTROLS, entry & ~VmEntryControls.IA_32E_MODE_GUEST)
         state = vcpu.state
         state.update({name: 0 for name in GENERAL_REGISTERS} | dict(boot.entry.registers))
         state.rip, state.rsp = boot.entry.rip, boot.entry.rsp

@@ -17,7 +17,7 @@ from pyflank.vmm import Vm
         (controls(Proc.MWAIT_EXITING), "MWAIT_EXITING"),
         (controls(Proc.USE_TPR_SHADOW), "USE_TPR_SHADOW"),
         (controls(secondary=Proc2.VIRTUALIZE_APIC_ACCESSES), "VIRTUALIZE_APIC_ACCESSES"),
-        (lambda vmcs: vmcs.write(f.CR0_GUEST_HOST_MASK, 1), "guest/host masks"),
+        (lambda vmcs: vmcs.write(f.CR4_GUEST_HOST_MASK, 1), "guest/host masks"),
     ],
 )
 def test_unsupported_controls_are_refused_at_setup(change, name: str, backend: str) -> None:  # type: ignore[no-untyped-def]

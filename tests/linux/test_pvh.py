@@ -5,13 +5,19 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections import Counter
 
 import pytest
 from bzimage_helpers import KERNEL, bzimage, elf_with_pvh_note
 
+from pyflank.backends.base import StopReason
+from pyflank.exit_handler import ExitHandlerIntelX64
+from pyflank.exit_handler.unrestricted import UnrestrictedGuest
+from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.platform.linux import payload
 from pyflank.platform.linux.assets import LinuxAssets, vmlinux
+from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
 from pyflank.platform.linux.layout import LinuxLayout
 from pyflank.platform.linux.pvh import (
     MEMMAP_OFFSET,
@@ -22,6 +28,7 @@ from pyflank.platform.linux.pvh import (
     phys32_entry,
 )
 from pyflank.platform.linux.setup_header import BootProtocolError
+from pyflank.vmm import Vm
 
 MIB = 1 << 20
 LAYOUT = LinuxLayout()
@@ -98,3 +105,45 @@ def test_debians_vmlinux_has_a_pvh_entry_and_loads(linux_assets: LinuxAssets) ->
         memory, elf, cmdline="console=ttyS0", initrd=linux_assets.initramfs.read_bytes()
     )
     assert boot.kernel[0] == 0x1000000 and boot.initrd is not None
+
+
+class CountingUnrestricted(UnrestrictedGuest):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[int] = Counter()
+
+    def handle_exit(self, reason: int) -> None:
+        self.counts[reason & 0xFFFF] += 1
+        super().handle_exit(reason)
+
+
+def test_linux_boots_to_init_by_its_pvh_entry(linux_assets: LinuxAssets) -> None:
+    """The ELF vmlinux entered as PVH defines (32-bit, paging off, EBX at hvm_start_info):
+    the kernel turns long mode on under an unrestricted guest and reaches /init."""
+    console = bytearray()
+    vm = Vm.boot_linux(
+        vmlinux(linux_assets.kernel),
+        initrd=linux_assets.initramfs,
+        append=f"console=ttyS0 {POWEROFF_FLAG}",
+        handler=CountingUnrestricted,
+        console=console.append,
+    )
+    [result] = vm.run(timeout=120)
+    text = console.decode(errors="replace")
+    assert result.reason is StopReason.POWER_OFF, (result.message, text[-2000:])
+    assert f"{MARKER} uptime" in text and linux_assets.kernel.release in text
+    handler = vm.vcpus[0].handler
+    assert isinstance(handler, CountingUnrestricted)
+    # Linux's PVH code writes CR0 without NE, its 64-bit code with it: one exit.
+    assert handler.counts[ExitReason.CONTROL_REGISTER_ACCESS] == 1
+    assert handler.counts[ExitReason.CPUID] > 0 and handler.counts[ExitReason.WRMSR] > 0
+
+
+def test_a_vmlinux_needs_a_handler_that_runs_an_unrestricted_guest(
+    linux_assets: LinuxAssets,
+) -> None:
+    class Plain(ExitHandlerIntelX64):
+        pass
+
+    with pytest.raises(ValueError, match="unrestricted guest"):
+        Vm.boot_linux(vmlinux(linux_assets.kernel), handler=Plain)

@@ -33,11 +33,10 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.observe import ExitStatistics
 from pyflank.platform.assemble import SDK_INCLUDE_DIRS, AssemblyError, assemble
 from pyflank.platform.linux.setup_header import BootProtocolError
-from pyflank.platform.loader import LoadError
+from pyflank.platform.loader import ELF_MAGIC, LoadError
 from pyflank.vmm import DEFAULT_MEMORY_SIZE, LINUX_MEMORY_SIZE, VcpuResult, Vm
 
 ASSEMBLY_SUFFIXES = (".s", ".S", ".asm")
-ELF_MAGIC = b"\x7fELF"
 # Stops that are a program's own end; any other is a failure (exit status 1).
 CLEAN_STOPS = frozenset(
     {StopReason.GUEST_HLT, StopReason.PROMOTED, StopReason.HALTED, StopReason.POWER_OFF}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pyflank.memory import PAGE_SIZE_4K, GuestPhysicalMemory, PageTableBuilder
 
+ELF_MAGIC = b"\x7fELF"  # how an ELF file begins (a vmlinux, a guest program)
+
 _PF_X, _PF_W = 0x1, 0x2
 _ELF64_HEADER, _ELF64_PHDR = 64, 56
 
@@ -108,7 +110,7 @@ class _Segment:
 def _parse(data: bytes, memory: GuestPhysicalMemory) -> tuple[list[_Segment], int]:
     if len(data) < _ELF64_HEADER:
         raise LoadError(f"not an ELF file ({len(data)} bytes, shorter than an ELF64 header)")
-    if not data.startswith(b"\x7fELF"):
+    if not data.startswith(ELF_MAGIC):
         raise LoadError("not an ELF file (no ELF magic number)")
     from elftools.elf.elffile import ELFFile  # noqa: PLC0415 - a flat image (bfm's agent) needs none
 

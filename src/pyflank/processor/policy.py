@@ -87,8 +87,12 @@ def unsupported_controls(
     vmcs: Vmcs,
     supported: SupportedControls,
     why: Mapping[type[IntFlag], Mapping[int, str]] = {},
+    *,
+    outside_long_mode: bool = False,
+    cr0_mask: bool = False,
 ) -> list[str]:
-    """Every control bit outside ``supported``, and the shared requirements."""
+    """Every control bit outside ``supported``, and the shared requirements (an engine
+    that runs guests outside long mode, or honours a CR0 guest/host mask, says so)."""
     problems = []
     proc = vmcs.read(f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS)
     for encoding, (flag_type, allowed) in supported.items():
@@ -99,9 +103,10 @@ def unsupported_controls(
         if extra:
             names = flag_names(flag_type, extra, why.get(flag_type, {}))
             problems.append(f"{flag_type.__name__}: {names}")
-    if not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
+    if not outside_long_mode and not vmcs.read(f.VM_ENTRY_CONTROLS) & Entry.IA_32E_MODE_GUEST:
         problems.append("VmEntryControls: IA_32E_MODE_GUEST must be 1 (64-bit guests only)")
-    for mask in (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK):
+    masks = (f.CR4_GUEST_HOST_MASK,) if cr0_mask else (f.CR0_GUEST_HOST_MASK, f.CR4_GUEST_HOST_MASK)
+    for mask in masks:
         if vmcs.read(mask):
             problems.append(f"CR guest/host masks ({mask:#06x}): read shadows are not supported")
     return problems
@@ -137,10 +142,13 @@ class ExitPolicy:
     pfec_mask: int
     pfec_match: int
     cr3_targets: tuple[int, ...]
+    cr0_mask: int  # CR0 bits the VMM owns: the guest reads the shadow, a change exits
+    cr0_shadow: int
     mov_dr: bool
     tsc_offset: int  # added to the TSC the guest reads ("use TSC offsetting")
     monitor_trap: bool = False  # "monitor trap flag": an exit after each instruction
     eptp: int | None = None  # the EPT pointer with "enable EPT" on
+    unrestricted_guest: bool = False  # CR0.PE and CR0.PG may be 0
     ept: EptView | None = None  # the EPT as walked at the entry (the processor fills it)
 
     @property
@@ -166,6 +174,7 @@ _P_USE_MSR_BITMAPS = int(Proc.USE_MSR_BITMAPS)
 _P_USE_TSC_OFFSETTING = int(Proc.USE_TSC_OFFSETTING)
 _P2_ENABLE_EPT = int(Proc2.ENABLE_EPT)
 _P2_ENABLE_RDTSCP = int(Proc2.ENABLE_RDTSCP)
+_P2_UNRESTRICTED_GUEST = int(Proc2.UNRESTRICTED_GUEST)
 _P2_ENABLE_VM_FUNCTIONS = int(Proc2.ENABLE_VM_FUNCTIONS)
 _P2_WBINVD_EXITING = int(Proc2.WBINVD_EXITING)
 
@@ -201,8 +210,11 @@ def exit_policy(vmcs: Vmcs) -> ExitPolicy:
         cr3_targets=tuple(
             read(f.CR3_TARGET_VALUE_0 + 2 * i) for i in range(min(read(f.CR3_TARGET_COUNT), 4))
         ),
+        cr0_mask=read(f.CR0_GUEST_HOST_MASK),
+        cr0_shadow=read(f.CR0_READ_SHADOW),
         mov_dr=bool(proc & _P_MOV_DR_EXITING),
         tsc_offset=read(f.TSC_OFFSET) if proc & _P_USE_TSC_OFFSETTING else 0,
         monitor_trap=bool(proc & _P_MONITOR_TRAP_FLAG),
         eptp=read(f.EPT_POINTER) if proc2 & _P2_ENABLE_EPT else None,
+        unrestricted_guest=bool(proc2 & _P2_UNRESTRICTED_GUEST),
     )

@@ -24,10 +24,11 @@ from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.exit_handler.fused import fused_cpuid
 from pyflank.intel_x64 import checks, exit_reasons
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.controls import VmEntryControls
 from pyflank.intel_x64.cpu import address_widths
 from pyflank.intel_x64.exit_reasons import VM_ENTRY_FAILURE, ExitReason
 from pyflank.intel_x64.fields import ALL_FIELDS, FieldType
-from pyflank.intel_x64.msrs import IA32_VMX_EPT_VPID_CAP
+from pyflank.intel_x64.msrs import EFER_LMA, IA32_VMX_EPT_VPID_CAP
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.platform.devices.power import MachineEvent
@@ -63,6 +64,8 @@ _LAUNCHED = VmcsState.LAUNCHED
 _GUEST_HLT, _POWER_OFF, _RESET = StopReason.GUEST_HLT, StopReason.POWER_OFF, StopReason.RESET
 _INTERRUPT_EXITS = 16  # interrupt exits in a row before the guest is let run
 _GUEST_RIP, _GUEST_RSP, _GUEST_RFLAGS = f.GUEST_RIP, f.GUEST_RSP, f.GUEST_RFLAGS
+_GUEST_EFER, _ENTRY_CONTROLS = f.GUEST_IA32_EFER, f.VM_ENTRY_CONTROLS
+_IA32E_GUEST = int(VmEntryControls.IA_32E_MODE_GUEST)
 _TRIPLE_FAULT = int(ExitReason.TRIPLE_FAULT)
 _ENTRY_FAILURE = int(ExitReason.VM_ENTRY_FAILURE_INVALID_GUEST_STATE) | VM_ENTRY_FAILURE
 _VALID = 1 << 31
@@ -221,6 +224,12 @@ class VmxProcessor:
             write = self.vmcs.processor_write
             for encoding, value in guest.items():
                 write(encoding, value)
+            efer = guest.get(_GUEST_EFER)
+            if efer is not None:  # SDM 28.2: "IA-32e mode guest" is saved from EFER.LMA
+                entry = self.vmcs.read(_ENTRY_CONTROLS)
+                mode = _IA32E_GUEST if efer & EFER_LMA else 0
+                if entry & _IA32E_GUEST != mode:
+                    write(_ENTRY_CONTROLS, entry & ~_IA32E_GUEST | mode)
         clock = self.clock
         if clock is not None:
             clock.ran(executed)

@@ -26,6 +26,7 @@ from pyflank.backends.emu.guest_state import save_segments, save_system_segment
 from pyflank.backends.emu.register_file import CC_AT, HEAD_VALUES, NEVER_SEEN
 from pyflank.backends.emu.register_probe import register_file
 from pyflank.backends.emu.stop_gate import GateState
+from pyflank.backends.emu.svm import EFER_SVME
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.registers import CR4_VMXE
@@ -49,8 +50,22 @@ class StateCapture:
     """The guest state of one engine, as the next exit record reports it."""
 
     __slots__ = (
-        "_known", "_rflags_batch", "_seen_flags", "_seen_system", "dr7", "engine", "head",
-        "memory", "noted", "progress", "registers", "rflags", "seen", "seen_regs", "system",
+        "_known",
+        "_rflags_batch",
+        "_seen_flags",
+        "_seen_system",
+        "cr0_owned",
+        "dr7",
+        "engine",
+        "head",
+        "memory",
+        "noted",
+        "progress",
+        "registers",
+        "rflags",
+        "seen",
+        "seen_regs",
+        "system",
         "write_gprs",
     )  # fmt: skip
 
@@ -71,6 +86,7 @@ class StateCapture:
         # Fields the engine changed itself (a WRMSR let through); always this one dict,
         # emptied in place (native exits look at its size).
         self.noted: dict[int, int] = {}
+        self.cr0_owned = (0, 0)  # (CR0 guest/host mask, the real CR0's bits under it)
         self.progress = GateState(0, 0, 0)  # the engine's progress count (the vCPU's gate)
         self._known: tuple[tuple[int, ...], bytes] | None = None  # system state reported
         # Of the last capture: the head's compared bytes; RIP, RSP, eflags and DR7; the
@@ -171,7 +187,8 @@ class StateCapture:
     ) -> None:
         cr0, cr3, cr4, dr7, *selectors = system[:10]
         fs_base, gs_base = system[10:12]
-        write(f.GUEST_CR0, cr0)
+        mask, owned = self.cr0_owned
+        write(f.GUEST_CR0, cr0 & ~mask | owned)  # the engine holds the CR0 the guest sees
         write(f.GUEST_CR3, cr3)
         write(f.GUEST_CR4, cr4 | CR4_VMXE)
         write(f.GUEST_DR7, dr7)
@@ -185,6 +202,7 @@ class StateCapture:
         save_system_segment(write, "LDTR", ldtr)
         save_system_segment(write, "TR", tr)
         efer = cpu_msrs.read_msr(self.engine, _EFER)
+        write(f.GUEST_IA32_EFER, efer & ~EFER_SVME)  # LMA follows CR0.PG outside long mode
         save_segments(
             write,
             guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer),

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Final
 from unicorn import x86_const as x86
 
 from pyflank.backends.emu import cpu_msrs, fast_calls, svm
+from pyflank.backends.emu.engine import EngineError
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.paging import guest_linear
-from pyflank.intel_x64.registers import RFLAGS_TF
+from pyflank.intel_x64.registers import AR_DB, EFER_LMA, RFLAGS_TF
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
 from pyflank.processor.delivery import CpuView, Delivery, Landing, NestedExit, TripleFault
 
@@ -62,6 +63,8 @@ class EntryLoader:
         self.delivery = Delivery(memory)
         self.fields: Mapping[int, int] = {}  # the VMCS, as the launch plan showed it
         self.start_rip = 0
+        self.stub_start = svm.STUB  # where the last full entry's stub began
+        self.stub_bytes = svm.STUB_BLOCK_BYTES  # and its code run before the guest's
         self.in_guest_mode = False
         self._reload = False  # an entry returned an exit before loading: load it all next
         self.monitor_trap = False  # an event delivered is followed by the MTF exit
@@ -167,6 +170,9 @@ class EntryLoader:
 
     def _deliver(self, event: Event, cpu: CpuView) -> Landing | ExitInformation:
         """Deliver ``event``: where it lands, or the exit it became."""
+        if not cpu.efer & EFER_LMA:
+            raise EngineError(f"vector {event.vector} to a guest outside long mode: the "
+                              "software CPU delivers events through a 64-bit IDT only")  # fmt: skip
         assert self.hooks.policy is not None
         try:
             outcome = self.delivery.deliver_with_faults(
@@ -290,19 +296,37 @@ class EntryLoader:
             nested_cr3=self.hooks.nested.cr3,
         )
         e.write_physical(svm.VMCB, vmcb)
+        mask = values[f.CR0_GUEST_HOST_MASK]
+        self.capture.cr0_owned = (mask, values[f.GUEST_CR0] & mask)
         self._vmcb = self._controls()
         cpu_msrs.write_msr(e, _PAT, values[f.GUEST_IA32_PAT])
         cpu_msrs.write_msr(e, _DEBUGCTL, values[f.GUEST_IA32_DEBUGCTL])
         # The stub runs on its own page tables, GDT, TSS and stack, and calls through its
         # gate into ring 0 (VMLOAD/VMRUN load the guest's TR, CR4 and RSP back).
-        e.resume_at.write((*gprs[:4], svm.HOST_STACK_TOP, *gprs[5:16], svm.STUB))
+        stub, self.stub_bytes = svm.STUB, svm.STUB_BLOCK_BYTES
+        if not efer & EFER_LMA:  # (an unrestricted guest) see svm.COMPAT_STUB
+            stub, self.stub_bytes = self._compat_stub(), svm.COMPAT_STUB_BLOCK_BYTES
+            efer = svm.HOST_EFER
+        self.stub_start = stub
+        e.resume_at.write((*gprs[:4], svm.HOST_STACK_TOP, *gprs[5:16], stub))
         cpu_msrs.write_msr(e, _EFER, efer | svm.EFER_SVME)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)  # no SMEP/SMAP/PKE of the guest's
+        if stub != svm.STUB:
+            e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)  # long mode: CS is compatibility mode
         e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
         e.write_mmr(x86.UC_X86_REG_TR, 0, svm.HOST_TSS, svm.HOST_TSS_LIMIT, svm.TSS_BUSY_FLAGS)
         e.write(x86.UC_X86_REG_RFLAGS, 2)
         e.write(x86.UC_X86_REG_RAX, svm.VMCB)
         self.in_guest_mode = True
         self.capture.forget()  # VMRUN loaded new system state: report it afresh
-        return svm.STUB
+        return stub
+
+    def _compat_stub(self) -> int:
+        """Where a guest stopped in 32-bit code starts the stub: its EIP (the code segment
+        the guest last loaded keeps its base)."""
+        access_rights, base = self.fields[f.GUEST_CS_ACCESS_RIGHTS], self.fields[f.GUEST_CS_BASE]
+        if not access_rights & AR_DB:
+            raise EngineError("a VM entry from 16-bit guest code: the software CPU enters "
+                              "guests stopped in 32-bit or 64-bit code only")  # fmt: skip
+        return (svm.COMPAT_STUB - base) & 0xFFFF_FFFF

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from iced_x86 import Mnemonic
+from iced_x86 import Instruction, Mnemonic
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as x86
 
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
+from pyflank.backends.emu.cr0_writes import cr0_write
 from pyflank.backends.emu.engine import read_code
 from pyflank.backends.emu.ept import StepOver, nested_fault
 from pyflank.backends.emu.fast_calls import UNKNOWN_TO_QEMU, FastCall, GuestSyscall, sysenter_fault
@@ -551,12 +552,54 @@ class ExitHooks:
                 return
             qualification = cr | (0 if load else 1) << 4 | gpr << 8
             self._instruction_exit(ExitReason.CONTROL_REGISTER_ACCESS, ins.len, qualification)
+        elif code == svm.SVM_EXIT_CR0_WRITE:
+            self._cr0_write(ins, rip)
         elif svm.SVM_EXIT_DR_READ <= code < svm.SVM_EXIT_DR_WRITE + 16:
             dr, load, gpr = dec.debug_register_access(ins)
             qualification = dr | (0 if load else 1) << 4 | gpr << 8
             self._instruction_exit(ExitReason.MOV_DR, ins.len, qualification)
         else:
             raise RuntimeError(f"unexpected SVM intercept {code:#x} at {rip:#x}")
+
+    def _cr0_write(self, ins: Instruction, rip: int) -> None:
+        """MOV to CR0, CLTS or LMSW with VMM-owned CR0 bits (``cr0_writes``)."""
+        policy = self.policy
+        assert policy is not None
+        e = self.engine
+
+        def memory_word(ins: Instruction) -> tuple[int, int]:
+            v, _, _ = self.capture.capture()
+            operand = dec.memory_operand(ins)
+            address = operand.linear(v, self._segment_bases()) if operand else 0
+            linear = guest_linear(self.memory, cr0=e.read(x86.UC_X86_REG_CR0),
+                                  cr3=e.read(x86.UC_X86_REG_CR3), efer=efer)  # fmt: skip
+            return int.from_bytes(linear.read(address, 2), "little"), address
+
+        efer = cpu_msrs.read_msr(e, _EFER)
+
+        outcome = cr0_write(
+            ins,
+            e.read(x86.UC_X86_REG_CR0),
+            mask=policy.cr0_mask,
+            shadow=policy.cr0_shadow,
+            real_owned=self.capture.cr0_owned[1],
+            cr4=e.read(x86.UC_X86_REG_CR4),
+            efer=efer,
+            unrestricted=policy.unrestricted_guest,
+            register=lambda n: e.read(eng.SDM_GPR_IDS[n]),
+            memory_word=memory_word,
+        )
+        if outcome.exit:
+            info = ExitInformation(
+                int(ExitReason.CONTROL_REGISTER_ACCESS), outcome.qualification, ins.len,
+                0, outcome.linear_address,
+            )  # fmt: skip
+            self._finish_precise(self.decide(self._record(info)))
+        elif outcome.fault:
+            self._guest_exception(VECTOR_GP, InterruptionType.HARDWARE_EXCEPTION, 0, rip)
+        else:
+            e.write(x86.UC_X86_REG_CR0, outcome.value)
+            self._step(rip + ins.len)
 
     def _instruction_exit(self, reason: int, length: int, qualification: int = 0) -> None:
         record = self._record(ExitInformation(int(reason), qualification, length))

@@ -10,7 +10,8 @@ The count is of guest instructions begun: the exiting instruction is included (t
 runs before an intercept or an instruction hook sees it), an instruction that faults is
 counted each time it is tried.  The stub that loads the guest state (VMLOAD, VMRUN:
 ``svm``) lies in the host region, outside the hook's address ranges, so it is never
-counted; a guest executing code at those very linear addresses would not be either.
+counted; a guest executing code at those very linear addresses (or on the page of the
+compatibility-mode stub, below 4 GiB) would not be either.
 The instructions a drained exit lets QEMU run to the end of its block (``hooks``) are
 not counted: once emulation is asked to stop, unicorn calls no more code hooks.
 """
@@ -32,6 +33,13 @@ if TYPE_CHECKING:
 
 _HOST_END = svm.HOST_BASE + svm.HOST_SIZE - 1
 _TOP = (1 << 64) - 1
+_COMPAT_PAGE = svm.COMPAT_STUB & ~0xFFF
+# Every linear address but the stubs' (svm): the host region and the compatibility stub's page.
+_GUEST_CODE = (
+    (0, _COMPAT_PAGE - 1),
+    (_COMPAT_PAGE + 0x1000, svm.HOST_BASE - 1),
+    (_HOST_END + 1, _TOP),
+)
 
 
 @cache
@@ -62,7 +70,7 @@ class InstructionCounter:
 
             callback = eng.BLOCK_CB(count)  # a code hook's callback has a block hook's shape
         user_data = ctypes.addressof(self.cell)
-        for begin, end in ((0, svm.HOST_BASE - 1), (_HOST_END + 1, _TOP)):
+        for begin, end in _GUEST_CODE:
             engine.hook(uc_const.UC_HOOK_CODE, callback, begin=begin, end=end, user_data=user_data)
         # Code translated before the hook existed would run without it.
         engine.uc.ctl_flush_tb()

@@ -55,6 +55,7 @@ SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
     f.SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS: (
         Proc2,
         Proc2.ENABLE_EPT
+        | Proc2.UNRESTRICTED_GUEST
         | Proc2.ENABLE_RDTSCP
         | Proc2.ENABLE_VPID
         | Proc2.WBINVD_EXITING
@@ -67,7 +68,7 @@ SUPPORTED: dict[int, tuple[type[IntFlag], int]] = {
 
 def unsupported(vmcs: Vmcs) -> list[str]:
     """Why the software CPU cannot run this VMCS's controls; empty if it can."""
-    problems = unsupported_controls(vmcs, SUPPORTED)
+    problems = unsupported_controls(vmcs, SUPPORTED, outside_long_mode=True, cr0_mask=True)
     if vmcs.read(f.CR3_TARGET_COUNT) > 4:
         problems.append("CR3_TARGET_COUNT above 4")
     if vmcs.read(f.VM_FUNCTION_CONTROLS):

@@ -70,6 +70,19 @@ VMLOAD_VMRUN: Final = bytes.fromhex("0f01da0f01d8f4")
 # The code the stub runs in its blocks: the far call (a block of its own), VMLOAD and
 # VMRUN (which ends the second); the stop gate counts them before the guest's first.
 STUB_BLOCK_BYTES: Final = 6 + 6
+# A guest without long mode (an unrestricted guest in protected mode) stopped in 32-bit
+# code: the stub switches to the host's long mode, where that code segment is
+# compatibility mode, whose EIP cannot reach HOST_BASE and has no RIP-relative operand.
+# So a second stub, CALL FAR ptr16:32 through the same gate, is also mapped by the host
+# tables at a linear address below 4 GiB (a 2 MiB page of the private region at
+# COMPAT_WINDOW).
+STUB_COMPAT: Final = STUB + 0x20
+COMPAT_WINDOW: Final = 0xFFE0_0000
+COMPAT_STUB: Final = COMPAT_WINDOW + (STUB_COMPAT - HOST_BASE)  # linear, through the window
+CALL_THROUGH_GATE_32: Final = b"\x9a" + struct.pack("<IH", 0, HOST_GATE_SELECTOR)
+COMPAT_STUB_BLOCK_BYTES: Final = len(CALL_THROUGH_GATE_32) + 6
+HOST_LOW_PDPT: Final = HOST_BASE + 0x7000  # the window's page-directory pointer table
+HOST_LOW_PD: Final = HOST_BASE + 0xB000  # and page directory
 
 MSR_VM_HSAVE_PA: Final = 0xC0010117
 EFER_SVME: Final = 1 << 12
@@ -81,6 +94,7 @@ HOST_EFER: Final = 0xD01 | EFER_SVME  # SCE, LME, LMA, NXE
 SVM_EXCEPTION_BASE: Final = 0x100
 SVM_EXIT_CR3_READ: Final = 0x03
 SVM_EXIT_CR8_READ: Final = 0x08
+SVM_EXIT_CR0_WRITE: Final = 0x10
 SVM_EXIT_CR3_WRITE: Final = 0x13
 SVM_EXIT_CR8_WRITE: Final = 0x18
 SVM_EXIT_DR_READ: Final = 0x20
@@ -172,7 +186,11 @@ def host_region() -> bytes:
     # User-accessible: the stub's first instruction may run in ring 3.
     put(HOST_PML4 + 8 * ((HOST_BASE >> 39) & 0x1FF), _Q.pack(HOST_PDPT | 0x7))
     put(HOST_PDPT + 8 * ((HOST_BASE >> 30) & 0x1FF), _Q.pack(HOST_BASE | 0x87))  # 1 GiB page
+    put(HOST_PML4, _Q.pack(HOST_LOW_PDPT | 0x7))  # the compatibility-mode window
+    put(HOST_LOW_PDPT + 8 * ((COMPAT_WINDOW >> 30) & 0x1FF), _Q.pack(HOST_LOW_PD | 0x7))
+    put(HOST_LOW_PD + 8 * ((COMPAT_WINDOW >> 21) & 0x1FF), _Q.pack(HOST_BASE | 0x87))  # 2 MiB
     put(STUB, CALL_THROUGH_GATE)
+    put(STUB_COMPAT, CALL_THROUGH_GATE_32)
     put(STUB_RING0, VMLOAD_VMRUN)
     put(HOST_TSS + 4, _Q.pack(HOST_STACK_TOP))  # RSP0
     put(MSRPM, b"\xff" * 0x2000)  # every RDMSR/WRMSR is intercepted; VMX bitmaps apply later
@@ -191,8 +209,9 @@ def msrpm_bit(msr: int) -> int | None:
     return None
 
 
-def intercepts(proc: int) -> tuple[int, int, int]:
-    """(intercept word, CR read mask, CR write mask) for the primary controls ``proc``."""
+def intercepts(proc: int, cr0_mask: int = 0) -> tuple[int, int, int]:
+    """(intercept word, CR read mask, CR write mask) for the primary controls ``proc``;
+    with VMM-owned CR0 bits (``cr0_mask``) every CR0 write is intercepted, to compare."""
     word = ALWAYS_INTERCEPTED
     for control, bit in CONTROL_INTERCEPTS.items():
         if proc & control:
@@ -202,6 +221,8 @@ def intercepts(proc: int) -> tuple[int, int, int]:
         if proc & control:
             cr_read |= read
             cr_write |= write
+    if cr0_mask:
+        cr_write |= 1 << 0  # MOV to CR0, CLTS and LMSW (AMD APM 15.9)
     return word, cr_read, cr_write
 
 
@@ -212,7 +233,16 @@ def control_signature(
     that leaves it the same needs no new VMCB (the monitor trap flag, EPT permissions)."""
     proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
     offset = values[f.TSC_OFFSET] if proc & Proc.USE_TSC_OFFSETTING else 0
-    return (*intercepts(proc), offset, int(mov_dr_exiting), nested_cr3 or 0)
+    mask = values[f.CR0_GUEST_HOST_MASK]
+    shadow = values[f.CR0_READ_SHADOW] & mask
+    return (*intercepts(proc, mask), offset, int(mov_dr_exiting), nested_cr3 or 0, mask, shadow)
+
+
+def visible_cr0(values: Mapping[int, int]) -> int:
+    """The CR0 the guest sees (and the engine holds): the read shadow's bits where the
+    VMM owns them (the CR0 guest/host mask), the real CR0's elsewhere."""
+    mask = values[f.CR0_GUEST_HOST_MASK]
+    return values[f.GUEST_CR0] & ~mask | values[f.CR0_READ_SHADOW] & mask
 
 
 def build_vmcb(
@@ -236,7 +266,7 @@ def build_vmcb(
     """
     vmcb = bytearray(0x1000)
     proc = values[f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS]
-    word, cr_read, cr_write = intercepts(proc)
+    word, cr_read, cr_write = intercepts(proc, values[f.CR0_GUEST_HOST_MASK])
     dr_intercepts = 0xFF if mov_dr_exiting else 0
     struct.pack_into("<HHHH", vmcb, _CR_READ, cr_read, cr_write, dr_intercepts, dr_intercepts)
     struct.pack_into("<I", vmcb, _EXCEPTION_INTERCEPTS, ALL_EXCEPTIONS)
@@ -257,7 +287,7 @@ def build_vmcb(
     _Q.pack_into(vmcb, _EFER, values[f.GUEST_IA32_EFER] & ~EFER_SVME)
     _Q.pack_into(vmcb, _CR4, values[f.GUEST_CR4] & ~CR4_VMXE)
     _Q.pack_into(vmcb, _CR3, values[f.GUEST_CR3])
-    _Q.pack_into(vmcb, _CR0, values[f.GUEST_CR0])
+    _Q.pack_into(vmcb, _CR0, visible_cr0(values))
     _Q.pack_into(vmcb, _DR7, values[f.GUEST_DR7])
     _Q.pack_into(vmcb, _DR6, dr6)
     _Q.pack_into(vmcb, _RFLAGS, values[f.GUEST_RFLAGS])

@@ -111,7 +111,7 @@ class EmuVcpu:
         try:
             outcome: ExitRecord | EntryPlan | Stop | Pause | None = loader.enter(plan)
             if outcome is None and loader.trap:
-                stub = svm.STUB_BLOCK_BYTES if loader.start_rip == svm.STUB else 0
+                stub = loader.stub_bytes if loader.start_rip == loader.stub_start else 0
                 self.stepper.arm(
                     loader.entered_rip,
                     loader.entered_tf,

@@ -55,6 +55,8 @@ GAPS: Final[dict[str, str]] = {
     "ept_write_side_effects": "a write to a read-only memory slot exits after KVM's emulator "
     "ran the instruction: registers it changed (PUSH, STOS) are already changed, a LOCK "
     "prefix is not seen (its start is decoded back from RIP), no linear address is given",
+    "unrestricted_guest": "the KVM engine runs 64-bit guests with the CR0 the VMCS holds: no "
+    "guest entered outside long mode (PVH), no CR0 guest/host mask",
 }
 
 _CR3_EXITING = Proc.CR3_LOAD_EXITING | Proc.CR3_STORE_EXITING

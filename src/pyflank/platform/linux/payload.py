@@ -18,10 +18,10 @@ import struct
 from typing import Final
 
 from pyflank.platform.linux.setup_header import BootProtocolError, parse
+from pyflank.platform.loader import ELF_MAGIC
 
 LZ4_LEGACY_MAGIC: Final = 0x184C2102
 LZ4_LEGACY_BLOCK: Final = 8 << 20
-ELF_MAGIC: Final = b"\x7fELF"
 
 
 def _length(block: bytes, i: int, nibble: int) -> tuple[int, int]:
