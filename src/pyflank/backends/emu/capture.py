@@ -28,6 +28,7 @@ from pyflank.backends.emu.register_probe import register_file
 from pyflank.backends.emu.stop_gate import GateState
 from pyflank.backends.emu.svm import EFER_SVME
 from pyflank.intel_x64 import fields as f
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.registers import CR4_VMXE
 from pyflank.processor import ExitInformation, ExitRecord
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from pyflank.memory import GuestPhysicalMemory
 
 _unpack_head = HEAD_VALUES.unpack_from
-_EFER = 0xC000_0080
 Captured = tuple[tuple[int, ...], int, "dict[int, int] | None"]  # regs, RFLAGS, moved fields
 NO_EXIT = ExitInformation(-1)  # the information of a record that stands for no exit
 
@@ -201,7 +201,7 @@ class StateCapture:
         write(f.GUEST_IDTR_LIMIT, idtr[2])
         save_system_segment(write, "LDTR", ldtr)
         save_system_segment(write, "TR", tr)
-        efer = cpu_msrs.read_msr(self.engine, _EFER)
+        efer = cpu_msrs.read_msr(self.engine, IA32_EFER)
         write(f.GUEST_IA32_EFER, efer & ~EFER_SVME)  # LMA follows CR0.PG outside long mode
         save_segments(
             write,

@@ -38,6 +38,7 @@ from unicorn import x86_const as x86
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu import engine as eng
 from pyflank.backends.emu.native import native_code
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.register_set import X87_CONTROL
 
@@ -51,7 +52,6 @@ MEM_CB = ctypes.CFUNCTYPE(
 )  # fmt: skip
 _HOST_END = svm.HOST_BASE + svm.HOST_SIZE - 1
 _GUEST_RANGES = ((0, svm.HOST_BASE - 1), (_HOST_END + 1, (1 << 64) - 1))
-_EFER = 0xC000_0080
 _MEM_WRITE = uc_const.UC_MEM_WRITE
 _MEM_READ = uc_const.UC_MEM_READ
 
@@ -264,7 +264,7 @@ class EngineDebug:
         if name in _X87:
             return int(e.read(_X87[name]))
         if name == "efer":
-            return cpu_msrs.read_msr(e, _EFER) & ~svm.EFER_SVME
+            return cpu_msrs.read_msr(e, IA32_EFER) & ~svm.EFER_SVME
         raise KeyError(f"no register {name!r}")
 
     def write_register(self, name: str, value: int) -> None:

@@ -25,6 +25,7 @@ from pyflank.backends.emu.engine import EngineError
 from pyflank.backends.emu.guest_state import SEGMENT_FIELDS, save_segments
 from pyflank.intel_x64 import fields as f
 from pyflank.intel_x64.exit_reasons import ExitReason
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.registers import AR_DB, EFER_LMA, RFLAGS_TF
 from pyflank.processor import EntryPlan, Event, ExitInformation, ExitRecord
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from pyflank.backends.emu.hooks import ExitHooks, GuestEvent
     from pyflank.memory import GuestPhysicalMemory
 
-_EFER = 0xC000_0080
 _PAT, _DEBUGCTL = 0x277, 0x1D9
 _VALID = 1 << 31
 _EXCEPTION = int(ExitReason.EXCEPTION_OR_NMI)
@@ -221,7 +221,7 @@ class EntryLoader:
         cr0, cr3 = values[18], values[19]
         cs, ss = values[23], values[24]
         gdtr, idtr, _ldtr, tr = saved.mmr_tuples()
-        efer = cpu_msrs.read_msr(self.engine, _EFER) & ~svm.EFER_SVME
+        efer = cpu_msrs.read_msr(self.engine, IA32_EFER) & ~svm.EFER_SVME
         return CpuView(
             rip=rip, rsp=rsp, rflags=rflags, cs=cs, ss=ss, cpl=cs & 3, cr0=cr0, cr3=cr3,
             efer=efer, gdtr_base=gdtr[1], gdtr_limit=gdtr[2], idtr_base=idtr[1],
@@ -256,7 +256,7 @@ class EntryLoader:
         e.write_mmr(x86.UC_X86_REG_GDTR, 0, svm.HOST_GDT, svm.HOST_GDT_LIMIT, 0)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)
-        e.write_msr_raw(_EFER, svm.HOST_EFER)
+        e.write_msr_raw(IA32_EFER, svm.HOST_EFER)
         e.write(x86.UC_X86_REG_CR0, svm.HOST_CR0)
         e.write_msr_raw(svm.MSR_VM_HSAVE_PA, svm.HSAVE)
 
@@ -279,7 +279,7 @@ class EntryLoader:
         if self.in_guest_mode:
             dr6 = e.read(x86.UC_X86_REG_DR6)
             cr2 = e.read(x86.UC_X86_REG_CR2)
-            efer = cpu_msrs.read_msr(e, _EFER)
+            efer = cpu_msrs.read_msr(e, IA32_EFER)
         else:
             dr6, cr2, efer = 0xFFFF_0FF0, 0, svm.HOST_EFER
         policy = self.hooks.policy
@@ -309,7 +309,7 @@ class EntryLoader:
             efer = svm.HOST_EFER
         self.stub_start = stub
         e.resume_at.write((*gprs[:4], svm.HOST_STACK_TOP, *gprs[5:16], stub))
-        cpu_msrs.write_msr(e, _EFER, efer | svm.EFER_SVME)
+        cpu_msrs.write_msr(e, IA32_EFER, efer | svm.EFER_SVME)
         e.write(x86.UC_X86_REG_CR3, svm.HOST_PML4)
         e.write(x86.UC_X86_REG_CR4, svm.HOST_CR4)  # no SMEP/SMAP/PKE of the guest's
         if stub != svm.STUB:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.intel_x64 import decode as dec
 from pyflank.intel_x64.accesses import instruction_accesses
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.registers import CR0_PG, EFER_LMA, EFER_NXE
 from pyflank.memory.ept import FETCH, READ, WRITE
 from pyflank.processor.ept import GuestPaging, analyse, violation
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from pyflank.processor.ept import EptView
 
 _Q = struct.Struct("<Q")
-_EFER = 0xC000_0080
 _FS, _GS = 10, 11  # in ``StateCapture.system``
 _NPF_WRITE, _NPF_FETCH = 1 << 1, 1 << 4  # EXITINFO1 (the #NPF error code)
 
@@ -70,7 +70,7 @@ def nested_fault(
     rip = regs[16]
     ins = dec.decode(engine.fetch(rip), rip)
     system = capture.system
-    efer = cpu_msrs.read_msr(engine, _EFER) & ~svm.EFER_SVME
+    efer = cpu_msrs.read_msr(engine, IA32_EFER) & ~svm.EFER_SVME
     paging = GuestPaging(
         memory,
         cr3=system[1],

@@ -48,7 +48,7 @@ from pyflank.backends.emu.stepping import Stepper
 from pyflank.intel_x64 import decode as dec
 from pyflank.intel_x64.cpu import MsrFault, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
-from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
+from pyflank.intel_x64.msrs import IA32_EFER, VMCS_BACKED_MSRS
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE, RFLAGS_IF
@@ -100,7 +100,6 @@ Outcome = EntryPlan | Stop | ExitRecord | GuestEvent | Pause | GuestSyscall | St
 
 _GUEST_HLT = StopReason.GUEST_HLT
 _MASK64 = (1 << 64) - 1
-_EFER = 0xC000_0080
 _EFER_SCE_LMA = EFER_SCE | EFER_LMA
 _CPUID = int(ExitReason.CPUID)
 _RDTSC = int(ExitReason.RDTSC)
@@ -575,7 +574,7 @@ class ExitHooks:
                                   cr3=e.read(x86.UC_X86_REG_CR3), efer=efer)  # fmt: skip
             return int.from_bytes(linear.read(address, 2), "little"), address
 
-        efer = cpu_msrs.read_msr(e, _EFER)
+        efer = cpu_msrs.read_msr(e, IA32_EFER)
 
         outcome = cr0_write(
             ins,
@@ -648,7 +647,7 @@ class ExitHooks:
     def _syscall_enabled(self) -> bool:
         """SDM: SYSCALL is #UD unless EFER.SCE and LMA are set and CS is 64-bit code."""
         e = self.engine
-        efer = cpu_msrs.read_msr(e, _EFER)
+        efer = cpu_msrs.read_msr(e, IA32_EFER)
         if efer & _EFER_SCE_LMA != _EFER_SCE_LMA:
             return False
         values = e.saved.read()
@@ -783,7 +782,7 @@ class ExitHooks:
             return exact.value
         if vector == VECTOR_PF:
             system = self.engine.saved.read()[18:]  # CR0, CR3, ..., current
-            efer = cpu_msrs.read_msr(self.engine, _EFER) & ~svm.EFER_SVME
+            efer = cpu_msrs.read_msr(self.engine, IA32_EFER) & ~svm.EFER_SVME
             rip = self.engine.read(x86.UC_X86_REG_RIP)
             return page_fault_error_code(self.engine, self.memory, efer, rip, system)
         return 0  # what #GP/#SS/#AC mostly push

@@ -38,6 +38,7 @@ from unicorn import x86_const as x86
 
 from pyflank.backends.emu import cpu_msrs, svm
 from pyflank.backends.emu.engine import MAX_INSTRUCTION, Engine, EngineError
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.memory.ept import EXECUTE, READ, WRITE
@@ -51,7 +52,6 @@ _P, _RW, _US, _ACCESSED, _PS = 1 << 0, 1 << 1, 1 << 2, 1 << 5, 1 << 7
 _TABLE = _P | _RW | _US | _ACCESSED
 _Q = struct.Struct("<Q")
 _PAGES = struct.Struct("<512Q")
-_EFER = 0xC000_0080
 
 
 def npt_entry(permissions: int, frame: int, *, large: bool = False) -> int:
@@ -243,7 +243,7 @@ class NestedPaging:
         """Up to 15 instruction bytes at guest-virtual ``rip``, read through the guest's
         paging in guest RAM (``Engine.fetch``'s contract, without unicorn's translation)."""
         e = self.engine
-        efer = cpu_msrs.read_msr(e, _EFER) & ~svm.EFER_SVME
+        efer = cpu_msrs.read_msr(e, IA32_EFER) & ~svm.EFER_SVME
         cr0, cr3 = e.read(x86.UC_X86_REG_CR0), e.read(x86.UC_X86_REG_CR3)
         linear = guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer)
         return linear.read_available(rip, MAX_INSTRUCTION)

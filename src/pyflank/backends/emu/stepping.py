@@ -27,6 +27,7 @@ from unicorn import x86_const as x86
 
 from pyflank.backends.emu import cpu_msrs
 from pyflank.intel_x64 import decode as dec
+from pyflank.intel_x64.msrs import IA32_EFER
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.registers import RFLAGS_TF
 from pyflank.memory import GuestMemoryError, PageFault
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from pyflank.memory import GuestPhysicalMemory
     from pyflank.processor import ExitRecord
 
-_EFER = 0xC000_0080
 _DR6_BS = 1 << 14
 _PUSHF = {Mnemonic.PUSHF: 2, Mnemonic.PUSHFD: 4, Mnemonic.PUSHFQ: 8}
 _LOADS_FLAGS = frozenset(
@@ -142,7 +142,7 @@ class Stepper:
         """PUSHF pushed our TF: the copy on the guest's stack gets the guest's."""
         e = self.engine
         cr0, cr3 = e.read(x86.UC_X86_REG_CR0), e.read(x86.UC_X86_REG_CR3)
-        efer = cpu_msrs.read_msr(e, _EFER)
+        efer = cpu_msrs.read_msr(e, IA32_EFER)
         linear = guest_linear(self.memory, cr0=cr0, cr3=cr3, efer=efer)
         rsp = e.read(x86.UC_X86_REG_RSP)
         try:
