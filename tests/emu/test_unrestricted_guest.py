@@ -174,3 +174,34 @@ def test_an_event_for_a_guest_outside_long_mode_stops_the_vcpu_with_the_reason()
     _, result = run1(".code32\n    ud2\n", Recording, setup=_gdt)
     assert result.reason is StopReason.ERROR
     assert "outside long mode" in result.message
+
+
+class GpExits(OwnsTs):
+    """OwnsTs, with #GP an exception exit (exit 0) to see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vectors: list[int] = []
+
+    def setup(self, vmcs: Vmcs) -> None:
+        super().setup(vmcs)
+        vmcs.write(f.EXCEPTION_BITMAP, 1 << 13)
+
+    def handle_exception_or_nmi(self) -> None:
+        self.vectors.append(self.m_vmcs.read(f.VM_EXIT_INTERRUPTION_INFORMATION) & 0xFF)
+        self.halt()
+
+
+def test_a_cr0_write_with_reserved_upper_bits_is_a_general_protection_fault() -> None:
+    kvm_gap("unrestricted_guest")
+    source = """
+        mov rax, cr0
+        bts rax, 32
+        mov cr0, rax
+        hlt
+    """
+    vm, result = run1(source, GpExits)
+    assert result.reason is StopReason.HALTED, result.message
+    handler = vm.vcpus[0].handler
+    assert isinstance(handler, GpExits)
+    assert handler.vectors == [13] and handler.accesses == []

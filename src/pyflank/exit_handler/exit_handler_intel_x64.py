@@ -43,6 +43,7 @@ from pyflank.intel_x64.controls import PrimaryProcessorBasedControls
 from pyflank.intel_x64.cpu import CpuidRegisters, ModelCpu, MsrFault, PhysicalCpu, wrmsr_fault
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.intel_x64.msrs import VMCS_BACKED_MSRS
+from pyflank.intel_x64.vectors import VECTOR_GP
 from pyflank.intel_x64.vmcs import Vmcs, VmcsState
 from pyflank.memory import GuestLinear, GuestPhysicalMemory, GuestVirtualRange
 from pyflank.memory.host import HostMemory
@@ -77,7 +78,6 @@ _LAUNCHED = VmcsState.LAUNCHED
 _EVENT = int(VmcallOpcode.EVENT)
 _EXIT_REASON = vmcs_fields.VM_EXIT_REASON
 _INSTRUCTION_LENGTH = vmcs_fields.VM_EXIT_INSTRUCTION_LENGTH
-_VECTOR_GP = 13
 _PRIMARY_CONTROLS = vmcs_fields.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
 _INVALIDATIONS = {int(ExitReason.INVEPT): "invept", int(ExitReason.INVVPID): "invvpid"}
 _SEGMENT_BASES = tuple(
@@ -636,7 +636,7 @@ class ExitHandlerIntelX64:
 
     def _inject_general_protection(self, fault: MsrFault) -> None:
         self.log(f"{fault}: injecting #GP(0)", logging.WARNING)
-        self.inject_exception(_VECTOR_GP, 0)
+        self.inject_exception(VECTOR_GP, 0)
 
     # -- built-in in-VMM self-tests (vmcall UNITTEST) ----------------------------
     @vmm_unittest(1)

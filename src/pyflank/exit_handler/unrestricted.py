@@ -26,6 +26,7 @@ from pyflank.intel_x64.controls import VmEntryControls as Entry
 from pyflank.intel_x64.msrs import EFER_LMA, EFER_LME
 from pyflank.intel_x64.qualifications import ControlRegisterAccess, CrAccessType
 from pyflank.intel_x64.registers import CR0_NE, CR0_PE, CR0_PG, CR0_TS
+from pyflank.intel_x64.vectors import VECTOR_GP
 from pyflank.intel_x64.vmcs import Vmcs
 
 _PRIMARY = f.PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS
@@ -53,7 +54,12 @@ class UnrestrictedGuest(ExitHandlerIntelX64):
         mask, shadow = vmcs.read(f.CR0_GUEST_HOST_MASK), vmcs.read(f.CR0_READ_SHADOW)
         seen = vmcs.read(f.GUEST_CR0) & ~mask | shadow & mask  # what the guest reads now
         if access.access_type is CrAccessType.MOV_TO_CR:
-            new = getattr(self.m_state_save, SDM_REGISTERS[access.gpr]) & 0xFFFF_FFFF
+            new = getattr(self.m_state_save, SDM_REGISTERS[access.gpr])
+            if not vmcs.read(f.GUEST_IA32_EFER) & EFER_LMA:
+                new &= 0xFFFF_FFFF  # a 32-bit register outside long mode
+            elif new >> 32:  # bits 63:32 of CR0 are reserved
+                self.inject_exception(VECTOR_GP, 0)
+                return
         elif access.access_type is CrAccessType.CLTS:
             new = seen & ~CR0_TS
         else:  # LMSW: PE, MP, EM and TS, and PE is never cleared

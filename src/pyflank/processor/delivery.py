@@ -15,11 +15,18 @@ from dataclasses import dataclass, replace
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.registers import RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM
+from pyflank.intel_x64.vectors import (
+    VECTOR_DE,
+    VECTOR_DF,
+    VECTOR_GP,
+    VECTOR_NP,
+    VECTOR_PF,
+    VECTOR_SS,
+    VECTOR_TS,
+)
 from pyflank.memory import GuestLinear, GuestPhysicalMemory, PageFault, PageFaultReason
 from pyflank.processor.records import Event
 
-VECTOR_DE, VECTOR_DB, VECTOR_BP, VECTOR_UD, VECTOR_DF = 0, 1, 3, 6, 8
-VECTOR_TS, VECTOR_NP, VECTOR_SS, VECTOR_GP, VECTOR_PF = 10, 11, 12, 13, 14
 CONTRIBUTORY = frozenset({VECTOR_DE, VECTOR_TS, VECTOR_NP, VECTOR_SS, VECTOR_GP})
 # Exceptions that push an error code (SDM Table 6-1): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})

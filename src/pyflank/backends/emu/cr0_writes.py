@@ -16,7 +16,7 @@ from iced_x86 import Instruction, Mnemonic, OpKind
 
 from pyflank.intel_x64 import decode as dec
 from pyflank.intel_x64.cpu import VMX_CAPABILITY_MSRS
-from pyflank.intel_x64.msrs import EFER_LME, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1
+from pyflank.intel_x64.msrs import EFER_LMA, EFER_LME, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1
 from pyflank.intel_x64.qualifications import ControlRegisterAccess, CrAccessType, LmswOperandType
 from pyflank.intel_x64.registers import CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_PAE
 
@@ -66,14 +66,16 @@ def cr0_write(
         access = ControlRegisterAccess(0, CrAccessType.LMSW, 0, kind, source)
     else:
         _, _, gpr = dec.control_register_access(ins)
-        new = register(gpr) & 0xFFFF_FFFF
+        # Outside long mode the register is 32 bits wide; in it, bits 63:32 must be 0.
+        new = register(gpr) if efer & EFER_LMA else register(gpr) & 0xFFFF_FFFF
         access = ControlRegisterAccess(0, CrAccessType.MOV_TO_CR, gpr)
     if (new ^ shadow) & mask:
         return Cr0Write(exit=True, qualification=access.encode(), linear_address=linear)
     real = new & ~mask | real_owned
     fixed0 = _FIXED0 & ~(CR0_PE | CR0_PG) if unrestricted else _FIXED0
     broken = (
-        real & fixed0 != fixed0
+        new >> 32
+        or real & fixed0 != fixed0
         or real & ~_FIXED1
         or (new & CR0_PG and not new & CR0_PE)
         or (new & CR0_NW and not new & CR0_CD)

@@ -52,6 +52,7 @@ from pyflank.intel_x64.msrs import IA32_EFER, VMCS_BACKED_MSRS
 from pyflank.intel_x64.paging import guest_linear
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.registers import AR_L, EFER_LMA, EFER_SCE, RFLAGS_IF
+from pyflank.intel_x64.vectors import VECTOR_BP, VECTOR_DB, VECTOR_GP, VECTOR_PF, VECTOR_UD
 from pyflank.processor import (
     EntryPlan,
     Event,
@@ -63,14 +64,7 @@ from pyflank.processor import (
     StopReason,
     time,
 )
-from pyflank.processor.delivery import (
-    ERROR_CODE_VECTORS,
-    VECTOR_BP,
-    VECTOR_DB,
-    VECTOR_GP,
-    VECTOR_PF,
-    VECTOR_UD,
-)
+from pyflank.processor.delivery import ERROR_CODE_VECTORS
 
 if TYPE_CHECKING:
     from pyflank.backends.base import PortIo

@@ -42,9 +42,9 @@ from pyflank.backends.emu.stop_gate import StopGate
 from pyflank.intel_x64.cpu import CpuidRegisters
 from pyflank.intel_x64.qualifications import InterruptionType
 from pyflank.intel_x64.registers import RFLAGS_TF
+from pyflank.intel_x64.vectors import VECTOR_DB
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.processor import EntryPlan, Event, ExitRecord, Pause, Stop, StopReason
-from pyflank.processor.delivery import VECTOR_DB
 from pyflank.processor.fusion import Fusion
 
 log = logging.getLogger("pyflank.backends.emu")
