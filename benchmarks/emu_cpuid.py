@@ -21,7 +21,9 @@ import io
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as x86
@@ -32,6 +34,9 @@ from pyflank.backends.emu.engine import Engine
 from pyflank.backends.emu.register_probe import register_file
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.platform.assemble import assemble
+
+if TYPE_CHECKING:
+    from pyflank.vmm import Vm
 
 LOAD = 0x100000
 
@@ -94,18 +99,26 @@ def full(count: int, handler: type[ExitHandlerIntelX64] = ExitHandlerIntelX64) -
     The vCPU runs in the calling thread (as ``Vm.run`` would in its own) so that a
     profiler sees it.
     """
-    from pyflank.backends.base import StopReason  # noqa: PLC0415 - keep the floors light
-    from pyflank.vmm import Vm, run_loop  # noqa: PLC0415
+    from pyflank.vmm import Vm  # noqa: PLC0415 - keep the floors light
 
     vm = Vm(handler)
     vm.load_asm(loop_source(count))
+    return timed_run(vm, count)
+
+
+def timed_run(vm: Vm, expected_exits: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds (by ``clock``) that ``vm``'s one vCPU runs to its HLT in this thread,
+    checked to have made ``expected_exits`` exits."""
+    from pyflank.backends.base import StopReason  # noqa: PLC0415 - keep the floors light
+    from pyflank.vmm import run_loop  # noqa: PLC0415
+
     [vcpu] = vm.vcpus
     vcpu._attach(vm.backend, trace=False)
     assert vcpu.engine is not None and vcpu.processor is not None
-    start = time.perf_counter()
+    start = clock()
     stop = run_loop(vcpu.engine, vcpu.processor)
-    elapsed = time.perf_counter() - start
-    if stop.reason is not StopReason.GUEST_HLT or vcpu.processor.exits != count:
+    elapsed = clock() - start
+    if stop.reason is not StopReason.GUEST_HLT or vcpu.processor.exits != expected_exits:
         raise RuntimeError(f"benchmark guest ended badly: {stop.reason} {stop.message}")
     return elapsed
 

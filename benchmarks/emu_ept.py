@@ -17,12 +17,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from benchmarks.emu_cpuid import loop_source
+from benchmarks.emu_cpuid import loop_source, timed_run
 from benchmarks.registry import register
 from pyflank.exit_handler import EptAccess, MemoryHooks
 from pyflank.intel_x64.vmcs import Vmcs
-from pyflank.processor import StopReason
-from pyflank.vmm import Vm, run_loop
+from pyflank.vmm import Vm
 
 HOOKED = 0x300000
 
@@ -44,15 +43,7 @@ class WriteHook(MemoryHooks):
 
 
 def _seconds(vm: Vm, expected_exits: int) -> float:
-    [vcpu] = vm.vcpus
-    vcpu._attach(vm.backend, trace=False)
-    assert vcpu.engine is not None and vcpu.processor is not None
-    start = time.thread_time()
-    stop = run_loop(vcpu.engine, vcpu.processor)
-    elapsed = time.thread_time() - start
-    if stop.reason is not StopReason.GUEST_HLT or vcpu.processor.exits != expected_exits:
-        raise RuntimeError(f"benchmark guest ended badly: {stop.reason} {stop.message}")
-    return elapsed
+    return timed_run(vm, expected_exits, time.thread_time)
 
 
 def round_trips(count: int) -> float:
