@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from linux_runs import boot_to_power_off
 
 from example_modules import example
 from native_support import accelerated, pure_python
@@ -125,17 +126,8 @@ def test_linux_boots_with_its_io_hlt_and_interrupt_exits_in_the_handler(
 ) -> None:
     watching = example("watch_linux").WatchingLinux
     watching.seen.clear()
-    console = bytearray()
-    vm = Vm.boot_linux(
-        linux_assets.kernel.bzimage,
-        initrd=linux_assets.initramfs,
-        append=f"console=ttyS0 {POWEROFF_FLAG}",
-        handler=watching,
-        console=console.append,
-    )
-    [result] = vm.run(timeout=300)
-    assert result.reason is StopReason.POWER_OFF, result.message
-    assert MARKER_LINE.search(console.decode(errors="replace")) is not None
+    _, _, text = boot_to_power_off(linux_assets, watching)
+    assert MARKER_LINE.search(text) is not None
     for reason in ("io_instruction", "hlt", "external_interrupt", "interrupt_window", "cpuid"):
         assert watching.seen[reason] > 0, (reason, watching.seen)
 

@@ -14,15 +14,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from linux_runs import boot_to_power_off
 
 from example_modules import example
-from pyflank.backends.base import StopReason
 from pyflank.exit_handler import EptAccess, ExitHandlerIntelX64
 from pyflank.introspect import KernelSymbols, LinuxGuest, SystemCall
 from pyflank.memory import GuestLinear
 from pyflank.platform.linux.assets import LinuxAssets
-from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
-from pyflank.vmm import VcpuResult, Vm
+from pyflank.platform.linux.initramfs import MARKER
+from pyflank.vmm import VcpuResult
 
 # Linux's x86-64 system-call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 NUMBERS = {0: "read", 1: "write", 12: "brk", 59: "execve", 61: "wait4", 158: "arch_prctl",
@@ -31,17 +31,7 @@ USER_TOP = 1 << 47
 
 
 def boot(assets: LinuxAssets, handler: type[ExitHandlerIntelX64]) -> tuple[VcpuResult, str]:
-    console = bytearray()
-    vm = Vm.boot_linux(
-        assets.kernel.bzimage,
-        initrd=assets.initramfs,
-        append=f"console=ttyS0 {POWEROFF_FLAG}",
-        handler=handler,
-        console=console.append,
-    )
-    [result] = vm.run(timeout=600)
-    text = console.decode(errors="replace")
-    assert result.reason is StopReason.POWER_OFF, (result.message, text[-2000:])
+    _, result, text = boot_to_power_off(assets, handler, timeout=600)
     assert f"{MARKER} uptime" in text
     return result, text
 

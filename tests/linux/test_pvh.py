@@ -9,15 +9,15 @@ from collections import Counter
 
 import pytest
 from bzimage_helpers import KERNEL, bzimage, elf_with_pvh_note
+from linux_runs import boot_to_power_off
 
-from pyflank.backends.base import StopReason
 from pyflank.exit_handler import ExitHandlerIntelX64
 from pyflank.exit_handler.unrestricted import UnrestrictedGuest
 from pyflank.intel_x64.exit_reasons import ExitReason
 from pyflank.memory import GuestPhysicalMemory
 from pyflank.platform.linux import payload
 from pyflank.platform.linux.assets import LinuxAssets, vmlinux
-from pyflank.platform.linux.initramfs import MARKER, POWEROFF_FLAG
+from pyflank.platform.linux.initramfs import MARKER
 from pyflank.platform.linux.layout import LinuxLayout
 from pyflank.platform.linux.pvh import (
     MEMMAP_OFFSET,
@@ -120,17 +120,9 @@ class CountingUnrestricted(UnrestrictedGuest):
 def test_linux_boots_to_init_by_its_pvh_entry(linux_assets: LinuxAssets) -> None:
     """The ELF vmlinux entered as PVH defines (32-bit, paging off, EBX at hvm_start_info):
     the kernel turns long mode on under an unrestricted guest and reaches /init."""
-    console = bytearray()
-    vm = Vm.boot_linux(
-        vmlinux(linux_assets.kernel),
-        initrd=linux_assets.initramfs,
-        append=f"console=ttyS0 {POWEROFF_FLAG}",
-        handler=CountingUnrestricted,
-        console=console.append,
+    vm, _, text = boot_to_power_off(
+        linux_assets, CountingUnrestricted, kernel=vmlinux(linux_assets.kernel), timeout=120
     )
-    [result] = vm.run(timeout=120)
-    text = console.decode(errors="replace")
-    assert result.reason is StopReason.POWER_OFF, (result.message, text[-2000:])
     assert f"{MARKER} uptime" in text and linux_assets.kernel.release in text
     handler = vm.vcpus[0].handler
     assert isinstance(handler, CountingUnrestricted)
